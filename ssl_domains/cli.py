@@ -1,0 +1,315 @@
+"""``ssl-domains``: list | info | train | embed | evaluate | run.
+
+``list``, ``info`` and ``--help`` never import torch. Every user error (unknown plugin, bad ``--set`` key, missing
+data path, wrong type in a YAML file, missing extra) ends as one ``error: ...`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__, registry
+from .errors import ConfigError, NonFiniteLossError, UserError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage dump: the user sees what is wrong and where to look.
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _devices(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--devices must be an integer or 'auto', got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all sub-commands."""
+    parser = _Parser(prog="ssl-domains", description="Self-supervised pretraining on scientific data.")
+    parser.add_argument("--version", action="version", version=f"ssl-domains {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="list installed plugins and their status")
+    p.add_argument("--json", action="store_true", help="print one JSON object per plugin")
+
+    p = sub.add_parser("info", help="describe a plugin: paper, data formats, presets, config fields")
+    p.add_argument("plugin")
+
+    p = sub.add_parser("train", help="pretrain a plugin; writes a run directory")
+    p.add_argument("--plugin", help="plugin name (see `ssl-domains list`)")
+    p.add_argument("--data", help="path to the training data (formats: `ssl-domains info PLUGIN`)")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="YAML file or plugin preset name; repeatable, later ones win",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. optim.lr=1e-3 or graphmae.mask_rate=0.5",
+    )
+    p.add_argument("--output", help="run directory (default: runs/PLUGIN/TIMESTAMP)")
+    p.add_argument("--resume", metavar="DIR|last", help="continue a run from its last.ckpt")
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, ...")
+    p.add_argument("--devices", type=_devices)
+    p.add_argument("--accelerator", help="cpu, gpu, auto")
+    p.add_argument("--strategy", help="auto, ddp, ddp_spawn, fsdp")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--fast-dev-run", action="store_true", help="run one batch to check the setup")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    p = sub.add_parser("embed", help="write embeddings of data with a trained run")
+    p.add_argument("--run", required=True, help="run directory written by `train`")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="output .npy (ids in <stem>.ids.npy) or .parquet")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+
+    p = sub.add_parser("evaluate", help="RankMe; linear probe + kNN when labels exist; or the plugin's protocol")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", help="data to evaluate on (default: the run's training data)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation split, when the data has none")
+
+    p = sub.add_parser("run", help="run a command contributed by a plugin (see `ssl-domains info PLUGIN`)")
+    p.add_argument("plugin")
+    p.add_argument("plugin_command", metavar="COMMAND")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = registry.report()
+    if args.json:
+        for r in rows:
+            print(json.dumps(r.__dict__))
+        return 0
+    if not rows:
+        print("no plugins installed")
+        return 0
+    width = {k: max(len(k), *(len(str(getattr(r, k))) for r in rows)) for k in ("name", "version", "status")}
+    print(f"{'NAME':<{width['name']}}  {'VERSION':<{width['version']}}  {'STATUS':<{width['status']}}  DESCRIPTION")
+    for r in rows:
+        text = r.description if r.status == "ok" else r.detail
+        print(f"{r.name:<{width['name']}}  {r.version:<{width['version']}}  {r.status:<{width['status']}}  {text}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .config import OptimConfig, TrainerConfig, describe_fields, merge
+
+    records = registry.discover()
+    if args.plugin not in records:
+        registry.load(args.plugin)  # raises the standard "unknown plugin" error
+    record = records[args.plugin]
+    try:
+        plugin = record.load_class_instance()
+    except Exception as exc:
+        raise UserError(f"plugin {args.plugin!r} failed to load: {type(exc).__name__}: {exc}") from None
+    missing = plugin.missing_requirements()
+    status = f"missing {', '.join(missing)}: {plugin.install_command(record.distribution)}" if missing else "ok"
+    print(f"{plugin.name}  ({record.distribution} {record.version}, status: {status})")
+    print(f"  {plugin.description}")
+    print(f"paper: {plugin.paper}")
+    print("data formats accepted by --data:")
+    for fmt in plugin.data_formats:
+        print(f"  - {fmt}")
+    presets = plugin.presets()
+    if presets:
+        print(f"presets (--config NAME): {', '.join(presets)}")
+    if plugin.commands:
+        print(f"commands (ssl-domains run {plugin.name} COMMAND):")
+        for c in plugin.commands:
+            print(f"  {c.name}: {c.help}")
+    print("config (--set SECTION.KEY=VALUE):")
+    defaults = plugin.run_defaults
+    sections = [
+        (plugin.config_section(), type(plugin.default_config()), {}),
+        ("trainer", TrainerConfig, defaults.get("trainer", {})),
+        ("optim", OptimConfig, defaults.get("optim", {})),
+    ]
+    for section, cls, override in sections:
+        for name, type_name, default, doc in describe_fields(cls):
+            default = merge({"v": default}, {"v": override[name]})["v"] if name in override else default
+            print(f"  {section}.{name}: {type_name} = {json.dumps(default)}  # {doc}")
+    return 0
+
+
+def _latest_run(plugin: str | None) -> Path:
+    from .run import LAST_CKPT
+
+    root = Path("runs")
+    pattern = f"{plugin}/*/{LAST_CKPT}" if plugin else f"*/*/{LAST_CKPT}"
+    candidates = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise UserError(f"--resume last: no run with a {LAST_CKPT} under {root.resolve()}")
+    return candidates[-1].parent
+
+
+def _default_run_dir(plugin: str) -> Path:
+    base = Path("runs") / plugin / time.strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base, 1
+    while run_dir.exists():
+        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return run_dir
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .run import CONFIG_FILE, RUN_DIR_ENV, is_worker_process, read_yaml, resolve_config, train
+
+    flags: dict[str, Any] = {
+        "max_epochs": args.max_epochs,
+        "precision": args.precision,
+        "devices": args.devices,
+        "accelerator": args.accelerator,
+        "strategy": args.strategy,
+        "num_nodes": args.num_nodes,
+        "seed": args.seed,
+    }
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.resume:
+        if args.config or args.set:
+            raise UserError("--resume keeps the run's config; --config and --set are not allowed with it")
+        run_dir = _latest_run(args.plugin) if args.resume == "last" else Path(args.resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise UserError(f"--resume {args.resume}: {run_dir} has no {CONFIG_FILE}; is it a run directory?")
+        raw = read_yaml(str(run_dir / CONFIG_FILE))
+        if args.plugin and args.plugin != raw.get("plugin"):
+            raise UserError(f"--resume {run_dir} is a {raw.get('plugin')} run, not {args.plugin}")
+        plugin = registry.load(str(raw.get("plugin")))
+        cfg = resolve_config(plugin, args.data, [raw], [], flags)
+    else:
+        name = args.plugin
+        if name is None:
+            files = [read_yaml(c) for c in args.config if Path(c).is_file()]
+            name = next((f["plugin"] for f in files if "plugin" in f), None)
+        if name is None:
+            raise UserError("which plugin? pass --plugin NAME (see `ssl-domains list`)")
+        plugin = registry.load(name)
+        layers = [read_yaml(c, plugin) for c in args.config]
+        cfg = resolve_config(plugin, args.data, layers, args.set, flags)
+        run_dir = Path(args.output) if args.output else _default_run_dir(plugin.name)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_mapping(), sort_keys=False), end="")
+        return 0
+    if not cfg.data.exists():
+        raise UserError(f"data path {cfg.data} does not exist")
+    if is_worker_process() and os.environ.get(RUN_DIR_ENV):
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+    elif not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} already holds files; pick another --output or continue it with --resume {run_dir}")
+    train(cfg, run_dir, resume=bool(args.resume), fast_dev_run=args.fast_dev_run)
+    if not is_worker_process():
+        print(f"run directory: {run_dir}")
+    return 0
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .evaluation import collect_embeddings, write_embeddings
+    from .run import load_run
+
+    if not Path(args.data).exists():
+        raise UserError(f"data path {args.data} does not exist")
+    if Path(args.out).suffix not in (".npy", ".parquet"):
+        raise UserError(f"--out must end in .npy or .parquet, got {args.out}")
+    run = load_run(Path(args.run), args.data)
+    emb = collect_embeddings(run.model, run.datamodule.predict_dataloader(), _device(args.device))
+    paths = write_embeddings(emb, Path(args.out))
+    print(f"wrote {emb.vectors.shape[0]} embeddings of dimension {emb.vectors.shape[1]}: {', '.join(map(str, paths))}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .evaluation import collect_embeddings, evaluate_embeddings, rankme
+    from .run import load_run
+
+    if args.data is not None and not Path(args.data).exists():
+        raise UserError(f"data path {args.data} does not exist")
+    run = load_run(Path(args.run), args.data)
+    device = _device(args.device)
+    torch.manual_seed(args.seed)
+    plugin_metrics = run.config.plugin.evaluate(run.model.to(device), run.datamodule, run.config.method)
+    emb = collect_embeddings(run.model, run.datamodule.predict_dataloader(), device)
+    if plugin_metrics is None:
+        metrics = evaluate_embeddings(emb, seed=args.seed)
+    else:
+        metrics = {"rankme": rankme(emb.vectors), "num_items": len(emb.ids), **plugin_metrics}
+    metrics = {"plugin": run.config.plugin.name, "run": str(run.run_dir), **metrics}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for key, value in metrics.items():
+            print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    plugin = registry.load(args.plugin)
+    commands = {c.name: c for c in plugin.commands}
+    if args.plugin_command not in commands:
+        names = ", ".join(commands) or "none"
+        raise UserError(f"plugin {plugin.name} has no command {args.plugin_command!r} (commands: {names})")
+    return int(commands[args.plugin_command].load()(list(args.args)) or 0)
+
+
+COMMANDS = {
+    "list": cmd_list,
+    "info": cmd_info,
+    "train": cmd_train,
+    "embed": cmd_embed,
+    "evaluate": cmd_evaluate,
+    "run": cmd_run,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ssl-domains`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

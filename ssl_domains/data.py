@@ -1,0 +1,127 @@
+"""Data-loading glue shared by plugins: seeded shuffling, loaders for dict batches, and splits.
+
+Plugins build their own LightningDataModule (they know their formats); these helpers make the parts every
+plugin needs behave the same way: the order of training items is a function of ``(seed, epoch)`` only, so a run
+resumed from a checkpoint sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["EpochShuffleSampler", "eval_loader", "mix_seed", "random_split_indices", "train_loader"]
+
+
+def mix_seed(*parts: int) -> int:
+    """Combine integers into one 63-bit seed (SplitMix64-style), stable across processes and platforms."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles ``range(num_items)`` with a permutation that depends only on ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch. The permutation is drawn lazily, on the first
+    ``next()``, so it reflects the epoch even when the loader's iterator was created before ``set_epoch``
+    (which is what happens on resume).
+    """
+
+    def __init__(self, num_items: int, seed: int, shuffle: bool = True) -> None:
+        self.num_items = int(num_items)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation for ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            yield from range(self.num_items)
+            return
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+        yield from torch.randperm(self.num_items, generator=gen).tolist()
+
+    def __len__(self) -> int:
+        return self.num_items
+
+
+def train_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    seed: int | None = None,
+    collate_fn: Callable[[list[Any]], dict[str, Any]] | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    shuffle: bool = True,
+) -> DataLoader:
+    """A training DataLoader with a resumable, seeded order (:class:`EpochShuffleSampler`).
+
+    ``seed`` defaults to the run's global seed (``trainer.seed``, exported by ``seed_everything``).
+    """
+    if seed is None:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(len(dataset), seed, shuffle=shuffle),  # type: ignore[arg-type]
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def eval_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    collate_fn: Callable[[list[Any]], dict[str, Any]] | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    """An in-order DataLoader for validation, embedding export and evaluation."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def random_split_indices(
+    num_items: int, fractions: Sequence[float], seed: int, stratify: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Split ``range(num_items)`` into parts of the given fractions (they must sum to 1), optionally stratified.
+
+    With ``stratify`` (one label per item), every class is split in the same proportions, so small classes
+    appear in every part.
+    """
+    if not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must sum to 1, got {list(fractions)}")
+    rng = np.random.default_rng(seed)
+    groups = (
+        [np.arange(num_items)] if stratify is None else [np.flatnonzero(stratify == c) for c in np.unique(stratify)]
+    )
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    for group in groups:
+        group = rng.permutation(group)
+        bounds = np.round(np.cumsum(fractions) * len(group)).astype(int)
+        start = 0
+        for i, stop in enumerate(bounds):
+            parts[i].append(group[start:stop])
+            start = stop
+    return [np.sort(np.concatenate(p)) if p else np.empty(0, dtype=int) for p in parts]

@@ -1,0 +1,17 @@
+"""Label-free and label-based evaluation of embeddings from any plugin."""
+
+from .embeddings import Embeddings, collect_embeddings, evaluate_embeddings, write_embeddings
+from .knn import knn_predict, knn_probe
+from .probe import linear_probe
+from .rankme import rankme
+
+__all__ = [
+    "Embeddings",
+    "collect_embeddings",
+    "evaluate_embeddings",
+    "knn_predict",
+    "knn_probe",
+    "linear_probe",
+    "rankme",
+    "write_embeddings",
+]

@@ -1,0 +1,113 @@
+"""Collecting embeddings from any plugin's model, writing them to disk, and the generic evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+
+from ..checkpoint import atomic_write
+from ..data import random_split_indices
+from ..errors import UserError
+from ..plugin import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
+from .knn import knn_probe
+from .probe import linear_probe
+from .rankme import rankme
+
+__all__ = ["Embeddings", "collect_embeddings", "evaluate_embeddings", "write_embeddings"]
+
+
+@dataclass
+class Embeddings:
+    """Row-aligned embeddings with their ids and, when the data has them, labels and split assignments."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    labels: np.ndarray | None = None
+    splits: np.ndarray | None = None
+
+
+@torch.no_grad()
+def collect_embeddings(model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: str = "cpu") -> Embeddings:
+    """Run ``model.embed`` over ``batches`` (dicts with ``id``, optionally ``label`` and ``split``)."""
+    model = model.to(device).eval()
+    ids, vecs, labels, splits = [], [], [], []
+    for batch in batches:
+        batch = move_data_to_device(batch, torch.device(device))
+        z = model.embed(batch)
+        if z.ndim != 2 or z.shape[0] != len(batch["id"]):
+            raise RuntimeError(f"embed returned shape {tuple(z.shape)} for {len(batch['id'])} ids")
+        ids.append(batch["id"].cpu().numpy())
+        vecs.append(z.float().cpu().numpy())
+        if "label" in batch:
+            labels.append(batch["label"].cpu().numpy())
+        if "split" in batch:
+            splits.append(batch["split"].cpu().numpy())
+    if not ids:
+        raise UserError("the data yielded no items to embed")
+    return Embeddings(
+        ids=np.concatenate(ids),
+        vectors=np.concatenate(vecs).astype(np.float32),
+        labels=np.concatenate(labels) if len(labels) == len(ids) else None,
+        splits=np.concatenate(splits) if len(splits) == len(ids) else None,
+    )
+
+
+def write_embeddings(emb: Embeddings, out: Path) -> list[Path]:
+    """Write ``.npy`` (vectors, plus ``<stem>.ids.npy``) or ``.parquet`` (columns ``id`` and ``embedding``)."""
+    out = Path(out)
+    if out.suffix == ".npy":
+        ids_path = out.with_name(out.stem + ".ids.npy")
+        atomic_write(ids_path, lambda tmp: _save_npy(tmp, emb.ids))
+        atomic_write(out, lambda tmp: _save_npy(tmp, emb.vectors))
+        return [out, ids_path]
+    if out.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        dim = emb.vectors.shape[1]
+        flat = pa.array(emb.vectors.reshape(-1), type=pa.float32())
+        columns = {"id": pa.array(emb.ids), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)}
+        if emb.labels is not None:
+            columns["label"] = pa.array(emb.labels)
+        table = pa.table(columns)
+        atomic_write(out, lambda tmp: pq.write_table(table, str(tmp)))
+        return [out]
+    raise UserError(f"--out must end in .npy or .parquet, got {out.name}")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to the temporary name
+        np.save(fh, array)
+
+
+def evaluate_embeddings(emb: Embeddings, seed: int = 0) -> dict[str, Any]:
+    """RankMe always; with labels, a linear probe and kNN (selected on validation, reported on test).
+
+    The data's own split is used when it has one (``split`` in the batches); otherwise a stratified 60/20/20
+    split with ``seed``. Items labelled ``-1`` are ignored by the probes.
+    """
+    metrics: dict[str, Any] = {"num_items": len(emb.ids), "embed_dim": int(emb.vectors.shape[1])}
+    metrics["rankme"] = rankme(emb.vectors)
+    if emb.labels is None:
+        return metrics
+    keep = emb.labels >= 0
+    x, y = emb.vectors[keep], emb.labels[keep]
+    if len(np.unique(y)) < 2:
+        return metrics
+    if emb.splits is not None and {SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST} <= set(np.unique(emb.splits[keep])):
+        s = emb.splits[keep]
+        parts = [np.flatnonzero(s == k) for k in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST)]
+        metrics["split"] = "data"
+    else:
+        parts = random_split_indices(len(y), (0.6, 0.2, 0.2), seed, stratify=y)
+        metrics["split"] = f"stratified 60/20/20, seed {seed}"
+    train, val, test = ((x[p], y[p]) for p in parts)
+    metrics.update(linear_probe(train, val, test))
+    metrics.update(knn_probe(train, val, test))
+    return metrics

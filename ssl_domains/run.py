@@ -1,0 +1,252 @@
+"""Runs: resolving a config, the run directory, training through Lightning, and reloading a finished run.
+
+A run directory holds everything needed to continue, reuse or audit a run::
+
+    config.yaml         the fully resolved config (every default written out)
+    last.ckpt           Lightning checkpoint of the last finished epoch (resume from it)
+    metrics.csv         per-step and per-epoch metrics
+    tensorboard/        TensorBoard event files
+    model.safetensors   the trained model's weights (what ``embed`` and ``evaluate`` load)
+    data_state.pt       what the datamodule fitted on the training data (normalisation, vocabularies, sizes)
+    figures/            the plugin's figures, if it draws any
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import registry
+from .config import OptimConfig, TrainerConfig, from_mapping, merge, parse_overrides, to_mapping
+from .errors import ConfigError, UserError
+from .plugin import ModalityPlugin
+
+__all__ = ["LoadedRun", "ResolvedConfig", "load_run", "read_yaml", "resolve_config", "train"]
+
+CONFIG_FILE = "config.yaml"
+LAST_CKPT = "last.ckpt"
+WEIGHTS_FILE = "model.safetensors"
+DATA_STATE_FILE = "data_state.pt"
+METRICS_FILE = "metrics.csv"
+RUN_DIR_ENV = "SSL_DOMAINS_RUN_DIR"  # set by rank 0 so DDP worker processes write into the same run
+
+
+@dataclass
+class ResolvedConfig:
+    """Everything a run is built from, after defaults, plugin defaults, YAML files and --set are merged."""
+
+    plugin: ModalityPlugin
+    data: Path
+    trainer: TrainerConfig
+    optim: OptimConfig
+    method: Any
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The YAML form written to ``config.yaml``."""
+        return {
+            "plugin": self.plugin.name,
+            "data": str(self.data),
+            "trainer": to_mapping(self.trainer),
+            "optim": to_mapping(self.optim),
+            self.plugin.config_section(): to_mapping(self.method),
+        }
+
+
+def read_yaml(path_or_preset: str, plugin: ModalityPlugin | None = None) -> dict[str, Any]:
+    """Read a YAML config file, or a preset shipped by ``plugin`` when no such file exists."""
+    path = Path(path_or_preset)
+    if not path.is_file() and plugin is not None:
+        presets = plugin.presets()
+        if path_or_preset in presets:
+            path = presets[path_or_preset]
+        else:
+            names = ", ".join(presets) or "none"
+            raise ConfigError(
+                f"config {path_or_preset!r} is neither a file nor a preset of {plugin.name} (presets: {names})"
+            )
+    elif not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping (trainer:, optim:, <plugin>:), not a {type(data).__name__}")
+    return data
+
+
+def resolve_config(
+    plugin: ModalityPlugin,
+    data: str | Path | None,
+    layers: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    overrides: list[str] = (),  # type: ignore[assignment]
+    trainer_flags: dict[str, Any] | None = None,
+) -> ResolvedConfig:
+    """Merge, in increasing priority: core defaults, ``plugin.run_defaults``, ``layers`` (YAML files),
+    ``--set`` overrides and explicit trainer flags; then validate every key and type."""
+    section = plugin.config_section()
+    merged: dict[str, Any] = {
+        "trainer": to_mapping(TrainerConfig()),
+        "optim": to_mapping(OptimConfig()),
+        section: to_mapping(plugin.default_config()),
+    }
+    merged = merge(merged, plugin.run_defaults)
+    for layer in [*layers, parse_overrides(list(overrides)), {"trainer": trainer_flags or {}}]:
+        merged = merge(merged, layer)
+    allowed = {"plugin", "data", "trainer", "optim", section}
+    unknown = sorted(set(merged) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown top-level config key {unknown[0]!r}; valid keys: {', '.join(sorted(allowed))} "
+            f"(plugin settings go under {section}:)"
+        )
+    if merged.get("plugin", plugin.name) != plugin.name:
+        raise ConfigError(f"the config is for plugin {merged['plugin']!r}, but --plugin is {plugin.name!r}")
+    data = data if data is not None else merged.get("data")
+    if data is None:
+        raise UserError("no data given: pass --data PATH")
+    return ResolvedConfig(
+        plugin=plugin,
+        data=Path(data),
+        trainer=from_mapping(TrainerConfig, merged["trainer"], "trainer"),
+        optim=from_mapping(OptimConfig, merged["optim"], "optim"),
+        method=from_mapping(type(plugin.default_config()), merged[section], section),
+    )
+
+
+def is_worker_process() -> bool:
+    """True in the DDP processes that Lightning launches besides rank 0 of each node."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def _trim_metrics(run_dir: Path, resume_epoch: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from, so no step appears twice."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if r.get("epoch", "") == "" or int(float(r["epoch"])) < resume_epoch]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run: bool = False) -> Path:
+    """Train ``cfg`` into ``run_dir`` (continuing from its ``last.ckpt`` when ``resume``); return ``run_dir``."""
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from .checkpoint import AtomicCheckpointIO, save_data_state, save_weights
+    from .csv_logger import ResumableCSVLogger
+    from .module import EpochCheckpoint, FiniteLossGuard, SSLModule
+
+    worker = is_worker_process()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not worker:
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_mapping(), sort_keys=False))
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+
+    ckpt_path = None
+    if resume:
+        ckpt_path = run_dir / LAST_CKPT
+        if not ckpt_path.is_file():
+            raise UserError(f"cannot resume: {ckpt_path} does not exist (the run finished no epoch)")
+        # Lightning stores the number of finished epochs, which is the index of the epoch we resume at.
+        epoch = int(torch.load(ckpt_path, map_location="cpu", weights_only=True).get("epoch", 0))
+        if not worker:
+            _trim_metrics(run_dir, epoch)
+
+    tc = cfg.trainer
+    pl.seed_everything(tc.seed, workers=True, verbose=False)
+    datamodule = cfg.plugin.datamodule(cfg.method, cfg.data)
+    datamodule.setup("fit")
+    model = cfg.plugin.model(cfg.method, datamodule)
+    module = SSLModule(cfg.plugin, cfg.method, model, cfg.optim, tc.seed, compile=tc.compile)
+
+    callbacks: list[pl.Callback] = [
+        FiniteLossGuard(tc.log_every_n_steps),
+        EpochCheckpoint(str(run_dir / LAST_CKPT), tc.checkpoint_every_n_epochs),
+    ]
+    if tc.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(tc.log_every_n_steps, 20))))
+    loggers = [
+        ResumableCSVLogger(save_dir=str(run_dir), name="", version=""),
+        pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
+    ]
+    trainer = pl.Trainer(
+        max_epochs=tc.max_epochs,
+        max_steps=tc.max_steps,
+        precision=tc.precision,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        strategy=tc.strategy,
+        num_nodes=tc.num_nodes,
+        logger=loggers,
+        callbacks=callbacks,
+        log_every_n_steps=tc.log_every_n_steps,
+        accumulate_grad_batches=tc.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.gradient_clip_val,
+        deterministic=tc.deterministic,
+        enable_progress_bar=tc.progress_bar,
+        enable_model_summary=False,
+        limit_train_batches=tc.limit_train_batches,
+        check_val_every_n_epoch=tc.check_val_every_n_epoch,
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,  # EpochCheckpoint writes last.ckpt
+        default_root_dir=str(run_dir),
+        fast_dev_run=fast_dev_run,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if trainer.is_global_zero:
+        save_weights(model, run_dir / WEIGHTS_FILE)
+        save_data_state(datamodule.state_dict(), run_dir / DATA_STATE_FILE)
+        model.eval()
+        with torch.no_grad():
+            cfg.plugin.visualize(model, datamodule, run_dir / "figures")
+    return run_dir
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, rebuilt for embedding or evaluation."""
+
+    config: ResolvedConfig
+    datamodule: Any
+    model: Any
+    run_dir: Path
+
+
+def load_run(run_dir: Path, data: str | Path | None = None) -> LoadedRun:
+    """Rebuild a run's plugin, datamodule (on ``data`` or the training data) and model with trained weights."""
+    from .checkpoint import load_data_state, load_weights
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass the --output of a train run")
+    raw = read_yaml(str(config_path))
+    plugin = registry.load(str(raw.get("plugin")))
+    cfg = resolve_config(plugin, data if data is not None else raw.get("data"), [raw])
+    if not cfg.data.exists():
+        raise UserError(f"data path {cfg.data} does not exist; pass --data PATH")
+    datamodule = plugin.datamodule(cfg.method, cfg.data)
+    datamodule.load_state_dict(load_data_state(run_dir / DATA_STATE_FILE))
+    datamodule.setup("predict")
+    model = plugin.model(cfg.method, datamodule)
+    load_weights(model, run_dir / WEIGHTS_FILE)
+    model.eval()
+    return LoadedRun(cfg, datamodule, model, run_dir)

@@ -1,0 +1,294 @@
+"""Conformance kit for plugin authors (in the spirit of scikit-learn's ``check_estimator``).
+
+Run every check on a plugin::
+
+    from ssl_domains.testing import check_plugin
+    check_plugin(MyPlugin())
+
+or get one pytest test per check, in your own CI::
+
+    from ssl_domains.testing import parametrize_with_checks
+
+    @parametrize_with_checks([MyPlugin()])
+    def test_conformance(plugin, check, tmp_path):
+        check(plugin, tmp_path)
+
+The checks use the plugin's own ``make_example_data`` and its default config, with ``test_overrides`` applied
+(a plugin can shrink its model there so the kit runs in seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import registry
+from .config import from_mapping, merge, to_mapping
+from .plugin import ModalityPlugin
+
+__all__ = ["CHECKS", "check_plugin", "parametrize_with_checks"]
+
+Check = Callable[[ModalityPlugin, Path], None]
+
+
+def _overrides(plugin: ModalityPlugin) -> list[str]:
+    def flatten(prefix: str, node: Any) -> Iterator[str]:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                yield from flatten(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            yield f"{prefix}={json.dumps(node)}"
+
+    return list(flatten("", getattr(plugin, "test_overrides", {})))
+
+
+def _config(plugin: ModalityPlugin, data: Path) -> Any:
+    from .run import resolve_config
+
+    return resolve_config(plugin, data, [], _overrides(plugin))
+
+
+def _built(plugin: ModalityPlugin, tmp_path: Path) -> tuple[Any, Any, Any]:
+    """(resolved config, set-up datamodule, fresh model) on the plugin's example data."""
+    import lightning.pytorch as pl
+
+    data = plugin.make_example_data(tmp_path / "data")
+    cfg = _config(plugin, data)
+    pl.seed_everything(0, verbose=False)
+    dm = plugin.datamodule(cfg.method, data)
+    dm.setup("fit")
+    return cfg, dm, plugin.model(cfg.method, dm)
+
+
+def _first_batch(loader: Any) -> dict[str, Any]:
+    batch = next(iter(loader))
+    assert isinstance(batch, dict), f"batches must be dicts, got {type(batch).__name__}"
+    return batch
+
+
+@contextmanager
+def _discoverable(plugin: ModalityPlugin) -> Iterator[None]:
+    """Use real entry-point discovery when the plugin is installed, else register it for the block."""
+    record = registry.discover().get(plugin.name)
+    if record is not None and record.target.endswith(type(plugin).__qualname__):
+        yield
+    else:
+        with registry.temporary_plugins(plugin):
+            yield
+
+
+def _cli(plugin: ModalityPlugin, *argv: str) -> None:
+    from .cli import main
+
+    with _discoverable(plugin):
+        code = main(list(argv))
+    assert code == 0, f"`ssl-domains {' '.join(argv)}` exited with {code}"
+
+
+# -------------------------------------------------------------------------------------------------- checks
+
+
+def check_metadata(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """name, description, paper, data_formats and batch_keys (with ``id``) are declared."""
+    for attr in ("name", "description", "paper"):
+        value = getattr(plugin, attr, None)
+        assert isinstance(value, str) and value.strip(), f"{attr} must be a non-empty string"
+    assert plugin.name.replace("-", "_").replace("_", "a").isalnum(), "name must be alphanumeric, '-' or '_'"
+    assert plugin.extra is None or isinstance(plugin.extra, str), "extra must be a string or None"
+    assert all(isinstance(r, str) for r in plugin.requires), "requires lists import names (strings)"
+    assert plugin.data_formats, "data_formats must describe at least one accepted input"
+    assert plugin.batch_keys.get("id") == "int64", "batch_keys must declare 'id': 'int64'"
+
+
+def check_config_yaml_roundtrip(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """The default config survives YAML dump and load unchanged."""
+    cfg = plugin.default_config()
+    assert dataclasses.is_dataclass(cfg), "default_config() must return a dataclass instance"
+    text = yaml.safe_dump(to_mapping(cfg))
+    again = from_mapping(type(cfg), yaml.safe_load(text), plugin.config_section())
+    assert again == cfg, "default config changed through YAML"
+    merged = merge(to_mapping(cfg), yaml.safe_load(text))
+    assert merged == to_mapping(cfg)
+
+
+def check_datamodule_batches(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """Training batches are dicts with the declared keys and dtypes; ``id`` has one entry per item."""
+    _, dm, _ = _built(plugin, tmp_path)
+    batch = _first_batch(dm.train_dataloader())
+    for key, dtype in plugin.batch_keys.items():
+        assert key in batch, f"batch lacks declared key {key!r} (has {sorted(batch)})"
+        got = str(batch[key].dtype).replace("torch.", "")
+        assert got == dtype, f"batch[{key!r}] has dtype {got}, declared {dtype}"
+    assert batch["id"].ndim == 1 and len(batch["id"]) > 0
+
+
+def check_masking_deterministic(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """Under one seed the objective (masking included) gives the same loss; under another seed it differs."""
+    import torch
+
+    cfg, dm, model = _built(plugin, tmp_path)
+    objective = plugin.objective(cfg.method)
+    batch = _first_batch(dm.train_dataloader())
+    model.train()
+    losses = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            losses.append(objective(model, batch)["loss"])
+    assert torch.equal(losses[0], losses[1]), f"same seed, different losses: {losses[0]} vs {losses[1]}"
+    assert not torch.equal(losses[0], losses[2]), "a different seed gave the same loss: is the masking random?"
+
+
+def check_objective_finite_and_differentiable(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """The loss is a finite scalar, and backward gives finite, non-zero gradients."""
+    import torch
+
+    cfg, dm, model = _built(plugin, tmp_path)
+    out = plugin.objective(cfg.method)(model.train(), _first_batch(dm.train_dataloader()))
+    assert "loss" in out, "the objective must return {'loss': ...}"
+    loss = out["loss"]
+    assert loss.ndim == 0 and torch.isfinite(loss), f"loss must be a finite scalar, got {loss}"
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads, "no parameter received a gradient"
+    assert all(torch.isfinite(g).all() for g in grads), "non-finite gradient"
+    assert any(g.abs().sum() > 0 for g in grads), "all gradients are zero"
+
+
+def check_overfits_one_batch(plugin: ModalityPlugin, tmp_path: Path, steps: int = 40) -> None:
+    """With the masking fixed (same seed every step), Adam drives the loss on one batch down by >= 10%."""
+    import torch
+
+    cfg, dm, model = _built(plugin, tmp_path)
+    objective = plugin.objective(cfg.method)
+    batch = _first_batch(dm.train_dataloader())
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        torch.manual_seed(0)
+        loss = objective(model, batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.9 * losses[0], f"loss did not fall when overfitting: {losses[0]:.4f} -> {losses[-1]:.4f}"
+
+
+def check_fast_dev_run_cli(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """``ssl-domains train --fast-dev-run`` succeeds through the real CLI and writes the run directory."""
+    data = plugin.make_example_data(tmp_path / "data")
+    out = tmp_path / "run"
+    sets = [a for o in _overrides(plugin) for a in ("--set", o)]
+    _cli(
+        plugin,
+        "train",
+        "--plugin",
+        plugin.name,
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--fast-dev-run",
+        "--set",
+        "trainer.progress_bar=false",
+        *sets,
+    )
+    for name in ("config.yaml", "model.safetensors"):
+        assert (out / name).is_file(), f"the run directory lacks {name}"
+
+
+def check_checkpoint_roundtrip(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """``last.ckpt`` loads with ``weights_only=True``, matches ``model.safetensors``, and ``--resume`` continues."""
+    import torch
+
+    from .checkpoint import load_weights
+
+    data = plugin.make_example_data(tmp_path / "data")
+    out = tmp_path / "run"
+    sets = [a for o in _overrides(plugin) for a in ("--set", o)]
+    common = ("--set", "trainer.progress_bar=false", "--set", "trainer.limit_train_batches=2")
+    _cli(
+        plugin,
+        "train",
+        "--plugin",
+        plugin.name,
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--max-epochs",
+        "1",
+        *common,
+        *sets,
+    )
+    ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1, f"after one epoch the checkpoint should count 1 finished epoch, not {ckpt['epoch']}"
+    state = ckpt["state_dict"]
+    assert state and all(k.startswith("model.") for k in state), "checkpoint keys must be model.*"
+    assert not any("_orig_mod." in k for k in state), "checkpoint holds torch.compile prefixes"
+    _cfg, _dm, model = _built(plugin, tmp_path / "rebuild")
+    load_weights(model, out / "model.safetensors")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[f"model.{key}"]), f"model.safetensors and last.ckpt differ at {key}"
+    _cli(plugin, "train", "--resume", str(out), "--max-epochs", "2")
+    again = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert again["epoch"] == 2, f"the resumed run should end with 2 finished epochs, not {again['epoch']}"
+
+
+def check_embed_shape(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """``model.embed(batch)`` is a finite ``[len(batch['id']), model.embed_dim]`` tensor."""
+    import torch
+
+    _, dm, model = _built(plugin, tmp_path)
+    dm.setup("predict")
+    batch = _first_batch(dm.predict_dataloader())
+    assert isinstance(getattr(model, "embed_dim", None), int), "the model must define embed_dim: int"
+    with torch.no_grad():
+        z = model.eval().embed(batch)
+    assert tuple(z.shape) == (len(batch["id"]), model.embed_dim), f"embed shape {tuple(z.shape)}"
+    assert torch.isfinite(z).all(), "embed returned NaN or inf"
+
+
+CHECKS: tuple[Check, ...] = (
+    check_metadata,
+    check_config_yaml_roundtrip,
+    check_datamodule_batches,
+    check_masking_deterministic,
+    check_objective_finite_and_differentiable,
+    check_overfits_one_batch,
+    check_fast_dev_run_cli,
+    check_checkpoint_roundtrip,
+    check_embed_shape,
+)
+
+
+def check_plugin(plugin: ModalityPlugin, tmp_path: Path | None = None) -> None:
+    """Run every check; raise ``AssertionError`` listing each failing check and why."""
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp_path or tmp)
+        for check in CHECKS:
+            try:
+                check(plugin, root / check.__name__)
+            except AssertionError as exc:
+                failures.append(f"{check.__name__}: {exc}")
+    if failures:
+        raise AssertionError(f"plugin {plugin.name!r} fails {len(failures)} check(s):\n" + "\n".join(failures))
+
+
+def parametrize_with_checks(plugins: list[ModalityPlugin]) -> Any:
+    """A ``pytest.mark.parametrize`` over ``(plugin, check)`` pairs, one test id per pair."""
+    import pytest
+
+    pairs = [(p, c) for p in plugins for c in CHECKS]
+    ids = [f"{p.name}-{c.__name__.removeprefix('check_')}" for p, c in pairs]
+    return pytest.mark.parametrize(("plugin", "check"), pairs, ids=ids)
