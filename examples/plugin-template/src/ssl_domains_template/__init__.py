@@ -1,0 +1,1 @@
+"""ssl-domains plugin template: a denoising autoencoder on feature vectors."""
