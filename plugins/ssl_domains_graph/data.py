@@ -1,0 +1,235 @@
+"""GraphMAE data: feature preparation and the LightningDataModule yielding dict batches.
+
+Batches carry ``x`` (float32 ``[N, F]``), ``edge_index`` (int64 ``[2, E]``, PyG convention: row 0 = source),
+``batch`` (int64 ``[N]``, the graph of each node), ``id`` (the items ``embed`` returns: nodes, or graphs) and,
+when known, ``label`` and ``split``. Node-level neighbour batches list the seed nodes first; ``id`` holds their
+global ids, so ``len(id)`` seeds lead the node tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import add_self_loops, degree, remove_self_loops
+
+from ssl_domains import DataError
+from ssl_domains.data import eval_loader, train_loader
+
+from .formats import GraphSource, read_graph_source, validate_graph
+from .sampling import NeighborSampler
+
+
+def _with_self_loops(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    return add_self_loops(remove_self_loops(edge_index)[0], num_nodes=num_nodes)[0]
+
+
+def _row_normalize(x: torch.Tensor) -> torch.Tensor:
+    # torch_geometric.transforms.NormalizeFeatures, which GraphMAE applies to Planetoid data
+    x = x - x.min()
+    return x / x.sum(dim=-1, keepdim=True).clamp(min=1.0)
+
+
+class _Single(Dataset):
+    """One prebuilt batch (the whole graph); one step per epoch, as in full-batch GraphMAE."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.batch
+
+
+class _Indices(Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class GraphDataModule(pl.LightningDataModule):
+    """Reads any accepted graph format; serves full graphs, neighbour-sampled subgraphs or graph mini-batches."""
+
+    def __init__(self, path: Path, cfg: Any) -> None:
+        super().__init__()
+        self.path, self.cfg = Path(path), cfg
+        self.fitted: dict[str, Any] = {}
+        self._ready = False
+
+    # ---- state saved with the run, so new data is prepared exactly like the training data
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.fitted)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fitted = dict(state)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.fitted["num_features"])
+
+    @property
+    def level(self) -> str:
+        return str(self.fitted["level"])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        source = read_graph_source(self.path)
+        level = self.fitted.get("level") or (
+            self.cfg.level if self.cfg.level != "auto" else ("graph" if source.is_collection else "node")
+        )
+        if level == "node" and len(source.graphs) != 1:
+            raise DataError(
+                f"{source.origin}: node-level GraphMAE needs one graph, found {len(source.graphs)}; "
+                "set graphmae.level=graph for a collection of graphs"
+            )
+        for i, g in enumerate(source.graphs):
+            validate_graph(g, source.origin, "the graph" if len(source.graphs) == 1 else f"graph {i}")
+        self.fitted["level"] = level
+        self.graphs = self._prepare(source)
+        if level == "node":
+            g = self.graphs[0]
+            if g.edge_index.shape[1] == 0:
+                raise DataError(f"{source.origin}: the graph has no edges; GraphMAE reconstructs nodes from neighbours")
+            self.full_batch = self._node_batch(g)
+            if self.cfg.node_batching == "neighbor":
+                edges = remove_self_loops(g.edge_index)[0]
+                self.sampler = NeighborSampler(edges, g.num_nodes, self.cfg.num_neighbors)
+        self._ready = True
+
+    def _prepare(self, source: GraphSource) -> list[Data]:
+        cfg, graphs = self.cfg, source.graphs
+        use_degree = cfg.degree_features or any(g.x is None for g in graphs)
+        if use_degree:
+            # one-hot degree, capped (reference data_util.py, MAX_DEGREES = 400); width fixed by the training data
+            degs = [degree(g.edge_index[0], num_nodes=g.num_nodes).long() for g in graphs]
+            width = (
+                self.fitted.get("degree_width")
+                or min(max(int(d.max()) if d.numel() else 0 for d in degs), cfg.max_degree) + 1
+            )
+            self.fitted["degree_width"] = width
+            xs = [torch.nn.functional.one_hot(d.clamp(max=width - 1), width).float() for d in degs]
+        else:
+            xs = [g.x.float() for g in graphs]
+        if cfg.feature_norm == "row":
+            xs = [_row_normalize(x) for x in xs]
+        elif cfg.feature_norm == "standardize":
+            if "mean" not in self.fitted:
+                stacked = torch.cat(xs)
+                self.fitted["mean"], self.fitted["std"] = stacked.mean(0), stacked.std(0).clamp_min(1e-6)
+            xs = [(x - self.fitted["mean"]) / self.fitted["std"] for x in xs]
+        width = xs[0].shape[1]
+        expected = self.fitted.setdefault("num_features", width)
+        if width != expected:
+            raise DataError(f"{source.origin}: {width} node features, but the run was trained with {expected}")
+        out = []
+        for i, (g, x) in enumerate(zip(graphs, xs, strict=False)):
+            ei = _with_self_loops(g.edge_index, g.num_nodes) if cfg.add_self_loops else g.edge_index
+            d = Data(x=x.contiguous(), edge_index=ei, num_nodes=g.num_nodes, gid=torch.tensor([i]))
+            if getattr(g, "y", None) is not None:
+                d.y = g.y.view(-1).long()
+            if getattr(g, "split", None) is not None:
+                d.split = g.split
+            out.append(d)
+        return out
+
+    @staticmethod
+    def _node_batch(g: Data) -> dict[str, torch.Tensor]:
+        batch = {
+            "x": g.x,
+            "edge_index": g.edge_index,
+            "batch": torch.zeros(g.num_nodes, dtype=torch.long),
+            "id": torch.arange(g.num_nodes),
+        }
+        if getattr(g, "y", None) is not None and g.y.numel() == g.num_nodes:
+            batch["label"] = g.y
+        if getattr(g, "split", None) is not None:
+            batch["split"] = g.split
+        return batch
+
+    def _graph_collate(self, items: list[int]) -> dict[str, torch.Tensor]:
+        b = Batch.from_data_list([self.graphs[i] for i in items])
+        out = {"x": b.x, "edge_index": b.edge_index, "batch": b.batch, "id": b.gid.view(-1)}
+        if getattr(b, "y", None) is not None:
+            out["label"] = b.y.view(-1)
+        return out
+
+    def _neighbor_collate(self, seeds: list[int]) -> dict[str, torch.Tensor]:
+        g = self.graphs[0]
+        nodes, edge_index = self.sampler.sample(torch.as_tensor(seeds, dtype=torch.long))
+        edge_index = add_self_loops(edge_index, num_nodes=len(nodes))[0]
+        out = {
+            "x": g.x[nodes],
+            "edge_index": edge_index,
+            "batch": torch.zeros(len(nodes), dtype=torch.long),
+            "id": nodes[: len(seeds)],
+        }
+        if getattr(g, "y", None) is not None:
+            out["label"] = g.y[nodes[: len(seeds)]]
+        return out
+
+    def _loader(self, train: bool) -> DataLoader:
+        cfg = self.cfg
+        if self.level == "graph":
+            items = _Indices(len(self.graphs))
+            if train:
+                return train_loader(
+                    items,
+                    batch_size=cfg.batch_size,
+                    collate_fn=self._graph_collate,
+                    num_workers=cfg.num_workers,
+                    shuffle=cfg.shuffle,
+                )
+            return eval_loader(
+                items, batch_size=cfg.batch_size, collate_fn=self._graph_collate, num_workers=cfg.num_workers
+            )
+        if cfg.node_batching == "neighbor":
+            items = _Indices(self.graphs[0].num_nodes)
+            if train:
+                return train_loader(
+                    items, batch_size=cfg.batch_size, collate_fn=self._neighbor_collate, num_workers=cfg.num_workers
+                )
+            return eval_loader(
+                items, batch_size=cfg.batch_size, collate_fn=self._neighbor_collate, num_workers=cfg.num_workers
+            )
+        return DataLoader(_Single(self.full_batch), batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(train=True)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(train=False)
+
+
+def write_example_graph(root: Path, nodes_per_class: int = 30, classes: int = 3, features: int = 16) -> Path:
+    """A small stochastic-block-model graph in the edge-list CSV format, with labels and a split."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = nodes_per_class * classes
+    labels = np.repeat(np.arange(classes), nodes_per_class)
+    same = labels[:, None] == labels[None, :]
+    adj = np.triu(rng.random((n, n)) < np.where(same, 0.25, 0.02), k=1)
+    src, dst = np.nonzero(adj | adj.T)
+    centres = rng.random((classes, features)) * 2
+    x = np.clip(centres[labels] + rng.normal(0, 0.3, (n, features)), 0, None)
+    out = Path(root) / "sbm_graph"
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"source": src, "target": dst}).to_csv(out / "edges.csv", index=False)
+    table = pd.DataFrame(x, columns=[f"f{i}" for i in range(features)])
+    table["label"] = labels
+    table["split"] = np.array(["train", "val", "test"])[rng.integers(0, 3, n)]
+    table.to_csv(out / "nodes.csv", index=False)
+    return out

@@ -1,0 +1,74 @@
+"""Neighbour sampling (GraphSAGE-style, Hamilton et al. 2017) for graphs that do not fit a full-batch step.
+
+Pure torch on a CSR index, vectorised over the whole frontier: no per-node Python loop, no pyg-lib or
+torch-sparse needed (their wheels are not on PyPI). Memory is the graph's CSR plus one int64 map of its nodes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["NeighborSampler"]
+
+
+class NeighborSampler:
+    """Samples, for a batch of seed nodes, up to ``fanouts[k]`` in-neighbours per node at hop ``k``.
+
+    The returned subgraph lists the seeds first, so row ``i < len(seeds)`` of any node tensor is seed ``i``.
+    Edges follow PyG's convention: ``edge_index[0]`` is the source (the neighbour), ``edge_index[1]`` the target.
+    """
+
+    def __init__(self, edge_index: torch.Tensor, num_nodes: int, fanouts: list[int]) -> None:
+        src, dst = edge_index
+        order = torch.argsort(dst, stable=True)
+        self.col = src[order].contiguous()
+        self.rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
+        self.rowptr[1:] = torch.bincount(dst, minlength=num_nodes).cumsum(0)
+        self.fanouts = list(fanouts)
+        self.num_nodes = num_nodes
+        self._local = torch.full((num_nodes,), -1, dtype=torch.long)  # global -> local id, reset after use
+
+    def _sample_hop(
+        self, frontier: torch.Tensor, fanout: int, gen: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start, deg = self.rowptr[frontier], self.rowptr[frontier + 1] - self.rowptr[frontier]
+        owner = torch.repeat_interleave(torch.arange(len(frontier)), deg)
+        offset = torch.arange(int(deg.sum())) - torch.repeat_interleave(deg.cumsum(0) - deg, deg)
+        if fanout >= 0:
+            # keep a uniform random subset of size min(deg, fanout) per node: rank random keys within each node
+            keys = owner.double() + torch.rand(len(owner), generator=gen, dtype=torch.double) * 0.999
+            order = torch.argsort(keys)
+            rank = torch.empty_like(order)
+            rank[order] = offset  # offsets enumerate 0..deg-1 within each node, in sorted-key order
+            keep = rank < fanout
+            owner, offset = owner[keep], offset[keep]
+        neighbors = self.col[start[owner] + offset]
+        return neighbors, frontier[owner]
+
+    def sample(
+        self, seeds: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(nodes, edge_index)``: global ids of the subgraph's nodes (seeds first) and local edges."""
+        nodes = [seeds]
+        self._local[seeds] = torch.arange(len(seeds))
+        count = len(seeds)
+        frontier = seeds
+        edges_src, edges_dst = [], []
+        for fanout in self.fanouts:
+            if len(frontier) == 0:
+                break
+            src, dst = self._sample_hop(frontier, fanout, generator)
+            new = torch.unique(src[self._local[src] < 0])
+            self._local[new] = torch.arange(count, count + len(new))
+            count += len(new)
+            nodes.append(new)
+            edges_src.append(self._local[src])
+            edges_dst.append(self._local[dst])
+            frontier = new
+        all_nodes = torch.cat(nodes)
+        self._local[all_nodes] = -1
+        if edges_src:
+            edge_index = torch.stack([torch.cat(edges_src), torch.cat(edges_dst)])
+        else:
+            edge_index = torch.empty(2, 0, dtype=torch.long)
+        return all_nodes, edge_index
