@@ -1,0 +1,73 @@
+"""RankMe, the linear probe and kNN give the values their definitions imply."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ssl_domains.evaluation import Embeddings, evaluate_embeddings, knn_probe, linear_probe, rankme
+
+
+def test_rankme_of_orthogonal_equal_directions_is_their_number():
+    assert rankme(np.eye(16) * 3.0) == pytest.approx(16.0, rel=1e-4)
+
+
+def test_rankme_of_a_collapsed_representation_is_one():
+    z = np.outer(np.arange(1, 101), np.ones(8))  # rank one
+    assert rankme(z) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_rankme_matches_the_formula_on_known_singular_values():
+    z = np.diag([4.0, 2.0, 1.0, 1.0])
+    p = np.array([4, 2, 1, 1]) / 8 + 1e-7
+    assert rankme(z) == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-6)
+
+
+def test_rankme_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        rankme(np.zeros((0, 3)))
+
+
+def blobs(n_per_class: int = 60, classes: int = 3, dim: int = 8, spread: float = 0.5, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (classes, dim))
+    y = np.repeat(np.arange(classes), n_per_class)
+    return (centres[y] + rng.normal(0, spread, (len(y), dim))).astype(np.float32), y
+
+
+def test_probe_and_knn_separate_separable_classes_and_fail_on_noise():
+    x, y = blobs()
+    idx = np.random.default_rng(1).permutation(len(y))
+    parts = [idx[:100], idx[100:140], idx[140:]]
+    split = [(x[p], y[p]) for p in parts]
+    assert linear_probe(*split)["probe_test_acc"] == 1.0
+    assert knn_probe(*split)["knn_test_acc"] == 1.0
+    noise = np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
+    shuffled = [(noise[p], y[p]) for p in parts]
+    assert linear_probe(*shuffled)["probe_test_acc"] < 0.7  # chance is 1/3
+
+
+def test_probe_selects_c_on_validation_not_test():
+    x, y = blobs(spread=3.0)
+    parts = [np.arange(0, 180, 3), np.arange(1, 180, 3), np.arange(2, 180, 3)]
+    result = linear_probe(*[(x[p], y[p]) for p in parts], cs=(1e-4, 1.0))
+    assert result["probe_C"] in (1e-4, 1.0) and 0 <= result["probe_val_acc"] <= 1
+
+
+def test_evaluate_uses_the_data_split_when_present_and_ignores_unlabelled_items():
+    x, y = blobs()
+    labels = y.copy()
+    labels[:10] = -1
+    splits = np.tile([0, 0, 0, 1, 2], len(y) // 5)
+    metrics = evaluate_embeddings(Embeddings(np.arange(len(y)), x, labels, splits))
+    assert metrics["split"] == "data" and metrics["probe_test_acc"] == 1.0
+    metrics = evaluate_embeddings(Embeddings(np.arange(len(y)), x, y, None), seed=3)
+    assert metrics["split"].startswith("stratified 60/20/20")
+
+
+def test_evaluate_without_labels_gives_rankme_only():
+    x, _ = blobs()
+    metrics = evaluate_embeddings(Embeddings(np.arange(len(x)), x))
+    assert set(metrics) == {"num_items", "embed_dim", "rankme"}
