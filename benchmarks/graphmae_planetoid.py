@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+
 from _common import emit, environment, pretrain_and_evaluate
 
 PAPER = {"cora": 84.2, "citeseer": 73.4, "pubmed": 81.1}

@@ -25,6 +25,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import torch
+
 from _common import emit, environment
 
 

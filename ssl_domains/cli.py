@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -300,7 +299,6 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssl-domains`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
         return COMMANDS[args.command](args)
     except (UserError, ConfigError) as exc:

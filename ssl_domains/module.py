@@ -122,8 +122,11 @@ class SSLModule(pl.LightningModule):
                 sync_dist=stage == "val",
             )
 
+    def on_train_start(self) -> None:
+        self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = getattr(self, "_total_steps", 1)
         self.plugin.on_train_batch_end(self.model, batch, min(self.global_step / total, 1.0))
 
     def configure_optimizers(self) -> dict[str, Any]:

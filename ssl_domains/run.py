@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,18 @@ def _trim_metrics(run_dir: Path, resume_epoch: int) -> None:
         writer.writerows(rows)
 
 
+def _quiet_known_warnings() -> None:
+    """Silence Lightning messages that are expected in this design and would only confuse users."""
+    for message in (
+        ".*smaller than the logging interval.*",  # full-graph plugins take one step per epoch
+        ".*defined a `validation_step` but have no `val_dataloader`.*",  # validation is optional per plugin
+        ".*does not have many workers.*",  # in-memory datasets need none
+        ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",  # Lightning 2.6 internals on torch 2.11
+        ".*Consider setting `persistent_workers=True`.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run: bool = False) -> Path:
     """Train ``cfg`` into ``run_dir`` (continuing from its ``last.ckpt`` when ``resume``); return ``run_dir``."""
     import lightning.pytorch as pl
@@ -153,6 +166,7 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
     from .csv_logger import ResumableCSVLogger
     from .module import EpochCheckpoint, FiniteLossGuard, SSLModule
 
+    _quiet_known_warnings()
     worker = is_worker_process()
     run_dir.mkdir(parents=True, exist_ok=True)
     if not worker:

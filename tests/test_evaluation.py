@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -71,3 +72,32 @@ def test_evaluate_without_labels_gives_rankme_only():
     x, _ = blobs()
     metrics = evaluate_embeddings(Embeddings(np.arange(len(x)), x))
     assert set(metrics) == {"num_items", "embed_dim", "rankme"}
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_collected_embeddings_do_not_keep_their_batches_alive():
+    import torch
+
+    from ssl_domains.evaluation import collect_embeddings
+
+    class SeedRows(torch.nn.Module):
+        """embed returns the first rows of a big per-batch tensor, as neighbour-sampled graph models do."""
+
+        def embed(self, batch):
+            return torch.ones(5_000_000, 8)[: len(batch["id"])]  # 160 MB per batch
+
+    start = current_rss_mb()
+    peak = []
+
+    def batches():
+        for _ in range(8):
+            peak.append(current_rss_mb() - start)
+            yield {"id": torch.arange(4)}
+
+    emb = collect_embeddings(SeedRows(), batches())
+    assert emb.vectors.shape == (32, 8)
+    assert max(peak) < 500, f"memory grew by {max(peak):.0f} MB: embeddings hold views of whole batch tensors"

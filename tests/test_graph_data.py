@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch_geometric.data import Data, InMemoryDataset
+
+from ssl_domains import DataError
 from ssl_domains_graph.data import GraphDataModule
 from ssl_domains_graph.formats import read_graph_source
 from ssl_domains_graph.plugin import GraphMAEConfig
 from ssl_domains_graph.sampling import NeighborSampler
-from torch_geometric.data import Data, InMemoryDataset
-
-from ssl_domains import DataError
 
 
 def setup(path: Path, **overrides) -> GraphDataModule:

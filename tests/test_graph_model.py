@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch_geometric.nn import GATConv, GINConv
+
 from ssl_domains_graph.evaluation import graph_svm_cv, node_linear_probe
 from ssl_domains_graph.masking import drop_edges, mask_node_features
 from ssl_domains_graph.model import MLP, GATLayer, GINLayer
 from ssl_domains_graph.objective import sce_loss
-from torch_geometric.nn import GATConv, GINConv
 
 from .conftest import run_cli
 

@@ -178,6 +178,8 @@ class GraphDataModule(pl.LightningDataModule):
         }
         if getattr(g, "y", None) is not None:
             out["label"] = g.y[nodes[: len(seeds)]]
+        if getattr(g, "split", None) is not None:
+            out["split"] = g.split[nodes[: len(seeds)]]
         return out
 
     def _loader(self, train: bool) -> DataLoader:
@@ -211,6 +213,14 @@ class GraphDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(train=False)
+
+    def sample_batches(self, max_items: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+        """Predict batches covering at most ``max_items`` random items (for figures on large graphs)."""
+        if self.level == "graph" or self.cfg.node_batching == "full":
+            return list(self.predict_dataloader())
+        n = self.graphs[0].num_nodes
+        ids = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_items].sort().values
+        return [self._neighbor_collate(chunk.tolist()) for chunk in ids.split(self.cfg.batch_size)]
 
 
 def write_example_graph(root: Path, nodes_per_class: int = 30, classes: int = 3, features: int = 16) -> Path:

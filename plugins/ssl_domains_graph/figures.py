@@ -22,7 +22,7 @@ def plot_embedding_projection(model: Any, datamodule: Any, out_dir: Path) -> lis
     from sklearn.manifold import TSNE
 
     device = next(model.parameters()).device
-    emb = collect_embeddings(model, datamodule.predict_dataloader(), str(device))
+    emb = collect_embeddings(model, datamodule.sample_batches(MAX_POINTS), str(device))
     rng = np.random.default_rng(0)
     keep = np.sort(rng.choice(len(emb.ids), MAX_POINTS, replace=False)) if len(emb.ids) > MAX_POINTS else slice(None)
     z = emb.vectors[keep]

@@ -42,12 +42,14 @@ def collect_embeddings(model: torch.nn.Module, batches: Iterable[dict[str, Any]]
         z = model.embed(batch)
         if z.ndim != 2 or z.shape[0] != len(batch["id"]):
             raise RuntimeError(f"embed returned shape {tuple(z.shape)} for {len(batch['id'])} ids")
-        ids.append(batch["id"].cpu().numpy())
-        vecs.append(z.float().cpu().numpy())
+        # copies, not views: a plugin's embed may return a slice of a much larger tensor (e.g. the seed rows
+        # of a sampled subgraph), and a view would keep all of it alive for the whole collection
+        ids.append(batch["id"].cpu().numpy().copy())
+        vecs.append(z.detach().float().cpu().numpy().copy())
         if "label" in batch:
-            labels.append(batch["label"].cpu().numpy())
+            labels.append(batch["label"].cpu().numpy().copy())
         if "split" in batch:
-            splits.append(batch["split"].cpu().numpy())
+            splits.append(batch["split"].cpu().numpy().copy())
     if not ids:
         raise UserError("the data yielded no items to embed")
     return Embeddings(
