@@ -54,6 +54,10 @@ def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=fused or None)
 
 
+FINISHED_EPOCHS = "finished_epochs"
+"""Checkpoint key: how many epochs of training the checkpoint holds."""
+
+
 class SSLModule(pl.LightningModule):
     """Calls a plugin's objective on each dict batch and owns everything around it.
 
@@ -121,6 +125,11 @@ class SSLModule(pl.LightningModule):
                 batch_size=size,
                 sync_dist=stage == "val",
             )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning's "epoch" is the index of the epoch being saved (0 after the first), which reads as
+        # "nothing finished"; our own key counts the epochs whose training is complete, mid-epoch saves included.
+        checkpoint[FINISHED_EPOCHS] = int(self.trainer.fit_loop.epoch_progress.current.processed)
 
     def on_train_start(self) -> None:
         self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)

@@ -164,7 +164,7 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
 
     from .checkpoint import AtomicCheckpointIO, save_data_state, save_weights
     from .csv_logger import ResumableCSVLogger
-    from .module import EpochCheckpoint, FiniteLossGuard, SSLModule
+    from .module import FINISHED_EPOCHS, EpochCheckpoint, FiniteLossGuard, SSLModule
 
     _quiet_known_warnings()
     worker = is_worker_process()
@@ -178,8 +178,8 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
         ckpt_path = run_dir / LAST_CKPT
         if not ckpt_path.is_file():
             raise UserError(f"cannot resume: {ckpt_path} does not exist (the run finished no epoch)")
-        # Lightning stores the number of finished epochs, which is the index of the epoch we resume at.
-        epoch = int(torch.load(ckpt_path, map_location="cpu", weights_only=True).get("epoch", 0))
+        # the number of finished epochs is the index of the epoch we resume at
+        epoch = int(torch.load(ckpt_path, map_location="cpu", weights_only=True).get(FINISHED_EPOCHS, 0))
         if not worker:
             _trim_metrics(run_dir, epoch)
 

@@ -195,8 +195,6 @@ def test_plugin_commands_are_listed_and_run(vectors: Path, tmp_path: Path):
             str(vectors),
             "--output",
             str(run),
-            "--max-epochs",
-            "5",
             "--set",
             "trainer.progress_bar=false",
         ).returncode

@@ -41,14 +41,14 @@ def test_resume_after_kill_9_mid_epoch_gives_bit_identical_weights(tmp_path: Pat
     deadline = time.time() + 300
     while time.time() < deadline:
         assert proc.poll() is None, "the run ended before it could be killed"
-        if ckpt.is_file() and torch.load(ckpt, weights_only=True)["epoch"] >= 2:
+        if ckpt.is_file() and torch.load(ckpt, weights_only=True)["finished_epochs"] >= 2:
             time.sleep(0.3)  # into the next epoch
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
     assert proc.wait() == -signal.SIGKILL
     assert not (out / "model.safetensors").exists(), "the killed run must not have finished"
-    resumed_from = torch.load(ckpt, weights_only=True)["epoch"]
+    resumed_from = torch.load(ckpt, weights_only=True)["finished_epochs"]
     assert 2 <= resumed_from < 6
 
     result = run_cli("train", "--resume", str(out), *QUIET[:0])
@@ -80,9 +80,10 @@ def test_ddp_with_two_cpu_processes(vectors: Path, tmp_path: Path):
     assert result.returncode == 0, result.stderr
     ckpt = torch.load(out / "last.ckpt", weights_only=True)
     # 230 training rows split over 2 ranks -> 115 each -> 2 batches of 64 per epoch -> 4 optimiser steps
-    assert ckpt["global_step"] == 4 and ckpt["epoch"] == 2
+    assert ckpt["global_step"] == 4 and ckpt["finished_epochs"] == 2
     assert (out / "model.safetensors").is_file()
-    assert list((tmp_path).iterdir()) == [out], "worker processes must write into the same run directory"
+    written = sorted(p.name for p in tmp_path.iterdir() if p != vectors.parent and p != vectors)
+    assert written == [out.name], f"worker processes must write into the same run directory, found {written}"
 
 
 def test_nan_loss_stops_the_run_naming_the_step(vectors: Path, tmp_path: Path):

@@ -178,7 +178,7 @@ def _read_table(folder: Path) -> Data:
             )
     if labels is not None:
         codes = labels.astype("category").cat.codes if not pd.api.types.is_integer_dtype(labels) else labels
-        data.y = torch.as_tensor(np.asarray(codes, dtype=np.int64))
+        data.y = torch.from_numpy(np.array(codes, dtype=np.int64))  # a copy: pandas may hand out read-only arrays
     if "split" in nodes:
         unknown = set(nodes["split"].dropna().astype(str).str.lower()) - set(SPLIT_CODES)
         if unknown:
