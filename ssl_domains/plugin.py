@@ -85,6 +85,9 @@ class ModalityPlugin(ABC):
     """Extra commands reachable as ``ssl-domains run NAME COMMAND``."""
     run_defaults: ClassVar[Mapping[str, Any]] = {}
     """Plugin-specific defaults for the core sections, e.g. ``{"optim": {"lr": 1e-3}, "trainer": {...}}``."""
+    stochastic_objective: ClassVar[bool] = True
+    """Whether the objective draws random masks or views on the device. False for methods whose views are fixed
+    by the data (MERLIN's real/imaginary split), whose randomness lives in the datamodule's patch sampling."""
     test_overrides: ClassVar[Mapping[str, Any]] = {}
     """Config overrides the conformance kit applies (e.g. a smaller model), in run-config form."""
 

@@ -1,0 +1,114 @@
+"""MERLIN's U-Net (Dalsasso, Denis, Tupin, IEEE TGRS 2021, Fig. 2), batched.
+
+The layer names and shapes are those of the authors' network (``enc0``-``enc6``, ``dec5``-``dec1``), so their
+published weights load with no renaming (see :mod:`ssl_domains_sar.weights`). The network maps the normalised
+log-amplitude of one SLC component to the normalised log-reflectivity: it predicts the residual ``n`` and
+returns ``x - n``. Input height and width must be multiples of 32 (five 2x max-pools).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_OFFSET = 1e-3
+"""Added to a component's square before the log, as in the reference (keeps log finite where a = 0)."""
+
+DOWNSAMPLING = 32
+"""Tile sides must be multiples of this: the U-Net pools five times."""
+
+
+def _conv(c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
+
+
+class MerlinUNet(nn.Module):
+    """U-Net on one SLC component; ``forward`` works on normalised log-amplitudes ``[B, 1, H, W]``.
+
+    ``log_max`` / ``log_min`` are the sensor constants ``M`` / ``m`` (bounds of ``log|a|``) that map
+    ``log(a^2 + 1e-3)`` to roughly [0, 1]: ``x = (log(a^2 + 1e-3) - 2m) / (2(M - m))`` (reference
+    ``normalize``). They are buffers, so a checkpoint carries the constants it was trained with.
+    """
+
+    def __init__(self, log_max: float, log_min: float, width: int = 48, decoder_width: int = 96) -> None:
+        super().__init__()
+        if not log_max > log_min:
+            raise ValueError(f"log_max ({log_max}) must exceed log_min ({log_min})")
+        self.register_buffer("log_max", torch.tensor(float(log_max), dtype=torch.float64))
+        self.register_buffer("log_min", torch.tensor(float(log_min), dtype=torch.float64))
+        w, d = width, decoder_width
+        self.enc0, self.enc1 = _conv(1, w), _conv(w, w)
+        self.enc2, self.enc3, self.enc4, self.enc5, self.enc6 = (_conv(w, w) for _ in range(5))
+        self.dec5, self.dec5b = _conv(2 * w, d), _conv(d, d)
+        self.dec4, self.dec4b = _conv(d + w, d), _conv(d, d)
+        self.dec3, self.dec3b = _conv(d + w, d), _conv(d, d)
+        self.dec2, self.dec2b = _conv(d + w, d), _conv(d, d)
+        self.dec1a, self.dec1b, self.dec1 = _conv(d + 1, 64), _conv(64, 32), _conv(32, 1)
+        self.embed_dim = w
+
+    # ---- normalisation (reference merlin_denoiser.py and training/model.py) ------------------------------------
+    def normalize(self, component: torch.Tensor) -> torch.Tensor:
+        """``(log(a^2 + 1e-3) - 2m) / (2(M - m))``, computed in float32 whatever the autocast dtype."""
+        m, span = float(self.log_min), float(self.log_max - self.log_min)
+        with torch.autocast(component.device.type, enabled=False):
+            return (torch.log(component.float().square() + LOG_OFFSET) - 2 * m) / (2 * span)
+
+    def log_reflectivity(self, out: torch.Tensor) -> torch.Tensor:
+        """``log R = 2 (out (M - m) + m)``: the network output as a log-intensity (loss_function's ``log_hat_R``)."""
+        m, span = float(self.log_min), float(self.log_max - self.log_min)
+        return 2.0 * (out.float() * span + m)
+
+    # ---- network -----------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoised normalised log-amplitude ``[B, 1, H, W]`` from the noisy one (same shape)."""
+        if x.shape[-1] % DOWNSAMPLING or x.shape[-2] % DOWNSAMPLING:
+            raise ValueError(f"MERLIN needs tile sides that are multiples of {DOWNSAMPLING}, got {tuple(x.shape)}")
+        act = nn.functional.leaky_relu
+        skips = [x]
+        n = act(self.enc0(x), 0.1)
+        n = F.max_pool2d(act(self.enc1(n), 0.1), 2)
+        skips.append(n)
+        for conv in (self.enc2, self.enc3, self.enc4):
+            n = F.max_pool2d(act(conv(n), 0.1), 2)
+            skips.append(n)
+        n = F.max_pool2d(act(self.enc5(n), 0.1), 2)
+        n = act(self.enc6(n), 0.1)
+        for first, second in ((self.dec5, self.dec5b), (self.dec4, self.dec4b), (self.dec3, self.dec3b)):
+            n = torch.cat((F.interpolate(n, scale_factor=2.0, mode="nearest"), skips.pop()), dim=1)
+            n = act(second(act(first(n), 0.1)), 0.1)
+        n = torch.cat((F.interpolate(n, scale_factor=2.0, mode="nearest"), skips.pop()), dim=1)
+        n = act(self.dec2b(act(self.dec2(n), 0.1)), 0.1)
+        n = torch.cat((F.interpolate(n, scale_factor=2.0, mode="nearest"), skips.pop()), dim=1)
+        n = act(self.dec1b(act(self.dec1a(n), 0.1)), 0.1)
+        return x - self.dec1(n)
+
+    def reflectivity(self, component: torch.Tensor) -> torch.Tensor:
+        """Estimated intensity ``R`` (``E|z|^2``) from one raw component ``[B, 1, H, W]``."""
+        out = self(self.normalize(component).to(self.enc0.weight.dtype))
+        return torch.exp(self.log_reflectivity(out))
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-patch representation: the bottleneck features (after ``enc6``) of the real part, averaged."""
+        n = self.normalize(batch["real"]).to(self.enc0.weight.dtype)
+        act = nn.functional.leaky_relu
+        n = F.max_pool2d(act(self.enc1(act(self.enc0(n), 0.1)), 0.1), 2)
+        for conv in (self.enc2, self.enc3, self.enc4, self.enc5):
+            n = F.max_pool2d(act(conv(n), 0.1), 2)
+        return act(self.enc6(n), 0.1).mean(dim=(-2, -1))
+
+
+def default_log_bounds() -> tuple[float, float]:
+    """The TerraSAR-X constants of the reference (``utils/constants.py``): ``M, m``."""
+    return 10.089038980848645, -1.429329123112601
+
+
+def sentinel_tops_log_bounds() -> tuple[float, float]:
+    """The Sentinel-1 TOPS constants of deepdespeckling 0.8: ``M_s = 12.385``, ``m_s = -log(0.001)``.
+
+    ``m_s`` is positive (6.91), unlike a minimum of ``log|a|``; it is what the shipped weights were trained
+    with, so it is kept as is.
+    """
+    return 12.385, -math.log(0.001)
