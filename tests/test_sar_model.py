@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import torch
 
+from ssl_domains import DataError
 from ssl_domains_sar.denoise import despeckle_array, tile_starts
 from ssl_domains_sar.evaluation import boxcar, enl, homogeneous_windows, lee, psnr_amplitude, ratio_statistics
 from ssl_domains_sar.masking import component_views
@@ -160,3 +161,20 @@ def test_training_refuses_a_patch_larger_than_the_images(tmp_path: Path):
     assert result.returncode == 2
     assert "tiny.npy: the image (48 x 48) is smaller than the 64-pixel patch" in result.stderr
     assert "merlin.patch_size=N with N <= 32" in result.stderr
+
+
+def test_fine_tuning_starts_from_the_given_weights_but_keeps_the_runs_constants():
+    from types import SimpleNamespace
+
+    from ssl_domains_sar.plugin import MerlinPlugin
+
+    plugin = MerlinPlugin()
+    cfg = plugin.default_config()
+    cfg.init_weights = str(official_weights_path("stripmap"))
+    model = plugin.model(cfg, SimpleNamespace(log_bounds=(9.0, -2.0)))
+    state = torch.load(official_weights_path("stripmap"), map_location="cpu", weights_only=True)
+    assert torch.equal(model.enc0.weight, state["enc0.weight"]) and torch.equal(model.dec1.bias, state["dec1.bias"])
+    assert (float(model.log_max), float(model.log_min)) == (9.0, -2.0)
+    cfg.width = 32
+    with pytest.raises(DataError, match="does not fit this U-Net"):
+        plugin.model(cfg, SimpleNamespace(log_bounds=(9.0, -2.0)))

@@ -50,7 +50,10 @@ def load_official(weights: str | Path, sensor: str) -> MerlinUNet:
     except Exception as exc:
         raise DataError(f"{path} is not a PyTorch state dict ({exc}); give a MERLIN .pth file") from None
     model = MerlinUNet(*SENSORS[sensor]())
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:  # a shape mismatch: not the authors' U-Net
+        missing, unexpected = ["(shapes differ)"], []
     missing = [k for k in missing if k not in ("log_max", "log_min")]
     if missing or unexpected:
         raise DataError(
@@ -70,7 +73,10 @@ def load_initial_weights(model: MerlinUNet, path: Path) -> None:
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if k not in ("log_max", "log_min")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:  # a shape mismatch
+        missing, unexpected = [k for k, v in state.items() if v.shape != model.state_dict()[k].shape], []
     missing = [k for k in missing if k not in ("log_max", "log_min")]
     if missing or unexpected:
         raise DataError(
