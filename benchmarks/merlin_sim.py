@@ -126,9 +126,10 @@ def main() -> None:
         f"trainer.seed={args.seed}",
         *args.set,
     ]
-    # time the real configuration at two lengths (the difference cancels start-up), then size the run to the budget
+    # time the real configuration at two lengths (the difference cancels start-up), then size the run to the budget;
+    # a first, untimed run warms the imports and caches so that both timed runs start alike
     durations = []
-    for probe_steps in (3, 11):
+    for probe_steps in (1, 3, 11):
         probe = resolve_config(
             plugin,
             work / "noisy",
@@ -137,9 +138,11 @@ def main() -> None:
         start = time.perf_counter()
         train(probe, work / f"probe{probe_steps}")
         durations.append(time.perf_counter() - start)
-    seconds_per_step = max((durations[1] - durations[0]) / 8, 1e-3)
-    startup = max(durations[0] - 3 * seconds_per_step, 0.0)
-    steps = max(int((args.minutes * 60 - startup) / seconds_per_step * 0.95), 10)
+    seconds_per_step = (durations[2] - durations[1]) / 8
+    if seconds_per_step < 0.2 * durations[2] / 11:  # timing noise swamped the difference: take the pessimistic bound
+        seconds_per_step = durations[2] / 11
+    startup = max(durations[1] - 3 * seconds_per_step, 0.0)
+    steps = max(int((args.minutes * 60 - startup) / seconds_per_step * 0.85), 10)
     patches_per_epoch = 64 * args.batch
     cfg = resolve_config(
         plugin,
@@ -149,6 +152,7 @@ def main() -> None:
             f"trainer.max_steps={steps}",
             f"trainer.max_epochs={steps * args.batch // patches_per_epoch + 1}",
             f"merlin.patches_per_epoch={patches_per_epoch}",
+            f"trainer.max_minutes={args.minutes}",  # a hard cap, should the step estimate be optimistic
             "optim.warmup_steps=20",
         ],
     )

@@ -49,6 +49,7 @@ class TrainerConfig:
 
     max_epochs: int = option(100, doc="number of passes over the training data")
     max_steps: int = option(-1, doc="stop after this many optimiser steps (-1: no limit)")
+    max_minutes: float | None = option(None, doc="stop after this much wall time (null: no limit)")
     precision: str = option("32-true", doc="Lightning precision: 32-true, bf16-mixed, 16-mixed, bf16-true")
     accelerator: str = option("auto", doc="cpu, gpu, mps or auto")
     devices: int | str = option("auto", doc="number of devices per node, or auto")

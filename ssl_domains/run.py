@@ -203,6 +203,7 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
     trainer = pl.Trainer(
         max_epochs=tc.max_epochs,
         max_steps=tc.max_steps,
+        max_time=None if tc.max_minutes is None else {"minutes": tc.max_minutes},
         precision=tc.precision,
         accelerator=tc.accelerator,
         devices=tc.devices,
