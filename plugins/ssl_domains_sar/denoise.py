@@ -186,7 +186,7 @@ class _ArraySource(SLCSource):
         self.slc = slc
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.slc[start:stop], dtype=np.complex64)
+        return np.array(self.slc[start:stop], dtype=np.complex64)
 
 
 class _ArrayWriter:

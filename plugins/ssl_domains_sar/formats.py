@@ -73,7 +73,7 @@ def _quiet_geo_warnings() -> Iterator[None]:
 
 def _npy_to_complex(path: Path, array: np.ndarray) -> np.ndarray:
     if np.iscomplexobj(array):
-        return np.asarray(array, dtype=np.complex64)
+        return np.array(array, dtype=np.complex64)  # a writable copy, never a view of the memory map
     return (np.asarray(array[..., 0], dtype=np.float32) + 1j * np.asarray(array[..., 1], dtype=np.float32)).astype(
         np.complex64
     )
