@@ -184,7 +184,7 @@ def _read_table(folder: Path) -> Data:
         if unknown:
             raise DataError(f"{nodes_path}: split values must be train/val/test, found {sorted(unknown)[:5]}")
         codes = nodes["split"].astype(str).str.lower().map(SPLIT_CODES).fillna(-1)
-        data.split = torch.as_tensor(codes.to_numpy(dtype=np.int64))
+        data.split = torch.from_numpy(codes.to_numpy(dtype=np.int64, copy=True))
     return data
 
 

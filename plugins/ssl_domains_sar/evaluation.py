@@ -63,7 +63,9 @@ def ratio_statistics(slc: np.ndarray, estimate: np.ndarray) -> dict[str, float]:
     """Mean and ENL of ``|z|^2 / R_hat``, and its correlation with ``log R_hat`` (scene structure left behind)."""
     intensity = np.abs(slc).astype(np.float64) ** 2
     ratio = intensity / np.maximum(estimate, 1e-30)
-    structure = np.corrcoef(boxcar(ratio, 5).ravel(), np.log(np.maximum(estimate, 1e-30)).ravel())[0, 1]
+    local_ratio, log_estimate = boxcar(ratio, 5).ravel(), np.log(np.maximum(estimate, 1e-30)).ravel()
+    # a constant estimate leaves nothing to correlate with: no structure by definition
+    structure = 0.0 if log_estimate.std() == 0 else np.corrcoef(local_ratio, log_estimate)[0, 1]
     return {
         "ratio_mean": float(ratio.mean()),
         "ratio_enl": float(ratio.mean() ** 2 / ratio.var()),
