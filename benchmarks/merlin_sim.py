@@ -4,8 +4,8 @@
 
 Protocol (method card §3; issue 6):
 * Clean references: scikit-image photographs, or the images in ``--clean DIR`` (png/jpg/tif/npy). Held out:
-  camera, moon, brick and grass (with ``--clean``, every fourth file in name order). The others are training
-  scenes.
+  camera, moon, brick and grass (with ``--clean``, every fourth file in name order, or the last one). The
+  others are training scenes.
 * Each clean grey image gives an intensity R (mean amplitude 200, as Sentinel-1) and a correlated
   single-look SLC ``z = sqrt(R) IFFT(H FFT(w))`` (Hamming alpha 0.7 over 80% of the band; lag-1 intensity
   correlation about 0.31).
@@ -64,7 +64,9 @@ def clean_images(folder: Path | None) -> tuple[dict[str, np.ndarray], dict[str, 
         array = np.load(p) if p.suffix == ".npy" else np.asarray(Image.open(p))
         images[p.stem] = (array[..., :3].mean(-1) if array.ndim == 3 else array).astype(np.float64)
     names = list(images)
-    test = names[3::4]
+    if len(names) < 2:
+        raise SystemExit(f"{folder}: need at least two clean images (one to train on, one held out)")
+    test = names[3::4] or names[-1:]
     return {k: images[k] for k in names if k not in test}, {k: images[k] for k in test}
 
 
