@@ -12,12 +12,11 @@ reconstruction, loss and every parameter gradient. Nothing of the reference is c
 from __future__ import annotations
 
 import argparse
-import sys
-import types
-from argparse import Namespace
 from pathlib import Path
 
 import torch
+
+from _graphmae_ref import reference_cora_model
 
 from _common import emit, environment
 
@@ -54,39 +53,13 @@ def main() -> None:
     from ssl_domains.run import read_yaml, resolve_config
     from ssl_domains_graph.objective import sce_loss
 
-    sys.path.insert(0, str(args.reference))
-    sys.modules.setdefault("tensorboardX", types.SimpleNamespace(SummaryWriter=None))
-    from graphmae.models import build_model
-
     plugin = registry.load("graphmae")
     cfg = resolve_config(plugin, args.data, [read_yaml("cora", plugin)])
     dm = plugin.datamodule(cfg.method, cfg.data)
     dm.setup("fit")
     x, edge_index = dm.full_batch["x"], dm.full_batch["edge_index"]
     torch.manual_seed(0)
-    ref = build_model(
-        Namespace(
-            num_heads=4,
-            num_out_heads=1,
-            num_hidden=512,
-            num_layers=2,
-            residual=False,
-            attn_drop=0.1,
-            in_drop=0.2,
-            norm=None,
-            negative_slope=0.2,
-            encoder="gat",
-            decoder="gat",
-            mask_rate=0.5,
-            drop_edge_rate=0.0,
-            replace_rate=0.05,
-            activation="prelu",
-            loss_fn="sce",
-            alpha_l=3,
-            concat_hidden=False,
-            num_features=dm.num_features,
-        )
-    )
+    ref = reference_cora_model(args.reference, dm.num_features)
     with torch.no_grad():
         ref.enc_mask_token.normal_(std=0.01)
     ours = plugin.model(cfg.method, dm)

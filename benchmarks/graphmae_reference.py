@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 import types
 from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from _graphmae_ref import import_reference
 
 from _common import emit, environment
 
@@ -36,10 +37,7 @@ def main() -> None:
     from ssl_domains import registry
     from ssl_domains.run import read_yaml, resolve_config
 
-    sys.path.insert(0, str(args.reference))
-    sys.modules.setdefault("tensorboardX", types.SimpleNamespace(SummaryWriter=None))
-    sys.modules.setdefault("ogb", types.ModuleType("ogb"))
-    sys.modules.setdefault("ogb.nodeproppred", types.SimpleNamespace(PygNodePropPredDataset=None))
+    import_reference(args.reference)
     from graphmae.evaluation import node_classification_evaluation
     from graphmae.models import build_model
     from graphmae.utils import create_optimizer, set_random_seed

@@ -17,47 +17,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-import types
-from argparse import Namespace
 from pathlib import Path
 
 import torch
 
+from _graphmae_ref import reference_cora_model
+
 from _common import emit, environment
-
-
-def reference_model(ref_dir: Path, in_dim: int) -> torch.nn.Module:
-    """The reference PreModel built with its configs.yml values for Cora."""
-    sys.path.insert(0, str(ref_dir))
-    # graphmae/utils.py imports tensorboardX for a logger we never use: give it an empty module.
-    sys.modules.setdefault("tensorboardX", types.SimpleNamespace(SummaryWriter=None))
-    from graphmae.models import build_model
-
-    args = Namespace(
-        num_heads=4,
-        num_out_heads=1,
-        num_hidden=512,
-        num_layers=2,
-        residual=False,
-        attn_drop=0.1,
-        in_drop=0.2,
-        norm=None,
-        negative_slope=0.2,
-        encoder="gat",
-        decoder="gat",
-        mask_rate=0.5,
-        drop_edge_rate=0.0,
-        replace_rate=0.05,
-        activation="prelu",
-        loss_fn="sce",
-        alpha_l=3,
-        concat_hidden=False,
-        num_features=in_dim,
-    )
-    return build_model(args)
 
 
 def time_epochs(step, n: int) -> list[float]:
@@ -103,7 +71,7 @@ def main() -> None:
 
     steps = {"ours": our_step}
     if args.reference:
-        ref = reference_model(args.reference, dm.num_features).train()
+        ref = reference_cora_model(args.reference, dm.num_features).train()
         ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3, weight_decay=2e-4)
 
         def ref_step() -> None:
