@@ -150,7 +150,7 @@ def import_weights_command(argv: list[str]) -> int:
 
     from ssl_domains import registry
     from ssl_domains.checkpoint import save_weights
-    from ssl_domains.run import CONFIG_FILE, resolve_config
+    from ssl_domains.run import CONFIG_FILE, read_yaml, resolve_config
 
     from .weights import SENSORS, load_official
 
@@ -166,10 +166,7 @@ def import_weights_command(argv: list[str]) -> int:
         raise UserError(f"--weights is a file: say which constants it needs with --sensor ({', '.join(SENSORS)})")
     model = load_official(args.weights, sensor)
     plugin = registry.load("merlin")
-    preset = {"sentinel_tops": "sentinel-1-tops"}.get(sensor, "terrasar-x")
-    from ssl_domains.run import read_yaml
-
-    cfg = resolve_config(plugin, ".", [read_yaml(preset, plugin)])
+    cfg = resolve_config(plugin, ".", [read_yaml(SENSORS[sensor], plugin)])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_mapping(), sort_keys=False))
     save_weights(model, args.out / "model.safetensors")

@@ -8,8 +8,6 @@ returns ``x - n``. Input height and width must be multiples of 32 (five 2x max-p
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,20 +60,24 @@ class MerlinUNet(nn.Module):
         return 2.0 * (out.float() * span + m)
 
     # ---- network -----------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Denoised normalised log-amplitude ``[B, 1, H, W]`` from the noisy one (same shape)."""
-        if x.shape[-1] % DOWNSAMPLING or x.shape[-2] % DOWNSAMPLING:
-            raise ValueError(f"MERLIN needs tile sides that are multiples of {DOWNSAMPLING}, got {tuple(x.shape)}")
+    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Skip tensors (input first) and the bottleneck after ``enc6``."""
         act = nn.functional.leaky_relu
         skips = [x]
-        n = act(self.enc0(x), 0.1)
-        n = F.max_pool2d(act(self.enc1(n), 0.1), 2)
+        n = F.max_pool2d(act(self.enc1(act(self.enc0(x), 0.1)), 0.1), 2)
         skips.append(n)
         for conv in (self.enc2, self.enc3, self.enc4):
             n = F.max_pool2d(act(conv(n), 0.1), 2)
             skips.append(n)
         n = F.max_pool2d(act(self.enc5(n), 0.1), 2)
-        n = act(self.enc6(n), 0.1)
+        return skips, act(self.enc6(n), 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoised normalised log-amplitude ``[B, 1, H, W]`` from the noisy one (same shape)."""
+        if x.shape[-1] % DOWNSAMPLING or x.shape[-2] % DOWNSAMPLING:
+            raise ValueError(f"MERLIN needs tile sides that are multiples of {DOWNSAMPLING}, got {tuple(x.shape)}")
+        act = nn.functional.leaky_relu
+        skips, n = self._encode(x)
         for first, second in ((self.dec5, self.dec5b), (self.dec4, self.dec4b), (self.dec3, self.dec3b)):
             n = torch.cat((F.interpolate(n, scale_factor=2.0, mode="nearest"), skips.pop()), dim=1)
             n = act(second(act(first(n), 0.1)), 0.1)
@@ -85,30 +87,7 @@ class MerlinUNet(nn.Module):
         n = act(self.dec1b(act(self.dec1a(n), 0.1)), 0.1)
         return x - self.dec1(n)
 
-    def reflectivity(self, component: torch.Tensor) -> torch.Tensor:
-        """Estimated intensity ``R`` (``E|z|^2``) from one raw component ``[B, 1, H, W]``."""
-        out = self(self.normalize(component).to(self.enc0.weight.dtype))
-        return torch.exp(self.log_reflectivity(out))
-
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-patch representation: the bottleneck features (after ``enc6``) of the real part, averaged."""
-        n = self.normalize(batch["real"]).to(self.enc0.weight.dtype)
-        act = nn.functional.leaky_relu
-        n = F.max_pool2d(act(self.enc1(act(self.enc0(n), 0.1)), 0.1), 2)
-        for conv in (self.enc2, self.enc3, self.enc4, self.enc5):
-            n = F.max_pool2d(act(conv(n), 0.1), 2)
-        return act(self.enc6(n), 0.1).mean(dim=(-2, -1))
-
-
-def default_log_bounds() -> tuple[float, float]:
-    """The TerraSAR-X constants of the reference (``utils/constants.py``): ``M, m``."""
-    return 10.089038980848645, -1.429329123112601
-
-
-def sentinel_tops_log_bounds() -> tuple[float, float]:
-    """The Sentinel-1 TOPS constants of deepdespeckling 0.8: ``M_s = 12.385``, ``m_s = -log(0.001)``.
-
-    ``m_s`` is positive (6.91), unlike a minimum of ``log|a|``; it is what the shipped weights were trained
-    with, so it is kept as is.
-    """
-    return 12.385, -math.log(0.001)
+        _, bottleneck = self._encode(self.normalize(batch["real"]).to(self.enc0.weight.dtype))
+        return bottleneck.mean(dim=(-2, -1))

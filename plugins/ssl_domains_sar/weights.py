@@ -2,7 +2,8 @@
 
 deepdespeckling ships ``merlin/saved_models/{spotlight,stripmap,sentinel_tops}.pth``: plain state dicts whose
 keys are exactly our layer names. The TerraSAR-X models (spotlight, stripmap) use the TerraSAR-X constants
-``M, m``; ``sentinel_tops`` uses ``M_s, m_s`` (``utils/constants.py``).
+``M, m``; ``sentinel_tops`` uses ``M_s, m_s`` (``utils/constants.py``). The constants live in one place, the
+plugin's presets (``configs/terrasar-x.yaml``, ``configs/sentinel-1-tops.yaml``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,36 @@ import torch
 
 from ssl_domains import DataError
 
-from .model import MerlinUNet, default_log_bounds, sentinel_tops_log_bounds
+from .model import MerlinUNet
 
-SENSORS = {
-    "spotlight": default_log_bounds,
-    "stripmap": default_log_bounds,
-    "sentinel_tops": sentinel_tops_log_bounds,
-}
+SENSORS = {"spotlight": "terrasar-x", "stripmap": "terrasar-x", "sentinel_tops": "sentinel-1-tops"}
+"""Each published weights file and the preset holding the constants it was trained with."""
+_CONSTANTS = ("log_max", "log_min")
+
+
+def sensor_log_bounds(sensor: str) -> tuple[float, float]:
+    """``(M, m)`` for ``sensor``, read from its preset."""
+    import importlib.resources
+
+    import yaml
+
+    preset = importlib.resources.files("ssl_domains_sar") / "configs" / f"{SENSORS[sensor]}.yaml"
+    section = yaml.safe_load(preset.read_text())["merlin"]
+    return float(section["log_max"]), float(section["log_min"])
+
+
+def _copy_network_weights(model: MerlinUNet, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load every network tensor of ``state`` into ``model``, leaving its normalisation constants alone."""
+    state = {k: v for k, v in state.items() if k not in _CONSTANTS}
+    own = model.state_dict()
+    missing = [k for k in own if k not in _CONSTANTS and k not in state]
+    wrong = [k for k, v in state.items() if k not in own or v.shape != own[k].shape]
+    if missing or wrong:
+        raise DataError(
+            f"{where} does not fit this U-Net (missing {missing[:3]}, unexpected or mis-shaped {wrong[:3]}); "
+            "it must be a MERLIN U-Net of the same width (merlin.width, merlin.decoder_width)"
+        )
+    model.load_state_dict(state, strict=False)
 
 
 def official_weights_path(name: str) -> Path:
@@ -49,16 +73,8 @@ def load_official(weights: str | Path, sensor: str) -> MerlinUNet:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DataError(f"{path} is not a PyTorch state dict ({exc}); give a MERLIN .pth file") from None
-    model = MerlinUNet(*SENSORS[sensor]())
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError:  # a shape mismatch: not the authors' U-Net
-        missing, unexpected = ["(shapes differ)"], []
-    missing = [k for k in missing if k not in ("log_max", "log_min")]
-    if missing or unexpected:
-        raise DataError(
-            f"{path} is not a MERLIN U-Net state dict (missing {missing[:3]}, unexpected {list(unexpected)[:3]})"
-        )
+    model = MerlinUNet(*sensor_log_bounds(sensor))
+    _copy_network_weights(model, state, str(path))
     return model
 
 
@@ -72,14 +88,4 @@ def load_initial_weights(model: MerlinUNet, path: Path) -> None:
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if k not in ("log_max", "log_min")}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError:  # a shape mismatch
-        missing, unexpected = [k for k, v in state.items() if v.shape != model.state_dict()[k].shape], []
-    missing = [k for k in missing if k not in ("log_max", "log_min")]
-    if missing or unexpected:
-        raise DataError(
-            f"merlin.init_weights={path} does not fit this U-Net (missing {missing[:3]}, unexpected "
-            f"{list(unexpected)[:3]}); check merlin.width and merlin.decoder_width"
-        )
+    _copy_network_weights(model, state, f"merlin.init_weights={path}")
