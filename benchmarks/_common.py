@@ -45,6 +45,8 @@ def pretrain_and_evaluate(
     import tempfile
     from pathlib import Path
 
+    import torch
+
     from ssl_domains import registry
     from ssl_domains.run import load_run, resolve_config, train
 
@@ -57,5 +59,6 @@ def pretrain_and_evaluate(
         train(cfg, Path(tmp) / "run")
         seconds = time.perf_counter() - start
         run = load_run(Path(tmp) / "run")
+        torch.manual_seed(seed)  # as `ssl-domains evaluate --seed` does: the probe's draws follow the run's seed
         metrics = plugin.evaluate(run.model, run.datamodule, run.config.method) or {}
     return metrics, seconds, cfg.trainer.max_epochs

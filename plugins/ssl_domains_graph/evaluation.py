@@ -18,10 +18,21 @@ from ssl_domains.evaluation import collect_embeddings
 
 
 def node_linear_probe(
-    emb: np.ndarray, labels: np.ndarray, split: np.ndarray, lr: float, weight_decay: float, epochs: int, seed: int = 0
+    emb: np.ndarray,
+    labels: np.ndarray,
+    split: np.ndarray,
+    lr: float,
+    weight_decay: float,
+    epochs: int,
+    seed: int | None = None,
 ) -> dict[str, float]:
-    """Train ``nn.Linear`` on the train nodes; select the epoch on validation, report test (and last-epoch test)."""
-    gen = torch.Generator().manual_seed(seed)
+    """Train ``nn.Linear`` on the train nodes; select the epoch on validation, report test (and last-epoch test).
+
+    The layer's initial weights come from ``seed`` when given, else from torch's global generator, which
+    ``ssl-domains evaluate --seed`` and the benchmarks seed with the run's seed (as the reference seeds each run),
+    so that repeated runs do not all share one probe initialisation.
+    """
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
     x, y = torch.as_tensor(emb, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long)
     masks = [torch.as_tensor(split == s) for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST)]
     num_classes = int(y.max()) + 1
