@@ -1,0 +1,169 @@
+"""T-JEPA data: tables read once, encoded once, served as dict batches of tensors.
+
+Batches carry ``numeric`` (float32 ``[N, num_numeric]``, scaled), ``categorical`` (int64 ``[N, num_categorical]``,
+0 = unseen category), ``id`` (row number over the concatenated train/val/test tables), ``split`` and ``label``
+(class index, or -1 without a classification target). A batch is one slice of the encoded tensors: the collate
+function indexes them with the batch's row ids, so no per-row Python work happens.
+
+Splits (honest protocol): the official test table, when given, is the test split. Otherwise, with a target,
+``test_fraction`` of the training table is held out. Validation is carved from the training rows
+(``val_fraction``, stratified by class). The split depends on ``split_seed`` only, so it is the same for every
+pretraining seed. Scaler, vocabularies and classes are fitted on the training split alone, and pretraining sees
+only the training split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, DataError
+from ssl_domains.data import eval_loader, random_split_indices, train_loader
+
+from .formats import find_tables, read_table
+from .schema import check_missing, encode_table, fit_schema
+
+
+class _Rows(Dataset):
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.rows[i])
+
+
+class TableDataModule(pl.LightningDataModule):
+    """Reads a table (or train/val/test tables), fits the encoders on the training split, serves row batches."""
+
+    def __init__(self, path: Path, cfg: Any) -> None:
+        super().__init__()
+        self.path, self.cfg = Path(path), cfg
+        self.fitted: dict[str, Any] = {}
+        self._ready = False
+
+    # ---- state saved with the run ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.fitted)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fitted = dict(state)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.fitted["numeric"]) + list(self.fitted["categorical"])
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Embedding rows per categorical column: its vocabulary plus the unknown index."""
+        return [len(self.fitted["vocab"][c]) + 1 for c in self.fitted["categorical"]]
+
+    @property
+    def task(self) -> str | None:
+        return self.fitted.get("task")
+
+    # ---- reading ---------------------------------------------------------------------------------------------
+    def _read(self, path: Path) -> pd.DataFrame:
+        frame = read_table(path, self.cfg.sep, tuple(self.cfg.na_values))
+        # checked on the whole file, before any split, so the counts are the file's
+        features = [c for c in frame.columns if c != self.cfg.target and c not in self.cfg.drop]
+        check_missing(frame, path, features, self.cfg.missing)
+        return frame
+
+    def _split(self, frame: pd.DataFrame, fraction: float, path: Path, salt: int) -> tuple[np.ndarray, np.ndarray]:
+        """(kept rows, held-out rows) of ``frame``: a seeded split, stratified by class for classification."""
+        target = self.cfg.target
+        stratify = None
+        if target is not None and target in frame.columns and self.cfg.task != "regression":
+            labels = frame[target].astype(str).str.strip().to_numpy()
+            if pd.Series(labels).nunique() <= max(2, len(labels) // 10):
+                stratify = labels
+        held, kept = random_split_indices(len(frame), [fraction, 1.0 - fraction], self.cfg.split_seed + salt, stratify)
+        if len(kept) == 0:
+            raise DataError(f"{path} has {len(frame)} rows: too few to hold out {fraction:.0%} and still train")
+        return kept, held
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        files = find_tables(self.path)
+        frames, splits, sources = [], [], []
+        train = self._read(files.train)
+        if files.test is not None:
+            test = self._read(files.test)
+        elif self.cfg.target is not None and self.cfg.test_fraction > 0:
+            kept, held = self._split(train, self.cfg.test_fraction, files.train, salt=1)
+            train, test = train.iloc[kept], train.iloc[held]
+        else:
+            test = None
+        if files.val is not None:
+            val = self._read(files.val)
+        elif self.cfg.val_fraction > 0 and len(train) > 1:
+            kept, held = self._split(train, self.cfg.val_fraction, files.train, salt=2)
+            train, val = train.iloc[kept], train.iloc[held]
+        else:
+            val = None
+        if not self.fitted:
+            self.fitted = fit_schema(train, files.train, self.cfg)
+        for frame, split, source in (
+            (train, SPLIT_TRAIN, files.train),
+            (val, SPLIT_VAL, files.val or files.train),
+            (test, SPLIT_TEST, files.test or files.train),
+        ):
+            if frame is None or len(frame) == 0:
+                continue
+            frames.append(encode_table(frame, source, self.fitted, self.cfg.missing))
+            splits.append(np.full(len(frame), split, np.int64))
+            sources.append(source)
+        self.numeric = torch.as_tensor(np.concatenate([f.numeric for f in frames]))
+        self.categorical = torch.as_tensor(np.concatenate([f.categorical for f in frames]))
+        self.split = torch.as_tensor(np.concatenate(splits))
+        self.unknown_counts = [f.unknown_counts for f in frames]
+        has_target = all(f.target is not None for f in frames)
+        target = np.concatenate([f.target for f in frames]) if has_target else None
+        self.target = None if target is None else torch.as_tensor(target)
+        if self.task == "classification" and self.target is not None:
+            self.label = self.target.long()
+        else:
+            self.label = torch.full((len(self.split),), -1, dtype=torch.long)
+        self.train_rows = torch.nonzero(self.split == SPLIT_TRAIN).flatten().numpy()
+        if len(self.train_rows) == 0:
+            raise DataError(f"{files.train} leaves no training rows after the validation and test splits")
+        self._ready = True
+
+    # ---- batches ---------------------------------------------------------------------------------------------
+    def rows(self, split: int) -> torch.Tensor:
+        """Row ids of one split."""
+        return torch.nonzero(self.split == split).flatten()
+
+    def collate(self, ids: list[int]) -> dict[str, torch.Tensor]:
+        """One batch: the encoded tensors indexed by row id (a single gather per tensor)."""
+        index = torch.as_tensor(ids, dtype=torch.long)
+        return {
+            "numeric": self.numeric[index],
+            "categorical": self.categorical[index],
+            "label": self.label[index],
+            "split": self.split[index],
+            "id": index,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        return train_loader(
+            _Rows(self.train_rows),
+            batch_size=self.cfg.batch_size,
+            collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+            drop_last=len(self.train_rows) > self.cfg.batch_size,
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        rows = np.arange(len(self.split))
+        return eval_loader(_Rows(rows), batch_size=max(self.cfg.batch_size, 1024), collate_fn=self.collate)

@@ -1,0 +1,56 @@
+"""T-JEPA's context and target feature sets (Thimonier et al. 2024, §3.2; reference ``src/mask.py::MaskCollator``).
+
+Per batch, the context size and the target size are drawn from the configured share ranges (so that every
+sample in the batch has the same number of tokens and no padding is needed). Per sample, one context set is
+drawn, then ``num_targets`` target sets, each from the features *outside* the context (targets may overlap each
+other, as ``allow_overlap=False`` only separates them from the context in the reference).
+
+Indices here are feature indices ``0..D-1``; the model adds the number of [REG] tokens when it gathers tokens.
+The reference draws ``arange(D)`` but gathers from the token sequence ``[REG] + features``, so its index 0 is the
+[REG] token and its last feature is never masked (the card's off-by-one). We index features, as the paper
+describes, and always keep the [REG] tokens in the context.
+
+Everything is batched on the device: one ``argsort`` of uniform noise for the context and one for all target
+sets; the counts come from a CPU generator, so nothing waits on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample_set_sizes(
+    num_features: int,
+    context_share: tuple[float, float],
+    target_share: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> tuple[int, int]:
+    """``(k_context, k_target)`` for one batch: shares drawn uniformly from their ranges, times ``num_features``.
+
+    Both are at least 1, and the target size is capped by the features left outside the context.
+    """
+    if num_features < 2:
+        raise ValueError("T-JEPA needs at least two features: one for the context, one to predict")
+    u = torch.rand(2, generator=generator).tolist()  # CPU draw: no device sync
+    ctx_share = context_share[0] + (context_share[1] - context_share[0]) * u[0]
+    trg_share = target_share[0] + (target_share[1] - target_share[0]) * u[1]
+    k_context = min(max(1, round(ctx_share * num_features)), num_features - 1)
+    k_target = min(max(1, round(trg_share * num_features)), num_features - k_context)
+    return k_context, k_target
+
+
+def context_and_targets(
+    batch_size: int, num_features: int, k_context: int, k_target: int, num_targets: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample feature sets: context ``[B, k_context]`` and targets ``[B, num_targets, k_target]``.
+
+    The context is the ``k_context`` lowest ranks of uniform noise; each target set is the ``k_target`` lowest
+    ranks of fresh noise in which the context features are pushed past every other feature.
+    """
+    context = torch.rand(batch_size, num_features, device=device).argsort(dim=1)[:, :k_context]
+    in_context = torch.zeros(batch_size, num_features, dtype=torch.bool, device=device)
+    in_context.scatter_(1, context, True)
+    noise = torch.rand(batch_size, num_targets, num_features, device=device)
+    noise = noise.masked_fill(in_context.unsqueeze(1), 2.0)  # uniform noise is < 1: context features rank last
+    targets = noise.argsort(dim=2)[:, :, :k_target]
+    return context, targets

@@ -1,0 +1,163 @@
+"""T-JEPA networks (Thimonier et al., "T-JEPA: augmentation-free self-supervised learning for tabular data", 2024).
+
+- :class:`FeatureTokenizer`: FT-Transformer tokens (Gorishniy et al. 2021, eq. 1): ``x_j W_j + b_j`` for numeric
+  features, one embedding row plus a per-feature bias for categorical ones, plus a learned feature-index
+  embedding. The reference adds sinusoidal positions instead (and has feature-index embeddings switched off);
+  table columns have no order, so we learn one vector per column, as the issue asks.
+- :class:`TabularEncoder`: [REG] tokens (the paper's regularisation tokens, §3.3, prepended and kept in the
+  embedding), transformer blocks, then LayerNorm → Linear → LayerNorm, the reference's head. Blocks are pre-norm
+  (the reference uses PyTorch's post-norm ``TransformerEncoderLayer``); pre-norm trains its 16 layers without
+  warm-up tricks. Attention is ``scaled_dot_product_attention``.
+- :class:`Predictor`: context tokens projected to ``predictor_dim`` with fixed sin-cos positions, learned mask
+  tokens at the target positions, a transformer, and a projection back (reference ``TransformerPredictor``).
+- :class:`TJEPAModel`: context encoder, EMA target encoder and predictor. ``embed`` is the target encoder's
+  output on all features, flattened (the paper's ``(n_reg + D) × H`` embedding) or pooled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_domains.nn import EMATeacher
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with SDPA attention."""
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, n, c)))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class FeatureTokenizer(nn.Module):
+    """One ``dim``-vector per feature: numeric ``x_j W_j + b_j``, categorical ``E_j[c] + b_j``, plus the column's
+    learned index embedding. Output ``[B, D, dim]`` in the order numeric columns, then categorical columns."""
+
+    def __init__(self, num_numeric: int, cardinalities: list[int], dim: int) -> None:
+        super().__init__()
+        bound = dim**-0.5  # FT-Transformer's uniform(-1/sqrt(d), 1/sqrt(d)) initialisation
+        self.num_weight = nn.Parameter(torch.empty(num_numeric, dim).uniform_(-bound, bound))
+        self.num_bias = nn.Parameter(torch.empty(num_numeric, dim).uniform_(-bound, bound))
+        self.cat_embedding = nn.Embedding(max(sum(cardinalities), 1), dim)
+        nn.init.uniform_(self.cat_embedding.weight, -bound, bound)
+        self.cat_bias = nn.Parameter(torch.empty(len(cardinalities), dim).uniform_(-bound, bound))
+        offsets = torch.tensor([0, *cardinalities[:-1]], dtype=torch.long).cumsum(0) if cardinalities else None
+        self.register_buffer("cat_offsets", offsets if offsets is not None else torch.zeros(0, dtype=torch.long))
+        self.feature_embedding = nn.Parameter(torch.randn(num_numeric + len(cardinalities), dim) * 0.02)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        tokens = []
+        if self.num_weight.shape[0]:
+            tokens.append(numeric.unsqueeze(-1) * self.num_weight + self.num_bias)
+        if self.cat_offsets.numel():
+            tokens.append(self.cat_embedding(categorical + self.cat_offsets) + self.cat_bias)
+        return torch.cat(tokens, dim=1) + self.feature_embedding
+
+
+class TabularEncoder(nn.Module):
+    """[REG] tokens + (a subset of) feature tokens → transformer → LayerNorm → Linear → LayerNorm."""
+
+    def __init__(
+        self, num_numeric: int, cardinalities: list[int], dim: int, depth: int, heads: int, ff_dim: int,
+        dropout: float, num_reg_tokens: int,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.tokenizer = FeatureTokenizer(num_numeric, cardinalities, dim)
+        self.reg_tokens = nn.Parameter(torch.randn(num_reg_tokens, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads, ff_dim, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
+
+    def forward(
+        self, numeric: torch.Tensor, categorical: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Tokens ``[B, R + k, dim]`` for the features ``features`` (``[B, k]`` indices; None: all ``D``)."""
+        tokens = self.tokenizer(numeric, categorical)
+        if features is not None:
+            tokens = tokens.gather(1, features.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        x = torch.cat([self.reg_tokens.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+def sincos_positions(length: int, dim: int) -> torch.Tensor:
+    """Fixed 1-D sin-cos position table ``[length, dim]`` (Vaswani et al. 2017, §3.5)."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table
+
+
+class Predictor(nn.Module):
+    """Predicts target-encoder tokens at target positions from the context tokens (reference TransformerPredictor)."""
+
+    def __init__(self, dim: int, predictor_dim: int, depth: int, heads: int, num_positions: int, dropout: float):
+        super().__init__()
+        self.embed = nn.Linear(dim, predictor_dim)
+        self.register_buffer("positions", sincos_positions(num_positions, predictor_dim), persistent=False)
+        self.mask_token = nn.Parameter(torch.randn(predictor_dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(predictor_dim, heads, predictor_dim, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(predictor_dim)
+        self.out = nn.Linear(predictor_dim, dim)
+
+    def forward(self, context: torch.Tensor, context_positions: torch.Tensor, target_positions: torch.Tensor):
+        """``context`` ``[B, L, dim]`` at token positions ``[B, L]``; targets ``[B, T, k]`` → ``[B, T, k, dim]``."""
+        b, t, k = target_positions.shape
+        x = self.embed(context) + self.positions[context_positions]
+        x = x.unsqueeze(1).expand(-1, t, -1, -1).reshape(b * t, x.shape[1], -1)
+        queries = self.mask_token + self.positions[target_positions.reshape(b * t, k)]
+        h = torch.cat([x, queries], dim=1)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(self.norm(h[:, -k:])).view(b, t, k, -1)
+
+
+class TJEPAModel(nn.Module):
+    """Context encoder, EMA target encoder (momentum rising 0.996 → 1.0, linear, as I-JEPA) and predictor."""
+
+    def __init__(
+        self, num_numeric: int, cardinalities: list[int], *, dim: int, depth: int, heads: int, ff_dim: int,
+        dropout: float, num_reg_tokens: int, predictor_dim: int, predictor_depth: int, predictor_heads: int,
+        ema: tuple[float, float], embedding: str,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.num_features = num_numeric + len(cardinalities)
+        self.num_reg_tokens, self.embedding, self.dim = num_reg_tokens, embedding, dim
+        self.context_encoder = TabularEncoder(
+            num_numeric, cardinalities, dim, depth, heads, ff_dim, dropout, num_reg_tokens
+        )
+        self.target_encoder = EMATeacher(self.context_encoder, ema[0], ema[1], schedule="linear")
+        self.predictor = Predictor(
+            dim, predictor_dim, predictor_depth, predictor_heads, num_reg_tokens + self.num_features, dropout
+        )
+        tokens = {"flatten": num_reg_tokens + self.num_features, "reg": num_reg_tokens, "mean": 1}[embedding]
+        self.embed_dim = tokens * dim
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The target encoder's tokens for every feature: flattened, the [REG] tokens only, or their mean."""
+        tokens = self.target_encoder(batch["numeric"], batch["categorical"])
+        if self.embedding == "mean":
+            return tokens.mean(dim=1)
+        if self.embedding == "reg":
+            tokens = tokens[:, : self.num_reg_tokens]
+        return tokens.flatten(1)

@@ -1,0 +1,136 @@
+"""T-JEPA plugin: metadata and typed config. Imports no torch (``ssl-domains list`` reads this module)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ssl_domains import ModalityPlugin, option
+
+
+@dataclass
+class TJEPAConfig:
+    """T-JEPA settings (Thimonier et al. 2024). Model defaults are a CPU-sized version of the reference launch
+    script (dim 64, 16 + 16 layers); ``--config paper`` restores the reference sizes."""
+
+    # data
+    target: str | None = option(None, doc="target column, excluded from the features (used only for evaluation)")
+    task: Literal["auto", "classification", "regression"] = option("auto", doc="what the target is")
+    categorical: list[str] = option(default_factory=list, doc="columns to treat as categorical (overrides dtype)")
+    numerical: list[str] = option(default_factory=list, doc="columns to treat as numeric (overrides dtype)")
+    drop: list[str] = option(default_factory=list, doc="columns to ignore (ids, leaks)")
+    missing: Literal["error", "impute"] = option(
+        "error", doc="missing values: error (default), or impute (training median; a '<missing>' category)"
+    )
+    numeric_scaling: Literal["quantile", "standard", "minmax"] = option(
+        "quantile", doc="numeric scaler fitted on the training split (reference: minmax)"
+    )
+    sep: str | None = option(None, doc="CSV delimiter (null: ',' or tab for .tsv)")
+    na_values: list[str] = option(default_factory=list, doc="extra strings read as missing, e.g. ['?']")
+    val_fraction: float = option(0.2, doc="share of the training table held out for validation (model selection)")
+    test_fraction: float = option(0.2, doc="share held out for testing when no test table is given")
+    split_seed: int = option(0, doc="seed of the validation/test split (fixed across pretraining seeds)")
+    batch_size: int = option(512, doc="rows per batch (reference: 512)")
+    num_workers: int = option(0, doc="data-loading worker processes (batches are tensor slices: 0 is fine)")
+    # model
+    dim: int = option(64, doc="token width H (reference: 64)")
+    depth: int = option(4, doc="encoder layers (reference: 16)")
+    heads: int = option(2, doc="attention heads (reference: 2)")
+    ff_dim: int = option(128, doc="feed-forward width (reference: 64)")
+    dropout: float = option(0.0, doc="dropout in the transformers (reference: 0.002)")
+    num_reg_tokens: int = option(2, doc="[REG] tokens prepended to every sequence (reference default: 1)")
+    predictor_dim: int = option(32, doc="predictor width (reference: 16)")
+    predictor_depth: int = option(4, doc="predictor layers (reference: 16)")
+    predictor_heads: int = option(4, doc="predictor attention heads (reference: 4)")
+    # masking and teacher
+    context_share: tuple[float, float] = option((0.136, 0.368), doc="range of the context's share of features")
+    target_share: tuple[float, float] = option((0.156, 0.622), doc="range of each target set's share of features")
+    num_targets: int = option(4, doc="target sets per sample (reference: 4)")
+    ema_start: float = option(0.996, doc="target-encoder EMA momentum at the start (rises linearly)")
+    ema_end: float = option(1.0, doc="target-encoder EMA momentum at the end")
+    # downstream
+    embedding: Literal["flatten", "mean", "reg"] = option(
+        "flatten", doc="embed: all target-encoder tokens flattened (paper), their mean, or the [REG] tokens"
+    )
+    eval_seeds: int = option(3, doc="seeds per downstream head in evaluate")
+    head_epochs: int = option(200, doc="maximum epochs of a downstream head (early stopping on validation)")
+    head_patience: int = option(16, doc="epochs without validation improvement before a head stops (reference)")
+
+
+class TJEPAPlugin(ModalityPlugin):
+    """T-JEPA: joint-embedding predictive pretraining for tables, without augmentations."""
+
+    name = "tjepa"
+    description = "T-JEPA joint-embedding predictive pretraining on CSV/Parquet tables (numeric + categorical)"
+    paper = (
+        "Thimonier, De Melo Costa, Popineau, Rimmel, Doan. T-JEPA: augmentation-free self-supervised learning "
+        "for tabular data. arXiv:2410.05016, 2024 (ICLR 2025). https://arxiv.org/abs/2410.05016"
+    )
+    extra = "tabular"
+    requires = ("pandas", "pyarrow")
+    data_formats = (
+        "a CSV, TSV or Parquet file with a header row (pandas / pyarrow)",
+        "a folder with train.csv|parquet and optional val.* and test.* (the official test split)",
+    )
+    batch_keys = {"numeric": "float32", "categorical": "int64", "label": "int64", "split": "int64", "id": "int64"}
+    # Reference: AdamW, cosine schedule 0 -> 3.66e-4 -> 0, warm-up 10 of 300 epochs (0.033), no weight decay.
+    run_defaults = {
+        "optim": {"name": "adamw", "lr": 3.66e-4, "weight_decay": 0.0, "warmup_steps": 0.033, "schedule": "cosine"},
+        "trainer": {"max_epochs": 100},
+    }
+    test_overrides = {
+        "tjepa": {"target": "label", "dim": 16, "depth": 1, "predictor_dim": 8, "predictor_depth": 1,
+                  "batch_size": 64, "eval_seeds": 1, "head_epochs": 5},
+        "trainer": {"max_epochs": 2},
+    }  # fmt: skip
+
+    def default_config(self) -> TJEPAConfig:
+        return TJEPAConfig()
+
+    def datamodule(self, cfg: TJEPAConfig, data: Path) -> Any:
+        from .data import TableDataModule
+
+        return TableDataModule(Path(data), cfg)
+
+    def model(self, cfg: TJEPAConfig, datamodule: Any) -> Any:
+        from .model import TJEPAModel
+
+        return TJEPAModel(
+            len(datamodule.fitted["numeric"]),
+            datamodule.cardinalities,
+            dim=cfg.dim,
+            depth=cfg.depth,
+            heads=cfg.heads,
+            ff_dim=cfg.ff_dim,
+            dropout=cfg.dropout,
+            num_reg_tokens=cfg.num_reg_tokens,
+            predictor_dim=cfg.predictor_dim,
+            predictor_depth=cfg.predictor_depth,
+            predictor_heads=cfg.predictor_heads,
+            ema=(cfg.ema_start, cfg.ema_end),
+            embedding=cfg.embedding,
+        )
+
+    def objective(self, cfg: TJEPAConfig) -> Any:
+        from .objective import TJEPAObjective
+
+        return TJEPAObjective(cfg)
+
+    def on_train_batch_end(self, model: Any, batch: dict[str, Any], progress: float) -> None:
+        model.target_encoder.update(model.context_encoder, progress)
+
+    def make_example_data(self, root: Path) -> Path:
+        from .evaluation import write_example_table
+
+        return write_example_table(Path(root))
+
+    def evaluate(self, model: Any, datamodule: Any, cfg: TJEPAConfig) -> dict[str, float] | None:
+        from .evaluation import evaluate_tjepa
+
+        return evaluate_tjepa(model, datamodule, cfg)
+
+    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+        from .figures import plot_feature_errors
+
+        return [plot_feature_errors(model, datamodule, out_dir / "feature_prediction_error.png")]

@@ -1,0 +1,139 @@
+"""T-JEPA plugin data: reading, schema inference, encoders fitted on train only, splits, and bad input."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, DataError
+from ssl_domains.config import from_mapping
+from ssl_domains_tabular.data import TableDataModule
+from ssl_domains_tabular.evaluation import raw_features, write_example_table
+from ssl_domains_tabular.plugin import TJEPAConfig
+
+
+def _cfg(**overrides) -> TJEPAConfig:
+    return from_mapping(TJEPAConfig, {"target": "label", **overrides}, "tjepa")
+
+
+def _module(path: Path, **overrides) -> TableDataModule:
+    dm = TableDataModule(path, _cfg(**overrides))
+    dm.setup("fit")
+    return dm
+
+
+def test_schema_splits_and_batches(tmp_path: Path):
+    data = write_example_table(tmp_path / "t", rows=800)
+    dm = _module(data)
+    assert dm.fitted["numeric"] == ["age", "hours", "income"] and dm.fitted["categorical"] == ["job", "city"]
+    assert "label" not in dm.feature_names and dm.fitted["classes"] == ["<=50K", ">50K"]
+    counts = {s: int((dm.split == s).sum()) for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST)}
+    assert counts == {SPLIT_TRAIN: 480, SPLIT_VAL: 120, SPLIT_TEST: 200}  # test.csv is the test split
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["numeric"].shape == (dm.cfg.batch_size if len(dm.train_rows) > 512 else 480, 3)
+    assert batch["categorical"].dtype.is_floating_point is False and int(batch["categorical"].min()) >= 1
+    assert set(batch["split"].tolist()) == {SPLIT_TRAIN}
+    # the split is a function of split_seed, not of the pretraining seed
+    again = _module(data)
+    assert np.array_equal(again.split.numpy(), dm.split.numpy())
+
+
+def test_scalers_are_fitted_on_the_training_split_only(tmp_path: Path):
+    data = write_example_table(tmp_path / "t", rows=800)
+    for scaling in ("standard", "quantile", "minmax"):
+        dm = _module(data, numeric_scaling=scaling)
+        train = dm.numeric[dm.split == SPLIT_TRAIN].double()
+        if scaling == "standard":
+            assert train.mean(0).abs().max() < 1e-6 and (train.std(0, unbiased=False) - 1).abs().max() < 1e-4
+        elif scaling == "minmax":
+            assert train.min(0).values.abs().max() < 1e-6 and (train.max(0).values - 1).abs().max() < 1e-6
+        else:  # quantile-normal: training values map to ~N(0, 1), order kept
+            assert train.mean(0).abs().max() < 0.05 and (train.std(0) - 1).abs().max() < 0.1
+            whole = _module(data, numeric_scaling=scaling, val_fraction=0.0)  # rows in file order
+            raw = pd.read_csv(data / "train.csv")["income"].to_numpy()
+            assert np.all(np.diff(whole.numeric[: len(raw), 2].numpy()[np.argsort(raw)]) >= 0)
+
+
+def test_single_file_holds_out_a_stratified_test_share(tmp_path: Path):
+    data = write_example_table(tmp_path / "t", rows=1000)
+    frame = pd.concat([pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")])
+    frame.to_parquet(tmp_path / "all.parquet", index=False)
+    dm = _module(tmp_path / "all.parquet")
+    assert int((dm.split == SPLIT_TEST).sum()) == 200
+    positive = dm.label.float()
+    assert abs(float(positive[dm.split == SPLIT_TEST].mean()) - float(positive.mean())) < 0.01
+
+
+def test_unseen_category_maps_to_the_unknown_index_and_is_counted(tmp_path: Path, caplog):
+    data = write_example_table(tmp_path / "t", rows=400)
+    test = pd.read_csv(data / "test.csv")
+    test.loc[:4, "job"] = "astronaut"
+    test.to_csv(data / "test.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="ssl_domains_tabular"):
+        dm = _module(data)
+    job = dm.feature_names.index("job") - len(dm.fitted["numeric"])
+    test_codes = dm.categorical[dm.split == SPLIT_TEST, job]
+    assert int((test_codes == 0).sum()) == 5 and dm.unknown_counts[-1] == {"job": 5}
+    assert "test.csv" in caplog.text and "'job': 5" in caplog.text
+    one_hot = raw_features(dm.numeric.numpy(), dm.categorical.numpy(), dm.cardinalities)
+    assert one_hot.shape[1] == 3 + sum(dm.cardinalities) and np.allclose(one_hot[:, 3:].sum(1), 2)
+
+
+def test_missing_values_are_an_error_by_default_and_imputed_on_request(tmp_path: Path):
+    data = write_example_table(tmp_path / "t", rows=400)
+    train = pd.read_csv(data / "train.csv")
+    train.loc[:6, "hours"] = np.nan
+    train.loc[:2, "city"] = None
+    train.to_csv(data / "train.csv", index=False)
+    with pytest.raises(DataError, match=r"train\.csv.*'hours' \(7 rows\).*'city' \(3 rows\).*missing=impute"):
+        _module(data)
+    dm = _module(data, missing="impute")
+    assert "<missing>" in dm.fitted["vocab"]["city"] and bool(dm.numeric.isfinite().all())
+
+
+def test_na_markers_are_read_as_missing(tmp_path: Path):
+    (tmp_path / "t.csv").write_text("a,b,label\n1,x,0\n?,y,1\n3,x,0\n4,y,1\n5,x,0\n6,y,1\n")
+    with pytest.raises(DataError, match=r"'a' \(1 rows\)"):
+        _module(tmp_path / "t.csv", na_values=["?"], val_fraction=0.0, test_fraction=0.0)
+
+
+def test_wrong_target_column_names_the_file_and_the_columns(tmp_path: Path):
+    data = write_example_table(tmp_path / "t", rows=200)
+    with pytest.raises(DataError, match=r"train\.csv has no target column 'salary'.*'age'"):
+        _module(data, target="salary")
+
+
+@pytest.mark.parametrize("content", ["", "a,b,label\n"])
+def test_empty_files_are_refused(tmp_path: Path, content: str):
+    (tmp_path / "empty.csv").write_text(content)
+    with pytest.raises(DataError, match=r"empty\.csv (is empty|has a header but no rows)"):
+        _module(tmp_path / "empty.csv")
+
+
+def test_corrupt_parquet_and_unknown_test_labels_are_refused(tmp_path: Path):
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"bad\.parquet is not a readable Parquet file"):
+        _module(tmp_path / "bad.parquet")
+    data = write_example_table(tmp_path / "t", rows=200)
+    test = pd.read_csv(data / "test.csv")
+    test.loc[0, "label"] = ">50K."
+    test.to_csv(data / "test.csv", index=False)
+    with pytest.raises(DataError, match=r"test\.csv: target 'label' has 1 rows with classes not in training"):
+        _module(data)
+
+
+def test_text_in_a_numeric_column_at_embed_time_is_refused(tmp_path: Path):
+    data = write_example_table(tmp_path / "t", rows=200)
+    dm = _module(data)
+    new = pd.read_csv(data / "test.csv")
+    new["age"] = new["age"].astype(object)
+    new.loc[3, "age"] = "forty"
+    new.to_csv(tmp_path / "new.csv", index=False)
+    embed_dm = TableDataModule(tmp_path / "new.csv", _cfg(val_fraction=0.0, test_fraction=0.0))
+    embed_dm.load_state_dict(dm.state_dict())
+    with pytest.raises(DataError, match=r"new\.csv: numeric column\(s\) \['age'\] hold text"):
+        embed_dm.setup("predict")
