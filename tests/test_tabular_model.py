@@ -125,14 +125,14 @@ def test_mlp_head_learns_a_nonlinear_rule_and_reports_test_accuracy():
     x = rng.normal(size=(1200, 2)).astype(np.float32)
     y = (x[:, 0] * x[:, 1] > 0).astype(np.int64)  # XOR-like: no linear head can do it
     split = np.repeat([SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST], [800, 200, 200])
-    mlp = fit_head("mlp", x, y, split, "classification", seed=0, epochs=60, patience=10)
-    linear = fit_head("linear", x, y, split, "classification", seed=0, epochs=60, patience=10)
+    _, mlp = fit_head("mlp", x, y, split, "classification", seed=0, epochs=60, patience=10)
+    _, linear = fit_head("linear", x, y, split, "classification", seed=0, epochs=60, patience=10)
     assert mlp > 0.9 and linear < 0.65
     x = rng.normal(size=(5000, 2)).astype(np.float32)
     target = (x[:, 0] * 3.0 + 1.0).astype(np.float32)
     split = np.repeat([SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST], [4000, 500, 500])
-    rmse = fit_head("linear", x, target, split, "regression", seed=0, epochs=100, patience=10)
-    assert 0.0 < rmse < 0.3  # in the target's units: std 3, so R² > 0.99
+    val_rmse, rmse = fit_head("linear", x, target, split, "regression", seed=0, epochs=100, patience=10)
+    assert 0.0 < val_rmse < 0.3 and 0.0 < rmse < 0.3  # in the target's units: std 3, so R² > 0.99
 
 
 @pytest.mark.slow
