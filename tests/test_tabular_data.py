@@ -137,3 +137,21 @@ def test_text_in_a_numeric_column_at_embed_time_is_refused(tmp_path: Path):
     embed_dm.load_state_dict(dm.state_dict())
     with pytest.raises(DataError, match=r"new\.csv: numeric column\(s\) \['age'\] hold text"):
         embed_dm.setup("predict")
+
+
+def test_ids_are_row_numbers_in_the_files_across_held_out_splits(tmp_path: Path):
+    data = write_example_table(tmp_path / "t", rows=800)
+    dm = _module(data, numeric_scaling="minmax")
+    age = dm.numeric[:, 0].double() * dm.fitted["scale"][0] + dm.fitted["shift"][0]  # undo the min-max scaling
+    files = pd.concat([pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")], ignore_index=True)
+    assert sorted(dm.row_id.tolist()) == list(range(800))
+    assert np.allclose(age.numpy(), files["age"].to_numpy()[dm.row_id.numpy()])
+    shuffled = dm.row_id.numpy()[::-1].copy()
+    assert np.array_equal(dm.row_id.numpy()[dm.positions(shuffled)], shuffled)
+    # new rows without the target column are embedded whole, in file order, with the training encoders
+    files.drop(columns="label").head(50).to_csv(tmp_path / "new.csv", index=False)
+    new = TableDataModule(tmp_path / "new.csv", dm.cfg)
+    new.load_state_dict(dm.state_dict())
+    new.setup("predict")
+    batch = next(iter(new.predict_dataloader()))
+    assert batch["id"].tolist() == list(range(50)) and new.target is None

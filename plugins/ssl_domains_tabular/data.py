@@ -1,11 +1,13 @@
 """T-JEPA data: tables read once, encoded once, served as dict batches of tensors.
 
 Batches carry ``numeric`` (float32 ``[N, num_numeric]``, scaled), ``categorical`` (int64 ``[N, num_categorical]``,
-0 = unseen category), ``id`` (row number over the concatenated train/val/test tables), ``split`` and ``label``
-(class index, or -1 without a classification target). A batch is one slice of the encoded tensors: the collate
-function indexes them with the batch's row ids, so no per-row Python work happens.
+0 = unseen category), ``id`` (the row's number in its file; val and test files continue the numbering after the
+training file, and rows held out of the training file keep their numbers), ``split`` and ``label`` (class index,
+or -1 without a classification target). A batch is one slice of the encoded tensors, so no per-row Python work
+happens.
 
-Splits (honest protocol): the official test table, when given, is the test split. Otherwise, with a target,
+Splits (honest protocol), made only when the table has the target column: the official test table, when given,
+is the test split. Otherwise
 ``test_fraction`` of the training table is held out. Validation is carved from the training rows
 (``val_fraction``, stratified by class). The split depends on ``split_seed`` only, so it is the same for every
 pretraining seed. Scaler, vocabularies and classes are fitted on the training split alone, and pretraining sees
@@ -95,37 +97,39 @@ class TableDataModule(pl.LightningDataModule):
         if self._ready:
             return
         files = find_tables(self.path)
-        frames, splits, sources = [], [], []
         train = self._read(files.train)
-        if files.test is not None:
-            test = self._read(files.test)
-        elif self.cfg.target is not None and self.cfg.test_fraction > 0:
+        first_row = {"train": 0}
+        # Splits need the target: a table without it (new rows to embed) is kept whole, in file order.
+        labelled = self.cfg.target is not None and self.cfg.target in train.columns
+        val = self._read(files.val) if files.val is not None else None
+        test = self._read(files.test) if files.test is not None else None
+        first_row["val"] = len(train)
+        first_row["test"] = first_row["val"] + (len(val) if val is not None else 0)
+        if test is None and labelled and self.cfg.test_fraction > 0:
             kept, held = self._split(train, self.cfg.test_fraction, files.train, salt=1)
             train, test = train.iloc[kept], train.iloc[held]
-        else:
-            test = None
-        if files.val is not None:
-            val = self._read(files.val)
-        elif self.cfg.val_fraction > 0 and len(train) > 1:
+            first_row["test"] = 0  # held-out rows keep their row numbers in the training file
+        if val is None and labelled and self.cfg.val_fraction > 0 and len(train) > 1:
             kept, held = self._split(train, self.cfg.val_fraction, files.train, salt=2)
             train, val = train.iloc[kept], train.iloc[held]
-        else:
-            val = None
+            first_row["val"] = 0
         if not self.fitted:
             self.fitted = fit_schema(train, files.train, self.cfg)
-        for frame, split, source in (
-            (train, SPLIT_TRAIN, files.train),
-            (val, SPLIT_VAL, files.val or files.train),
-            (test, SPLIT_TEST, files.test or files.train),
+        frames, splits, row_ids = [], [], []
+        for name, frame, split, source in (
+            ("train", train, SPLIT_TRAIN, files.train),
+            ("val", val, SPLIT_VAL, files.val or files.train),
+            ("test", test, SPLIT_TEST, files.test or files.train),
         ):
             if frame is None or len(frame) == 0:
                 continue
             frames.append(encode_table(frame, source, self.fitted, self.cfg.missing))
             splits.append(np.full(len(frame), split, np.int64))
-            sources.append(source)
+            row_ids.append(first_row[name] + frame.index.to_numpy(dtype=np.int64))
         self.numeric = torch.as_tensor(np.concatenate([f.numeric for f in frames]))
         self.categorical = torch.as_tensor(np.concatenate([f.categorical for f in frames]))
         self.split = torch.as_tensor(np.concatenate(splits))
+        self.row_id = torch.as_tensor(np.concatenate(row_ids))
         self.unknown_counts = [f.unknown_counts for f in frames]
         has_target = all(f.target is not None for f in frames)
         target = np.concatenate([f.target for f in frames]) if has_target else None
@@ -138,6 +142,12 @@ class TableDataModule(pl.LightningDataModule):
         if len(self.train_rows) == 0:
             raise DataError(f"{files.train} leaves no training rows after the validation and test splits")
         self._ready = True
+
+    def positions(self, row_ids: np.ndarray) -> np.ndarray:
+        """Where the rows with these ids sit in the encoded tensors (the inverse of ``row_id``)."""
+        ids = self.row_id.numpy()
+        order = np.argsort(ids)
+        return order[np.searchsorted(ids, row_ids, sorter=order)]
 
     # ---- batches ---------------------------------------------------------------------------------------------
     def rows(self, split: int) -> torch.Tensor:
@@ -152,7 +162,7 @@ class TableDataModule(pl.LightningDataModule):
             "categorical": self.categorical[index],
             "label": self.label[index],
             "split": self.split[index],
-            "id": index,
+            "id": self.row_id[index],
         }
 
     def train_dataloader(self) -> DataLoader:

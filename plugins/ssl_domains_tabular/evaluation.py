@@ -168,7 +168,8 @@ def evaluate_tjepa(model: Any, datamodule: Any, cfg: Any) -> dict[str, Any] | No
         return None
     device = next(model.parameters()).device
     emb = collect_embeddings(model, datamodule.predict_dataloader(), str(device))
-    vectors = emb.vectors[np.argsort(emb.ids)]
+    vectors = np.empty_like(emb.vectors)
+    vectors[datamodule.positions(emb.ids)] = emb.vectors  # rows in the order of the datamodule's tensors
     return compare_heads(vectors, datamodule, cfg.eval_seeds, cfg.head_epochs, cfg.head_patience)
 
 
