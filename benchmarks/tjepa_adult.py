@@ -60,21 +60,15 @@ def untrained_control(plugin, run, seeds: int) -> dict:
     import numpy as np
     import torch
 
-    from ssl_domains.evaluation import collect_embeddings
-    from ssl_domains_tabular.evaluation import MLP_DROPOUTS, fit_head
+    from ssl_domains_tabular.evaluation import fit_selected_head, table_embeddings
 
     dm, cfg = run.datamodule, run.config.method
     torch.manual_seed(0)
     fresh = plugin.model(cfg, dm).eval()
-    emb = collect_embeddings(fresh, dm.predict_dataloader(), "cpu")
-    vectors = np.empty_like(emb.vectors)
-    vectors[dm.positions(emb.ids)] = emb.vectors
+    vectors = table_embeddings(fresh, dm)
     y, split = dm.target.numpy(), dm.split.numpy()
     epochs, patience = cfg.head_epochs, cfg.head_patience
-    tests = []
-    for seed in range(seeds):  # the same dropout search as the other MLP heads
-        results = [fit_head("mlp", vectors, y, split, dm.task, seed, epochs, patience, d) for d in MLP_DROPOUTS]
-        tests.append(max(results, key=lambda r: r[0] if dm.task != "regression" else -r[0])[1])
+    tests = [fit_selected_head("mlp", vectors, y, split, dm.task, s, epochs, patience)[1] for s in range(seeds)]
     return {"mlp_emb_untrained_mean": float(np.mean(tests)), "mlp_emb_untrained_std": float(np.std(tests))}
 
 

@@ -123,7 +123,7 @@ class TableDataModule(pl.LightningDataModule):
         ):
             if frame is None or len(frame) == 0:
                 continue
-            frames.append(encode_table(frame, source, self.fitted, self.cfg.missing))
+            frames.append(encode_table(frame, source, self.fitted))
             splits.append(np.full(len(frame), split, np.int64))
             row_ids.append(first_row[name] + frame.index.to_numpy(dtype=np.int64))
         self.numeric = torch.as_tensor(np.concatenate([f.numeric for f in frames]))

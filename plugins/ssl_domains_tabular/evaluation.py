@@ -133,6 +133,24 @@ def fit_gbdt(
     return float((pred == y[test]).mean())
 
 
+def fit_selected_head(
+    kind: str, x: np.ndarray, y: np.ndarray, split: np.ndarray, task: str, seed: int, epochs: int, patience: int
+) -> tuple[float, float]:
+    """:func:`fit_head`; for the MLP, the dropout in ``MLP_DROPOUTS`` that scores best on validation."""
+    dropouts = MLP_DROPOUTS if kind == "mlp" else (0.0,)
+    results = [fit_head(kind, x, y, split, task, seed, epochs, patience, d) for d in dropouts]
+    return max(results, key=lambda r: -r[0] if task == "regression" else r[0])
+
+
+def table_embeddings(model: Any, datamodule: Any) -> np.ndarray:
+    """``model.embed`` of every row, in the order of the datamodule's tensors."""
+    device = next(model.parameters()).device
+    emb = collect_embeddings(model, datamodule.predict_dataloader(), str(device))
+    vectors = np.empty_like(emb.vectors)
+    vectors[datamodule.positions(emb.ids)] = emb.vectors
+    return vectors
+
+
 def compare_heads(embeddings: np.ndarray, datamodule: Any, seeds: int, epochs: int, patience: int) -> dict[str, Any]:
     """Every head on embeddings and on raw features, plus gradient boosting, over ``seeds`` seeds."""
     numeric, categorical = datamodule.numeric.numpy(), datamodule.categorical.numpy()
@@ -143,9 +161,7 @@ def compare_heads(embeddings: np.ndarray, datamodule: Any, seeds: int, epochs: i
     for seed in range(seeds):
         for head in ("mlp", "linear"):
             for source, x in (("emb", embeddings), ("raw", raw)):
-                dropouts = MLP_DROPOUTS if head == "mlp" else (0.0,)
-                results = [fit_head(head, x, y, split, task, seed, epochs, patience, d) for d in dropouts]
-                val, test = max(results, key=lambda r: r[0] if task != "regression" else -r[0])
+                val, test = fit_selected_head(head, x, y, split, task, seed, epochs, patience)
                 val_runs[f"{head}_{source}"].append(val)
                 runs[f"{head}_{source}"].append(test)
         runs["gbdt"].append(fit_gbdt(numeric, categorical, datamodule.cardinalities, y, split, task, seed))
@@ -166,11 +182,8 @@ def evaluate_tjepa(model: Any, datamodule: Any, cfg: Any) -> dict[str, Any] | No
     present = set(datamodule.split.unique().tolist())
     if not {SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST} <= present:
         return None
-    device = next(model.parameters()).device
-    emb = collect_embeddings(model, datamodule.predict_dataloader(), str(device))
-    vectors = np.empty_like(emb.vectors)
-    vectors[datamodule.positions(emb.ids)] = emb.vectors  # rows in the order of the datamodule's tensors
-    return compare_heads(vectors, datamodule, cfg.eval_seeds, cfg.head_epochs, cfg.head_patience)
+    embeddings = table_embeddings(model, datamodule)
+    return compare_heads(embeddings, datamodule, cfg.eval_seeds, cfg.head_epochs, cfg.head_patience)
 
 
 def write_example_table(root: Path, rows: int = 800, seed: int = 0) -> Path:

@@ -94,7 +94,6 @@ def _as_strings(series: pd.Series) -> pd.Series:
 def fit_schema(frame: pd.DataFrame, path: Path, cfg: Any) -> dict[str, Any]:
     """Fit the scaler, vocabularies and target encoding on the training rows ``frame``."""
     numeric, cats = infer_columns(frame, path, cfg.target, list(cfg.categorical), list(cfg.numerical), list(cfg.drop))
-    check_missing(frame, path, numeric + cats, cfg.missing)
     values = frame[numeric].to_numpy(dtype=np.float64) if numeric else np.zeros((len(frame), 0))
     finite = np.isfinite(values) | np.isnan(values)
     if not finite.all():
@@ -154,13 +153,15 @@ def _scale_numeric(values: np.ndarray, state: dict[str, Any]) -> np.ndarray:
     return torch.special.ndtri(clipped).numpy()  # quantile -> standard normal (scikit-learn's output="normal")
 
 
-def encode_table(frame: pd.DataFrame, path: Path, state: dict[str, Any], missing: str) -> EncodedTable:
-    """Encode ``frame`` with a fitted ``state``; unseen categories become index 0 and are counted in the log."""
+def encode_table(frame: pd.DataFrame, path: Path, state: dict[str, Any]) -> EncodedTable:
+    """Encode ``frame`` with a fitted ``state``; unseen categories become index 0 and are counted in the log.
+
+    Missing values are expected to be checked already (``check_missing``, once per file, before any split).
+    """
     columns = state["numeric"] + state["categorical"]
     absent = [c for c in columns if c not in frame.columns]
     if absent:
         raise DataError(f"{path} lacks the column(s) {absent} that the model was trained with")
-    check_missing(frame, path, columns, missing)
     numeric = state["numeric"]
     values = frame[numeric].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64) if numeric else None
     if values is None:
