@@ -17,7 +17,22 @@ from .data import mix_seed
 from .errors import NonFiniteLossError
 from .plugin import ModalityPlugin
 
-__all__ = ["EpochCheckpoint", "FiniteLossGuard", "SSLModule", "build_optimizer", "warmup_cosine"]
+__all__ = ["EpochCheckpoint", "FiniteLossGuard", "SSLModule", "build_optimizer", "compile_objective", "warmup_cosine"]
+
+
+def compile_objective(objective: Callable[[nn.Module, dict[str, Any]], dict[str, Any]]) -> Callable:
+    """``torch.compile`` of the step ``(model, batch) -> outputs``, with the model as an argument.
+
+    Compiling the model alone (``torch.compile(model)``) covers only ``model.forward``: an objective that calls
+    submodules (a context encoder, an EMA target, a predictor) would run them eagerly, and its masking and loss
+    would not be fused. Tracing the objective inlines all of it. The model stays unwrapped, so its state dict
+    keeps its own key names.
+    """
+
+    def step(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        return objective(model, batch)
+
+    return torch.compile(step)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
@@ -62,8 +77,9 @@ class SSLModule(pl.LightningModule):
     """Calls a plugin's objective on each dict batch and owns everything around it.
 
     The model is a registered submodule (``self.model``), so checkpoints hold plain ``model.*`` keys. With
-    ``compile=True`` the compiled wrapper is kept outside the module tree: its parameters are the model's, and
-    no ``_orig_mod.`` prefix ever reaches a checkpoint.
+    ``compile=True`` the whole step, ``objective(model, batch)``, is compiled (:func:`compile_objective`): masking,
+    every submodule the objective calls and the loss, not only ``model.forward``. Nothing wraps the model, so no
+    ``_orig_mod.`` prefix ever reaches a checkpoint.
     """
 
     def __init__(
@@ -82,12 +98,7 @@ class SSLModule(pl.LightningModule):
         self.optim_cfg = optim
         self.seed = seed
         self.objective = plugin.objective(plugin_cfg)
-        self._runner: tuple[nn.Module] = (torch.compile(model) if compile else model,)
-
-    @property
-    def runner(self) -> nn.Module:
-        """The module the objective calls: the model, or its compiled wrapper."""
-        return self._runner[0]
+        self.step_fn = compile_objective(self.objective) if compile else self.objective
 
     def _reseed(self) -> None:
         # Each epoch starts from RNG state f(seed, epoch, rank): masking and dropout do not depend on history,
@@ -100,7 +111,7 @@ class SSLModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if batch_idx == 0:
             self._reseed()
-        out = self.objective(self.runner, batch)
+        out = self.step_fn(self.model, batch)
         self._log_outputs("train", out, batch)
         return out["loss"]
 
@@ -108,7 +119,7 @@ class SSLModule(pl.LightningModule):
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(mix_seed(self.seed, batch_idx))
-            out = self.objective(self.runner, batch)
+            out = self.step_fn(self.model, batch)
         self._log_outputs("val", out, batch)
 
     def _log_outputs(self, stage: str, out: dict[str, Any], batch: dict[str, Any]) -> None:
