@@ -218,8 +218,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not cfg.data.exists():
         raise UserError(f"data path {cfg.data} does not exist")
+    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+    externally_launched = world > 1 and not os.environ.get(RUN_DIR_ENV)
+    if externally_launched and not args.output and not args.resume:
+        # torchrun / srun start every rank at once: a timestamped default directory could differ between them
+        raise UserError("every rank must write the same run: pass --output DIR when launching with torchrun or srun")
     if is_worker_process() and os.environ.get(RUN_DIR_ENV):
         run_dir = Path(os.environ[RUN_DIR_ENV])
+    elif is_worker_process():
+        pass  # rank 0 of this launch owns the directory (it may already have written its config there)
     elif not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir} already holds files; pick another --output or continue it with --resume {run_dir}")
     train(cfg, run_dir, resume=bool(args.resume), fast_dev_run=args.fast_dev_run)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = ["EpochShuffleSampler", "eval_loader", "mix_seed", "random_split_indices", "train_loader"]
 
@@ -27,15 +27,29 @@ def mix_seed(*parts: int) -> int:
     return x & 0x7FFFFFFFFFFFFFFF
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles ``range(num_items)`` with a permutation that depends only on ``(seed, epoch)``.
+class EpochShuffleSampler(DistributedSampler):
+    """Shuffles ``range(num_items)`` with a permutation that depends only on ``(seed, epoch)``, and shards it.
 
     Lightning calls :meth:`set_epoch` at the start of every epoch. The permutation is drawn lazily, on the first
     ``next()``, so it reflects the epoch even when the loader's iterator was created before ``set_epoch``
     (which is what happens on resume).
+
+    Under DDP (a process group is initialised when Lightning asks for the training loader) rank ``r`` of ``W``
+    takes positions ``r, r + W, ...`` of that permutation, padded by wrapping around to a multiple of ``W``. The
+    local batches of one step are then together exactly the batch one process would train on with ``W`` times the
+    batch size. It is a ``DistributedSampler`` so that Lightning keeps it instead of wrapping it in a sampler
+    that would shuffle the order a second time.
     """
 
-    def __init__(self, num_items: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(
+        self, num_items: int, seed: int, shuffle: bool = True, num_replicas: int | None = None, rank: int | None = None
+    ) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if distributed else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if distributed else 0
+        super().__init__(range(int(num_items)), num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
         self.num_items = int(num_items)
         self.seed = int(seed)
         self.shuffle = shuffle
@@ -46,14 +60,18 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            yield from range(self.num_items)
-            return
-        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-        yield from torch.randperm(self.num_items, generator=gen).tolist()
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            order = torch.randperm(self.num_items, generator=gen).tolist()
+        else:
+            order = list(range(self.num_items))
+        if self.num_replicas > 1:
+            order += order[: self.total_size - len(order)]
+            order = order[self.rank : self.total_size : self.num_replicas]
+        yield from order
 
     def __len__(self) -> int:
-        return self.num_items
+        return self.num_samples
 
 
 def train_loader(

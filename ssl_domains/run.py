@@ -125,8 +125,12 @@ def resolve_config(
 
 
 def is_worker_process() -> bool:
-    """True in the DDP processes that Lightning launches besides rank 0 of each node."""
-    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+    """True in every DDP process but global rank 0, however it was launched.
+
+    Lightning's own launcher sets ``LOCAL_RANK`` and ``NODE_RANK``; torchrun sets ``RANK`` (on a second node the
+    first process has ``LOCAL_RANK=0`` but ``RANK>0``); SLURM's srun sets ``SLURM_PROCID``.
+    """
+    return any(os.environ.get(key, "0") != "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def _trim_metrics(run_dir: Path, resume_epoch: int) -> None:
@@ -209,6 +213,7 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
         devices=tc.devices,
         strategy=tc.strategy,
         num_nodes=tc.num_nodes,
+        sync_batchnorm=tc.sync_batchnorm,
         logger=loggers,
         callbacks=callbacks,
         log_every_n_steps=tc.log_every_n_steps,

@@ -88,3 +88,16 @@ def test_stratified_split_keeps_every_class_in_every_part():
     parts = random_split_indices(15, (0.6, 0.2, 0.2), seed=0, stratify=labels)
     assert sum(len(p) for p in parts) == 15
     assert all(set(labels[p]) == {0, 1} for p in parts)
+
+
+def test_sharded_epoch_sampler_splits_each_global_batch_between_ranks():
+    # rank r of W takes every W-th position: the local batches of a step make up the single-process batch of
+    # W times the size, and every item is seen once per epoch (padding only fills the last step)
+    single = list(EpochShuffleSampler(23, seed=4))
+    shards = [list(EpochShuffleSampler(23, seed=4, num_replicas=2, rank=r)) for r in range(2)]
+    assert [len(s) for s in shards] == [12, 12]
+    local = 3
+    for step in range(3):
+        union = {i for s in shards for i in s[step * local : (step + 1) * local]}
+        assert union == set(single[step * 2 * local : (step + 1) * 2 * local])
+    assert set(shards[0]) | set(shards[1]) == set(range(23))
