@@ -69,6 +69,25 @@ def test_sce_loss_is_float32_under_bf16():
     assert sce_loss(a, b, 3).dtype == torch.float32
 
 
+@pytest.mark.parametrize(("in_dim", "out_dim", "heads"), [(12, 4, 3), (24, 4, 2)])  # both aggregation orders
+def test_stacked_gat_layers_train_under_bf16_autocast(in_dim, out_dim, heads):
+    # Under autocast a layer can get bf16 features (the decoder's input is the bias-free encoder_to_decoder
+    # Linear's output) with float32 attention weights (a softmax): the neighbour sums must accept both.
+    torch.manual_seed(0)
+    n = 40
+    ei = torch.cat([torch.randint(0, n, (2, 160)), torch.arange(n).repeat(2, 1)], 1)
+    first = GATLayer(in_dim, out_dim, heads, concat=True)
+    second = GATLayer(out_dim * heads, out_dim, heads, concat=False)
+    x = torch.randn(n, in_dim).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = second(first(x, ei), ei)
+    eager = second(first(x.float(), ei), ei)
+    assert out.shape == (n, out_dim) and torch.isfinite(out).all()
+    assert torch.allclose(out.float(), eager, atol=0.05, rtol=0.05)
+    out.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in first.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize(("in_dim", "out_dim", "heads"), [(12, 4, 3), (5, 16, 1), (6, 9, 2)])
 def test_gat_layer_equals_pyg_gatconv(in_dim, out_dim, heads):
     torch.manual_seed(0)

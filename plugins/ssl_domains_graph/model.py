@@ -119,13 +119,15 @@ class GATLayer(nn.Module):
             logits = logits.masked_fill(edge_weight.unsqueeze(-1) == 0, float("-inf"))
         alpha = softmax(logits, dst, num_nodes=n)
         alpha = F.dropout(alpha, p=self.attn_drop, training=self.training)
+        # The sums take the messages' dtype: under bf16 autocast the features are bf16 but the attention weights
+        # (a softmax) stay float32, so the products and the sums over neighbours are float32.
         if aggregate_first:
-            z = x.new_zeros(n, heads, self.in_dim).index_add_(
-                0, dst, x.index_select(0, src).unsqueeze(1) * alpha.unsqueeze(-1)
-            )
+            messages = x.index_select(0, src).unsqueeze(1) * alpha.unsqueeze(-1)
+            z = messages.new_zeros(n, heads, self.in_dim).index_add_(0, dst, messages)
             out = torch.einsum("nhi,hci->nhc", z if rows is None else z.index_select(0, rows), weight)
         else:
-            out = x.new_zeros(n, heads, c).index_add_(0, dst, h.index_select(0, src) * alpha.unsqueeze(-1))
+            messages = h.index_select(0, src) * alpha.unsqueeze(-1)
+            out = messages.new_zeros(n, heads, c).index_add_(0, dst, messages)
             out = out if rows is None else out.index_select(0, rows)
         x_dst = x if rows is None else x.index_select(0, rows)
         m = x_dst.shape[0]
