@@ -50,13 +50,14 @@ class MerlinUNet(nn.Module):
     # ---- normalisation (reference merlin_denoiser.py and training/model.py) ------------------------------------
     def normalize(self, component: torch.Tensor) -> torch.Tensor:
         """``(log(a^2 + 1e-3) - 2m) / (2(M - m))``, computed in float32 whatever the autocast dtype."""
-        m, span = float(self.log_min), float(self.log_max - self.log_min)
+        # 0-d tensor arithmetic on the buffers' device: float(buffer) would be a host sync per call on a GPU
+        m, span = self.log_min.float(), (self.log_max - self.log_min).float()
         with torch.autocast(component.device.type, enabled=False):
             return (torch.log(component.float().square() + LOG_OFFSET) - 2 * m) / (2 * span)
 
     def log_reflectivity(self, out: torch.Tensor) -> torch.Tensor:
         """``log R = 2 (out (M - m) + m)``: the network output as a log-intensity (loss_function's ``log_hat_R``)."""
-        m, span = float(self.log_min), float(self.log_max - self.log_min)
+        m, span = self.log_min.float(), (self.log_max - self.log_min).float()
         return 2.0 * (out.float() * span + m)
 
     # ---- network -----------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class MerlinPlugin(ModalityPlugin):
         ),
     )
     # Clipping: at initialisation R_hat is about a^2, and b^2 / a^2 has no finite mean, so the first steps see
-    # rare, huge gradients; the reference trains unclipped.
+    # rare, huge gradients. The reference's training entry point clips too, at norm 5 (train.py, clip_by_norm=True).
     run_defaults = {
         "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "gradient_clip_val": 1.0},
         "trainer": {"max_epochs": 30},
