@@ -46,6 +46,7 @@ class MerlinUNet(nn.Module):
         self.dec2, self.dec2b = _conv(d + w, d), _conv(d, d)
         self.dec1a, self.dec1b, self.dec1 = _conv(d + 1, 64), _conv(64, 32), _conv(32, 1)
         self.embed_dim = w
+        self.to(memory_format=torch.channels_last)  # see _encode
 
     # ---- normalisation (reference merlin_denoiser.py and training/model.py) ------------------------------------
     def normalize(self, component: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,9 @@ class MerlinUNet(nn.Module):
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Skip tensors (input first) and the bottleneck after ``enc6``."""
         act = nn.functional.leaky_relu
+        # Channels-last weights and activations: oneDNN (CPU) and cuDNN then run their NHWC convolution kernels,
+        # about 1.8x faster on CPU for this narrow U-Net (docs/performance.md). State-dict values are the same.
+        x = x.contiguous(memory_format=torch.channels_last)
         skips = [x]
         n = F.max_pool2d(act(self.enc1(act(self.enc0(x), 0.1)), 0.1), 2)
         skips.append(n)
