@@ -1,0 +1,133 @@
+"""What `speed.py` trains for each first-party plugin: data, presets, and the reference implementation beside it.
+
+Presets name model sizes, the same three for every plugin:
+
+* ``base``: the published configuration (the size the reference implementation trains), used for the ratios;
+* ``small``: our CPU default (what ``ssl-domains train --plugin P`` runs without a preset);
+* ``tiny``: the size the test suite trains.
+
+Data are the samples shipped in ``datasets/`` (Cora, Adult) or, for MERLIN, a generated single-look complex image
+large enough for 256-pixel patches: throughput does not depend on the speckle's content, and a fresh clone has no
+larger SLC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssl_domains.plugin import ModalityPlugin
+from ssl_domains.run import read_yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PRESETS = ("tiny", "small", "base")
+
+ReferenceBuilder = Callable[[Path | None, Any, dict[str, torch.Tensor], Any], Callable[[], torch.Tensor]]
+
+
+@dataclass
+class Workload:
+    """One plugin's benchmark: how to get its data and config layers, what a sample is, and its reference."""
+
+    unit: str
+    """What one training sample is (nodes, rows, patches): samples/s counts these."""
+    data: Callable[[Path], Path]
+    """Returns the ``--data`` path, writing generated data under the given scratch folder if needed."""
+    layers: Callable[[ModalityPlugin, str], list[dict[str, Any]]]
+    """Config layers (presets, overrides) for a size preset."""
+    reference: str
+    """The reference implementation, as cited in docs/performance.md."""
+    samples_per_item: int = 1
+    """Samples one batch item gives (MERLIN: each patch trains two pairs, a->b and b->a)."""
+    reference_needs_checkout: bool = True
+    """Whether ``--reference NAME=DIR`` must give a checkout (False: the reference is an installed package)."""
+    build_reference: ReferenceBuilder | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _graphmae_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
+    sizes = {"tiny": (32, 2), "small": (256, 4), "base": (512, 4)}[preset]
+    return [read_yaml("cora", plugin), {"graphmae": {"num_hidden": sizes[0], "num_heads": sizes[1]}}]
+
+
+def _graphmae_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Tensor], dm: Any):
+    from _graphmae_ref import reference_step
+
+    assert ref_dir is not None
+    return reference_step(ref_dir, cfg, batch, dm.num_features)
+
+
+def _tjepa_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
+    layers = [read_yaml("adult", plugin)]
+    if preset == "base":
+        layers.append(read_yaml("paper", plugin))
+    elif preset == "tiny":
+        layers.append({"tjepa": dict(plugin.test_overrides.get("tjepa", {}))})
+    return layers
+
+
+def _tjepa_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Tensor], dm: Any):
+    from _tjepa_ref import reference_step
+
+    assert ref_dir is not None
+    return reference_step(ref_dir, cfg, batch, int(dm.numeric.shape[1]), list(dm.cardinalities))
+
+
+def _merlin_data(scratch: Path) -> Path:
+    """A 1024 x 1024 single-look complex image: fully developed speckle over a smooth reflectivity."""
+    path = scratch / "merlin_slc" / "synthetic_slc.npy"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:1024, 0:1024] / 1024.0
+        amplitude = 50.0 * (1.5 + np.sin(6 * np.pi * xx) * np.cos(4 * np.pi * yy))
+        speckle = (rng.standard_normal((1024, 1024)) + 1j * rng.standard_normal((1024, 1024))) / np.sqrt(2)
+        np.save(path, (amplitude * speckle).astype(np.complex64))
+    return path.parent
+
+
+def _merlin_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
+    sizes = {
+        "tiny": {"patch_size": 64, "batch_size": 4, "width": 8, "decoder_width": 16},
+        "small": {"patch_size": 128, "batch_size": 12, "width": 48, "decoder_width": 96},
+        "base": {"patch_size": 256, "batch_size": 12, "width": 48, "decoder_width": 96},
+    }[preset]
+    return [{"merlin": {**sizes, "patches_per_epoch": 96}}]
+
+
+def _merlin_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Tensor], dm: Any):
+    from _merlin_ref import reference_step
+
+    return reference_step(cfg, batch)
+
+
+WORKLOADS: dict[str, Workload] = {
+    "graphmae": Workload(
+        unit="nodes",
+        data=lambda scratch: REPO / "datasets" / "cora",
+        layers=_graphmae_layers,
+        reference="THUDM/GraphMAE, branch pyg (git clone -b pyg https://github.com/THUDM/GraphMAE)",
+        build_reference=_graphmae_reference,
+    ),
+    "tjepa": Workload(
+        unit="rows",
+        data=lambda scratch: REPO / "datasets" / "adult",
+        layers=_tjepa_layers,
+        reference="jose-melo/t-jepa (git clone https://github.com/jose-melo/t-jepa)",
+        build_reference=_tjepa_reference,
+    ),
+    "merlin": Workload(
+        unit="pairs",
+        samples_per_item=2,
+        data=_merlin_data,
+        layers=_merlin_layers,
+        reference="deepdespeckling 0.8, merlin/training (pip install deepdespeckling==0.8)",
+        reference_needs_checkout=False,
+        build_reference=_merlin_reference,
+    ),
+}
