@@ -116,7 +116,7 @@ def loader_rate(plugin: Any, cfg: Any, seconds: float, per_item: int) -> dict[st
         except StopIteration:
             it = iter(loader)
     return {
-        "loader_workers": workers if hasattr(cfg.method, "num_workers") else 0,
+        "loader_workers": loader.num_workers,
         "loader_startup_s": startup,
         "loader_samples_per_s": samples / (time.perf_counter() - start),
     }
@@ -139,7 +139,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     workload = WORKLOADS[args.plugin]
     plugin = registry.load(args.plugin)
-    scratch = Path(tempfile.mkdtemp(prefix="ssl_speed_"))
+    scratch_dir = tempfile.TemporaryDirectory(prefix="ssl_speed_")
+    scratch = Path(scratch_dir.name)
     cfg = resolve_config(plugin, workload.data(scratch), workload.layers(plugin, args.preset), [], {"seed": 0})
     torch.manual_seed(0)
     dm = plugin.datamodule(cfg.method, cfg.data)
@@ -186,17 +187,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         **environment(),
     }
 
-    # FLOPs of one eager forward + backward, counted on the first warm-up step (the counter cannot see inside
-    # compiled graphs, so with --compile this is an extra eager step).
-    def eager_forward_backward() -> None:
+    # FLOPs of eager forward + backward steps, averaged over the benchmark's batches (a plugin may draw sizes per
+    # step, as T-JEPA's set sizes); counted on the first warm-up steps, as the counter cannot see inside compiled
+    # graphs (with --compile these are extra eager steps).
+    def eager_forward_backward(batch: dict[str, Any]) -> None:
         with autocast():
-            loss = objective(model, batches[0])["loss"]
+            loss = objective(model, batch)["loss"]
         loss.backward()
-        update(batches[0])
+        update(batch)
 
     start = time.perf_counter()
-    flops = flops_per_step(eager_forward_backward)
-    for _ in range(max(args.warmup - (0 if args.compile else 1), 0)):
+    flops = statistics.mean(flops_per_step(lambda b=b: eager_forward_backward(b)) for b in batches)
+    for _ in range(max(args.warmup - (0 if args.compile else len(batches)), 0)):
         train_step()
     sync(device)
     result["warmup_s"] = time.perf_counter() - start
@@ -242,8 +244,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
         if peak is not None:
-            steps_per_s = samples / batch_size_of(batches[0], workload.samples_per_item) / per_step
-            result["mfu"] = flops * steps_per_s / (peak * 1e12)
+            result["mfu"] = flops / per_step / (peak * 1e12)
             result["peak_tflops_bf16"] = peak
 
     result.update(loader_rate(plugin, cfg, min(args.seconds, 10.0), workload.samples_per_item))
@@ -257,6 +258,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         result.update(
             compare_with_reference(workload, ref_dir, cfg, dm, batches[0], train_step, autocast, device, args.rounds)
         )
+    scratch_dir.cleanup()
     return result
 
 
@@ -350,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
         emit(records[0])
     if not args.json:
         summary(records)
+    if any("error" in r for r in records):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -218,7 +218,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not cfg.data.exists():
         raise UserError(f"data path {cfg.data} does not exist")
-    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+    # srun sets SLURM_STEP_NUM_TASKS for the tasks it starts; a plain shell inside salloc or sbatch does not
+    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
     externally_launched = world > 1 and not os.environ.get(RUN_DIR_ENV)
     if externally_launched and not args.output and not args.resume:
         # torchrun / srun start every rank at once: a timestamped default directory could differ between them

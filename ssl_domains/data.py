@@ -65,8 +65,11 @@ class EpochShuffleSampler(DistributedSampler):
             order = torch.randperm(self.num_items, generator=gen).tolist()
         else:
             order = list(range(self.num_items))
-        if self.num_replicas > 1:
-            order += order[: self.total_size - len(order)]
+        if self.num_replicas > 1 and order:
+            # pad by repetition (as DistributedSampler does): every rank gets num_samples items, even when there
+            # are fewer items than ranks, so no rank skips a step the others wait on
+            padding = self.total_size - len(order)
+            order += (order * (padding // len(order) + 1))[:padding]
             order = order[self.rank : self.total_size : self.num_replicas]
         yield from order
 
@@ -81,22 +84,27 @@ def train_loader(
     seed: int | None = None,
     collate_fn: Callable[[list[Any]], dict[str, Any]] | None = None,
     num_workers: int = 0,
-    drop_last: bool = False,
+    drop_last: bool | str = False,
     shuffle: bool = True,
 ) -> DataLoader:
     """A training DataLoader with a resumable, seeded order (:class:`EpochShuffleSampler`).
 
     ``seed`` defaults to the run's global seed (``trainer.seed``, exported by ``seed_everything``).
+    ``drop_last="auto"`` drops the last partial batch only when this rank's share of the data holds more than
+    one batch (under DDP each rank gets ``1/W`` of the items).
     """
     if seed is None:
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    sampler = EpochShuffleSampler(len(dataset), seed, shuffle=shuffle)  # type: ignore[arg-type]
+    if drop_last == "auto":  # drop a partial last batch only when this rank's share holds a full one
+        drop_last = len(sampler) > batch_size
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(len(dataset), seed, shuffle=shuffle),  # type: ignore[arg-type]
+        sampler=sampler,
         collate_fn=collate_fn,
         num_workers=num_workers,
-        drop_last=drop_last,
+        drop_last=bool(drop_last),
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
     )

@@ -98,7 +98,18 @@ class SSLModule(pl.LightningModule):
         self.optim_cfg = optim
         self.seed = seed
         self.objective = plugin.objective(plugin_cfg)
-        self.step_fn = compile_objective(self.objective) if compile else self.objective
+        self.compile = compile
+        # compiled on first use and kept in a tuple: the module stays picklable (ddp_spawn) and an objective that
+        # is an nn.Module is not registered a second time
+        self._compiled: tuple[Callable, ...] = ()
+
+    def step_fn(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """The objective, compiled on the first call when ``compile=True``."""
+        if not self.compile:
+            return self.objective(model, batch)
+        if not self._compiled:
+            self._compiled = (compile_objective(self.objective),)
+        return self._compiled[0](model, batch)
 
     def _reseed(self) -> None:
         # Each epoch starts from RNG state f(seed, epoch, rank): masking and dropout do not depend on history,

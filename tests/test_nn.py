@@ -101,3 +101,9 @@ def test_sharded_epoch_sampler_splits_each_global_batch_between_ranks():
         union = {i for s in shards for i in s[step * local : (step + 1) * local]}
         assert union == set(single[step * 2 * local : (step + 1) * 2 * local])
     assert set(shards[0]) | set(shards[1]) == set(range(23))
+
+
+def test_sharded_sampler_gives_every_rank_items_even_with_fewer_items_than_ranks():
+    shards = [list(EpochShuffleSampler(3, seed=0, num_replicas=8, rank=r)) for r in range(8)]
+    assert all(len(s) == 1 for s in shards)  # len() and the items agree: no rank waits on the others
+    assert {s[0] for s in shards} == {0, 1, 2}

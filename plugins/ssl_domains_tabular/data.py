@@ -171,7 +171,7 @@ class TableDataModule(pl.LightningDataModule):
             batch_size=self.cfg.batch_size,
             collate_fn=self.collate,
             num_workers=self.cfg.num_workers,
-            drop_last=len(self.train_rows) > self.cfg.batch_size,
+            drop_last="auto",
         )
 
     def predict_dataloader(self) -> DataLoader:
