@@ -215,3 +215,27 @@ def test_plugin_commands_are_listed_and_run(vectors: Path, tmp_path: Path):
         ),
         "--out must be a .npy file",
     )
+
+
+def test_an_externally_launched_rank_must_be_given_the_run_directory(vectors, tmp_path):
+    # torchrun / srun start every rank at once: a timestamped default directory could differ between ranks
+    result = run_cli(
+        "train", "--plugin", "dae", "--data", str(vectors), env={"WORLD_SIZE": "2", "RANK": "1"}, cwd=tmp_path
+    )
+    assert_one_line_error(result, "--output", "torchrun")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "worker"),
+    [({}, False), ({"RANK": "1"}, True), ({"LOCAL_RANK": "0", "RANK": "4"}, True), ({"SLURM_PROCID": "2"}, True),
+     ({"LOCAL_RANK": "1"}, True), ({"RANK": "0", "LOCAL_RANK": "0", "SLURM_PROCID": "0"}, False)],
+)  # fmt: skip
+def test_worker_processes_are_every_rank_but_global_zero(env, worker, monkeypatch):
+    from ssl_domains.run import is_worker_process
+
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert is_worker_process() is worker
