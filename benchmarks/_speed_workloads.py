@@ -14,7 +14,7 @@ larger SLC.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class Workload:
     reference_needs_checkout: bool = True
     """Whether ``--reference NAME=DIR`` must give a checkout (False: the reference is an installed package)."""
     build_reference: ReferenceBuilder | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _graphmae_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from _graphmae_ref import reference_cora_model
+from _graphmae_ref import reference_step
 
 from _common import emit, environment
 
@@ -71,16 +71,7 @@ def main() -> None:
 
     steps = {"ours": our_step}
     if args.reference:
-        ref = reference_cora_model(args.reference, dm.num_features).train()
-        ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3, weight_decay=2e-4)
-
-        def ref_step() -> None:
-            loss, _ = ref(batch["x"], batch["edge_index"])
-            ref_opt.zero_grad()
-            loss.backward()
-            ref_opt.step()
-
-        steps["reference"] = ref_step
+        steps["reference"] = reference_step(args.reference, cfg.method, batch, dm.num_features)
     for step in steps.values():  # warm-up
         time_epochs(step, 3)
     times: dict[str, list[float]] = {k: [] for k in steps}
