@@ -4,8 +4,7 @@ DDP gradient (per-rank loss, gradients averaged) equals the single-process gradi
 from __future__ import annotations
 
 import math
-import os
-import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,9 +35,9 @@ def _grads(a: torch.nn.Linear, b: torch.nn.Linear) -> list[torch.Tensor]:
     return [p.grad.clone() for p in (*a.parameters(), *b.parameters())]
 
 
-def _worker(rank: int, world: int, port: int, gathered: bool, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, store: str, gathered: bool, out: dict) -> None:
+    # a file store: no TCP port to pick and race for
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     a, b, x = _setup()
     local = x.chunk(world)[rank]
     if gathered:
@@ -56,25 +55,24 @@ def _worker(rank: int, world: int, port: int, gathered: bool, out: dict) -> None
         p.grad /= world
     if rank == 0:
         out["grads"] = _grads(a, b)
+    dist.barrier()  # no rank tears gloo down while another is still using it (that aborted a rank once in CI)
     dist.destroy_process_group()
 
 
-def _ddp_grads(gathered: bool) -> list[torch.Tensor]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def _ddp_grads(gathered: bool, tmp_path: Path) -> list[torch.Tensor]:
+    store = tmp_path / f"store-{gathered}"
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(2, port, gathered, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(store), gathered, out), nprocs=2, join=True)
     return list(out["grads"])
 
 
-def test_gathered_info_nce_under_ddp_gives_the_single_process_gradient():
+def test_gathered_info_nce_under_ddp_gives_the_single_process_gradient(tmp_path):
     a, b, x = _setup()
     info_nce(a(x), b(x), 0.1).backward()
     single = _grads(a, b)
-    for ddp, ref in zip(_ddp_grads(gathered=True), single, strict=True):
+    for ddp, ref in zip(_ddp_grads(True, tmp_path), single, strict=True):
         torch.testing.assert_close(ddp, ref, rtol=1e-5, atol=1e-6)
     # and the check has teeth: without gradients through the gather the step differs
-    naive = _ddp_grads(gathered=False)
+    naive = _ddp_grads(False, tmp_path)
     assert any(not torch.allclose(n, r, atol=1e-4) for n, r in zip(naive, single, strict=True))

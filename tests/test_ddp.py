@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,17 +25,19 @@ STEPS = 3
 GLOBAL_BATCH = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(args: list[str], ddp: bool, out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if ddp:
-        launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-                  "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]  # fmt: skip
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "--standalone",
+        ]  # fmt: skip  (standalone: torchrun picks a free port itself)
         batch = GLOBAL_BATCH // 2
     else:
         launch, batch = [sys.executable], GLOBAL_BATCH
