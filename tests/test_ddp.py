@@ -28,16 +28,8 @@ GLOBAL_BATCH = 8
 def _run(args: list[str], ddp: bool, out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if ddp:
-        launch = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes",
-            "1",
-            "--nproc-per-node",
-            "2",
-            "--standalone",
-        ]  # fmt: skip  (standalone: torchrun picks a free port itself)
+        # --standalone: torchrun picks a free port itself
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
         batch = GLOBAL_BATCH // 2
     else:
         launch, batch = [sys.executable], GLOBAL_BATCH
