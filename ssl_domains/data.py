@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["EpochShuffleSampler", "eval_loader", "mix_seed", "random_split_indices", "train_loader"]
+__all__ = [
+    "EpochShuffleSampler",
+    "LengthGroupedSampler",
+    "eval_loader",
+    "mix_seed",
+    "random_split_indices",
+    "train_loader",
+]
 
 
 def mix_seed(*parts: int) -> int:
@@ -59,12 +66,15 @@ class EpochShuffleSampler(DistributedSampler):
         """Select the permutation for ``epoch``."""
         self.epoch = int(epoch)
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> list[int]:
+        """This epoch's order of all items, before sharding (subclasses may regroup it)."""
         if self.shuffle:
             gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-            order = torch.randperm(self.num_items, generator=gen).tolist()
-        else:
-            order = list(range(self.num_items))
+            return torch.randperm(self.num_items, generator=gen).tolist()
+        return list(range(self.num_items))
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order()
         if self.num_replicas > 1 and order:
             # pad by repetition (as DistributedSampler does): every rank gets num_samples items, even when there
             # are fewer items than ranks, so no rank skips a step the others wait on
@@ -77,6 +87,40 @@ class EpochShuffleSampler(DistributedSampler):
         return self.num_samples
 
 
+class LengthGroupedSampler(EpochShuffleSampler):
+    """An :class:`EpochShuffleSampler` whose batches hold items of similar length (variable-length sequences).
+
+    The epoch's permutation is cut into windows of ``window_batches`` global batches; each window is sorted by
+    length, cut into batches, and the batches of the whole epoch are shuffled (seeded by ``(seed, epoch)``). Padding
+    to the longest item of a batch then wastes little compute, while every epoch still sees a fresh random order
+    (the scheme of Hugging Face's ``LengthGroupedSampler`` and ESPnet's bucketing). Under DDP each global batch of
+    ``batch_size * world`` consecutive items is dealt round-robin, so each rank's local batch is length-grouped too.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int, window_batches: int = 50, **kwargs: Any
+    ) -> None:
+        super().__init__(len(lengths), seed, shuffle=True, **kwargs)
+        self.lengths = np.asarray(lengths)
+        self.global_batch = int(batch_size) * self.num_replicas
+        self.window_batches = int(window_batches)
+
+    def order(self) -> list[int]:
+        order = np.asarray(super().order(), dtype=np.int64)
+        window = self.global_batch * self.window_batches
+        batches: list[np.ndarray] = []
+        for start in range(0, len(order), window):
+            chunk = order[start : start + window]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[i : i + self.global_batch] for i in range(0, len(chunk), self.global_batch))
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 1))
+        shuffled = torch.randperm(len(batches), generator=gen).tolist()
+        # a short batch stays last, where drop_last can drop it
+        short = [i for i in shuffled if len(batches[i]) < self.global_batch]
+        shuffled = [i for i in shuffled if len(batches[i]) == self.global_batch] + short
+        return np.concatenate([batches[i] for i in shuffled]).tolist() if batches else []
+
+
 def train_loader(
     dataset: Dataset,
     *,
@@ -86,16 +130,21 @@ def train_loader(
     num_workers: int = 0,
     drop_last: bool | str = False,
     shuffle: bool = True,
+    lengths: Sequence[int] | None = None,
 ) -> DataLoader:
     """A training DataLoader with a resumable, seeded order (:class:`EpochShuffleSampler`).
 
     ``seed`` defaults to the run's global seed (``trainer.seed``, exported by ``seed_everything``).
     ``drop_last="auto"`` drops the last partial batch only when this rank's share of the data holds more than
-    one batch (under DDP each rank gets ``1/W`` of the items).
+    one batch (under DDP each rank gets ``1/W`` of the items). With ``lengths`` (one per item), batches group
+    items of similar length (:class:`LengthGroupedSampler`).
     """
     if seed is None:
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-    sampler = EpochShuffleSampler(len(dataset), seed, shuffle=shuffle)  # type: ignore[arg-type]
+    if lengths is not None and shuffle:
+        sampler: EpochShuffleSampler = LengthGroupedSampler(lengths, batch_size, seed)
+    else:
+        sampler = EpochShuffleSampler(len(dataset), seed, shuffle=shuffle)  # type: ignore[arg-type]
     if drop_last == "auto":  # drop a partial last batch only when this rank's share holds a full one
         drop_last = len(sampler) > batch_size
     return DataLoader(

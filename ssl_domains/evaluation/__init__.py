@@ -2,13 +2,14 @@
 
 from .embeddings import Embeddings, collect_embeddings, evaluate_embeddings, write_embeddings
 from .knn import knn_predict, knn_probe
-from .probe import linear_probe
+from .probe import group_disjoint_probe, linear_probe
 from .rankme import rankme
 
 __all__ = [
     "Embeddings",
     "collect_embeddings",
     "evaluate_embeddings",
+    "group_disjoint_probe",
     "knn_predict",
     "knn_probe",
     "linear_probe",

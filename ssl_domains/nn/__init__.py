@@ -3,5 +3,16 @@
 from .contrastive import gather_with_grad, info_nce
 from .ema import EMATeacher, momentum_at
 from .masking import per_sample_mask, random_subset
+from .transformer import TransformerBlock, attention_mask, sincos_positions
 
-__all__ = ["EMATeacher", "gather_with_grad", "info_nce", "momentum_at", "per_sample_mask", "random_subset"]
+__all__ = [
+    "EMATeacher",
+    "TransformerBlock",
+    "attention_mask",
+    "gather_with_grad",
+    "info_nce",
+    "momentum_at",
+    "per_sample_mask",
+    "random_subset",
+    "sincos_positions",
+]

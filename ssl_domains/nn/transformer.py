@@ -1,0 +1,72 @@
+"""A transformer block on ``scaled_dot_product_attention``, with key padding and an optional additive bias.
+
+Written once for the plugins whose sequences vary in length (speech frames, spectrogram patches) or whose
+attention carries a bias (ALiBi). ``norm="post"`` is the original/BERT arrangement (Vaswani et al. 2017, §3.1;
+what TERA's reference uses); ``norm="pre"`` puts LayerNorm before each sub-layer (ViT/DeiT, as SSAST uses).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TransformerBlock", "attention_mask", "sincos_positions"]
+
+
+def attention_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
+    """SDPA's boolean mask ``[B, 1, 1, N]`` (True = attend) from a key-validity mask ``[B, N]``, or None."""
+    return None if valid is None else valid[:, None, None, :]
+
+
+def sincos_positions(length: int, dim: int) -> torch.Tensor:
+    """Fixed 1-D sin-cos position table ``[length, dim]`` (Vaswani et al. 2017, §3.5)."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table
+
+
+class TransformerBlock(nn.Module):
+    """Multi-head self-attention and a GELU feed-forward, each with a residual, pre- or post-norm.
+
+    ``forward(x, mask=None, bias=None)``: ``x`` ``[B, N, dim]``; ``mask`` a boolean SDPA mask broadcastable to
+    ``[B, heads, N, N]`` (True = attend; see :func:`attention_mask`); ``bias`` an additive float bias of the same
+    broadcast shape (ALiBi). The two are combined into one additive mask when both are given.
+    """
+
+    def __init__(
+        self, dim: int, heads: int, ff_dim: int, dropout: float = 0.0, norm: Literal["pre", "post"] = "pre"
+    ) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.dropout, self.norm = heads, dropout, norm
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+        """The attention sub-layer's output (before the residual)."""
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.norm == "pre":
+            x = x + self.attend(self.norm1(x), mask, bias)
+            return x + self.drop(self.ff(self.norm2(x)))
+        x = self.norm1(x + self.attend(x, mask, bias))
+        return self.norm2(x + self.drop(self.ff(x)))
