@@ -1,0 +1,1 @@
+"""Audio plugins: TERA and SSAST on torchaudio features, sharing one data module."""

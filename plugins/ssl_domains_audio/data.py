@@ -1,0 +1,200 @@
+"""The audio data module shared by TERA and SSAST: clips → features → padded, length-grouped dict batches.
+
+Batches carry ``features`` (float32 ``[N, T, F]``, zero-padded after the last frame of each clip), ``length``
+(int64 ``[N]``, valid frames), ``id`` (the clip's index in the sorted clip list), ``label`` (class index, -1 when
+the file name does not match ``label_regex``) and ``split`` (test for ``test_speakers``, train otherwise).
+
+Training batches are random crops of at most ``crop_frames`` frames, grouped by length
+(:class:`ssl_domains.data.LengthGroupedSampler`) so that padding stays small. The clean view
+(``predict_dataloader``) holds each clip whole, centre-cropped to ``max_frames``.
+
+Fitted state, saved with the run and reused at embed time: the class names and, for SSAST's Kaldi fbank, the
+dataset mean and std (from ``norm_mean``/``norm_std`` when set, else computed from the training clips on the
+first run; ``ssl-domains run ssast stats`` prints them), and for TERA with ``cmvn: dataset`` the per-band mean and
+std of the training clips' log-mel frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, DataError
+from ssl_domains.data import eval_loader, train_loader
+
+from . import features
+from .formats import Clip, find_clips, read_audio
+
+
+def clip_features(clip: Clip, kind: str, n_mels: int, min_seconds: float, f_max: float | None = None) -> torch.Tensor:
+    """Features ``[T, F]`` of one clip; a clip too short for a single frame is an error naming the file."""
+    samples = read_audio(clip.path, features.SAMPLE_RATE, min_seconds)
+    feats = features.compute(samples, kind, n_mels, f_max)
+    if feats.shape[0] == 0:
+        raise DataError(f"{clip.path}: too short for one 25 ms frame; remove the clip")
+    return feats
+
+
+def dataset_statistics(feature_list: list[torch.Tensor], per_band: bool = False) -> tuple[Any, Any]:
+    """Mean and std over every frame (and bin, unless ``per_band``) of the given clips.
+
+    Scalars are SSAST's ``get_norm_stats.py``; per-band lists are global CMVN.
+    """
+    frames = torch.cat([f.double() for f in feature_list])
+    if per_band:
+        return frames.mean(0).tolist(), frames.std(0, unbiased=False).clamp(min=1e-5).tolist()
+    return float(frames.mean()), float(frames.std(unbiased=False))
+
+
+class _Items(Dataset):
+    def __init__(self, module: AudioDataModule, indices: np.ndarray, train: bool) -> None:
+        self.module, self.indices, self.train = module, indices, train
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        index = int(self.indices[i])
+        feats = self.module.features_of(index)
+        limit = self.module.cfg.crop_frames if self.train else self.module.cfg.max_frames
+        if feats.shape[0] > limit:
+            if self.train:  # a random crop (s3prl's and SSAST's training crops)
+                start = int(torch.randint(0, feats.shape[0] - limit + 1, ()))
+            else:
+                start = (feats.shape[0] - limit) // 2
+            feats = feats[start : start + limit]
+        return index, feats
+
+
+class AudioDataModule(pl.LightningDataModule):
+    """Reads a folder or manifest of clips, computes ``kind`` features, serves batches.
+
+    ``kind``: "logmel" (per-utterance CMVN), "logmel_global" (log-mel normalised per band with training-set
+    statistics) or "fbank" (Kaldi fbank, ``(x - mean) / (2 std)`` with scalar training-set statistics).
+
+    ``pad_multiple``: padded lengths are rounded up to a multiple of it (SSAST's patch width).
+    """
+
+    def __init__(self, path: Path, cfg: Any, kind: str, pad_multiple: int = 1) -> None:
+        super().__init__()
+        self.path, self.cfg, self.kind, self.pad_multiple = Path(path), cfg, kind, pad_multiple
+        self.std_factor = 2.0 if kind == "fbank" else 1.0  # SSAST divides by 2 std
+        self.fitted: dict[str, Any] = {}
+        self._ready = False
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.fitted)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fitted = dict(state)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.fitted.get("classes", []))
+
+    # ---- reading ---------------------------------------------------------------------------------------------
+    def features_of(self, index: int) -> torch.Tensor:
+        """Normalised features ``[T, F]`` of clip ``index`` (cached after the first read when ``cache``)."""
+        feats = self._cache.get(index)
+        if feats is None:
+            feats = clip_features(
+                self.clips[index], self.kind, self.cfg.num_mel_bins, self.cfg.min_seconds, self.cfg.f_max
+            )
+            if self.cfg.cache:
+                self._cache[index] = feats
+        norm = self.fitted.get("norm")
+        if norm is None:
+            return feats
+        mean, std = torch.as_tensor(norm[0], dtype=feats.dtype), torch.as_tensor(norm[1], dtype=feats.dtype)
+        return (feats - mean) / (self.std_factor * std)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        self.clips = find_clips(self.path, self.cfg.label_regex)
+        names = [c.speaker or "" for c in self.clips]
+        unknown = sorted(set(self.cfg.test_speakers) - set(names))
+        if unknown:
+            raise DataError(
+                f"{self.path}: test_speakers {unknown} match no clip; speakers found: {sorted(set(names) - {''})}"
+            )
+        self.speakers = speakers = np.array(names)
+        test = np.isin(speakers, list(self.cfg.test_speakers))
+        self.split = torch.as_tensor(np.where(test, SPLIT_TEST, SPLIT_TRAIN), dtype=torch.long)
+        if "classes" not in self.fitted:
+            self.fitted["classes"] = sorted({c.label for c in self.clips if c.label is not None}, key=_natural)
+        index = {name: i for i, name in enumerate(self.fitted["classes"])}
+        self.label = torch.as_tensor([index.get(c.label, -1) for c in self.clips], dtype=torch.long)
+        self.train_indices = np.flatnonzero(~test)
+        if len(self.train_indices) == 0:
+            raise DataError(f"{self.path}: every clip belongs to test_speakers; nothing is left to pretrain on")
+        if self.cfg.cache:  # decode everything once: errors surface before training starts
+            for i in range(len(self.clips)):
+                self.features_of(i)
+        if self.kind in ("fbank", "logmel_global") and "norm" not in self.fitted:
+            self.fitted["norm"] = self._normalisation()
+        self.lengths = np.array([self._length(i) for i in range(len(self.clips))])
+        self._ready = True
+
+    def _normalisation(self) -> list[Any]:
+        if getattr(self.cfg, "norm_mean", None) is not None and getattr(self.cfg, "norm_std", None) is not None:
+            return [float(self.cfg.norm_mean), float(self.cfg.norm_std)]
+        sample = self.train_indices[: self.cfg.stats_max_clips]
+        return list(dataset_statistics([self._raw(i) for i in sample], per_band=self.kind == "logmel_global"))
+
+    def _raw(self, index: int) -> torch.Tensor:
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached
+        return clip_features(self.clips[index], self.kind, self.cfg.num_mel_bins, self.cfg.min_seconds, self.cfg.f_max)
+
+    def _length(self, index: int) -> int:
+        cached = self._cache.get(index)
+        if cached is not None:
+            return int(cached.shape[0])
+        import soundfile
+
+        info = soundfile.info(str(self.clips[index].path))
+        return features.num_frames(int(info.frames * features.SAMPLE_RATE / info.samplerate), self.kind)
+
+    # ---- batches ---------------------------------------------------------------------------------------------
+    def collate(self, items: list[tuple[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Zero-pad the clips to the longest one, rounded up to ``pad_multiple``."""
+        lengths = torch.tensor([f.shape[0] for _, f in items], dtype=torch.long)
+        longest = int(lengths.max())
+        longest = -(-longest // self.pad_multiple) * self.pad_multiple
+        batch = torch.zeros(len(items), longest, items[0][1].shape[1])
+        for row, (_, feats) in enumerate(items):
+            batch[row, : feats.shape[0]] = feats
+        ids = torch.tensor([i for i, _ in items], dtype=torch.long)
+        return {"features": batch, "length": lengths, "id": ids, "label": self.label[ids], "split": self.split[ids]}
+
+    def train_dataloader(self) -> DataLoader:
+        crop = np.minimum(self.lengths[self.train_indices], self.cfg.crop_frames)
+        return train_loader(
+            _Items(self, self.train_indices, train=True),
+            batch_size=self.cfg.batch_size,
+            collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+            drop_last="auto",
+            lengths=crop.tolist(),
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        indices = np.arange(len(self.clips))
+        order = indices[np.argsort(self.lengths, kind="stable")]  # similar lengths together: less padding
+        return eval_loader(
+            _Items(self, order, train=False), batch_size=self.cfg.batch_size, collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+        )  # fmt: skip
+
+
+def _natural(name: str) -> tuple[int, int | str]:
+    """Sort key: numeric class names by value ("2" < "10"), then the rest alphabetically."""
+    return (0, int(name)) if name.isdigit() else (1, name)

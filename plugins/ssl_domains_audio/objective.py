@@ -1,0 +1,115 @@
+"""TERA's and SSAST's objectives, batched on the device.
+
+TERA (Liu et al. 2021, §III-C; s3prl ``pretrain/mockingjay/pretrain_expert.py``): the L1 distance between the
+reconstruction and the clean features, over the altered positions only (time-masked frames and frequency-masked
+bins of real frames).
+
+SSAST (Gong et al. 2022, §2.2, Eq. 1-3): for each clip, the prediction ``c_i`` of masked patch ``i`` (the
+discriminative head) is scored against the raw values ``x_j`` of *every masked patch of the same clip*, and
+InfoNCE picks the right one; the generative head regresses the raw patch (MSE); ``loss = nce + λ · mse`` with
+λ = 10. Computed for the whole batch at once: masked patches are gathered into ``[B, N, ·]`` with ``N`` the
+largest count a clip can have, and slots beyond a clip's count are excluded from the softmax and the means.
+
+Choices, stated as the issue asks:
+- *Softmax dimension*: Eq. 1 normalises over the clip's masked targets ``x_j`` for each prediction ``c_i``
+  (``nce_softmax="paper"``, the default). The reference normalises ``x_i · c_j`` over the predictions for each
+  target instead (its ``log_softmax(dim=-1)`` on ``encode_samples @ pred.T``; ssast#13); ``nce_softmax=
+  "reference"`` reproduces that.
+- *Forward passes*: the reference's joint pretraining runs the encoder twice with independent masks, one pass
+  per loss. We run it once and apply both heads to the same masked patches (``forward_passes=1``, half the cost);
+  ``forward_passes=2`` reproduces the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .masking import patch_mask, tera_alter
+from .model import SSASTModel, TERAModel
+
+
+class TERAObjective:
+    """``(model, batch) -> {"loss", "altered_share"}``."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def alter(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The altered features and the positions to predict."""
+        cfg = self.cfg
+        return tera_alter(
+            x, lengths, time_ratio=cfg.time_mask_ratio, block=cfg.time_mask_block, freq_max=cfg.freq_mask_max,
+            noise_prob=cfg.noise_prob,
+        )  # fmt: skip
+
+    def __call__(self, model: TERAModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, lengths = batch["features"], batch["length"]
+        altered, predict = self.alter(x, lengths)
+        reconstruction = model(altered, lengths).float()
+        weights = predict.float()
+        loss = ((reconstruction - x).abs() * weights).sum() / weights.sum().clamp(min=1.0)
+        return {"loss": loss, "altered_share": weights.mean().detach()}
+
+
+def gather_masked(mask: torch.Tensor, max_count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index [B, N], slot_valid [B, N])``: each clip's masked positions first, ``N = max_count``."""
+    order = (~mask).to(torch.int8).argsort(dim=1, stable=True)[:, :max_count]
+    slot_valid = torch.arange(max_count, device=mask.device) < mask.sum(1, keepdim=True)
+    return order, slot_valid
+
+
+class SSASTObjective:
+    """``(model, batch) -> {"loss", "nce", "mse", "masked_acc"}``."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def mask(self, model: SSASTModel, valid: torch.Tensor, frames: int) -> torch.Tensor:
+        """A fresh patch mask for the batch."""
+        cluster = self.cfg.mode == "patch"
+        return patch_mask(valid, model.grid(frames), self.cfg.mask_ratio, cluster=cluster)
+
+    def heads(
+        self, model: SSASTModel, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mask ``[B, P]``, raw targets, discriminative and generative outputs ``[B, N, patch]``, slot validity)."""
+        x, lengths = batch["features"], batch["length"]
+        patches = model.patchify(x)
+        valid = model.patch_validity(lengths, x.shape[1])
+        mask = self.mask(model, valid, x.shape[1])
+        max_count = max(1, math.floor(valid.shape[1] * self.cfg.mask_ratio + 0.5))
+        index, slot_valid = gather_masked(mask, max_count)
+        layers, _ = model.encode(x, lengths, mask)
+        states = layers[-1].gather(1, index[:, :, None].expand(-1, -1, layers[-1].shape[-1]))
+        targets = patches.gather(1, index[:, :, None].expand(-1, -1, patches.shape[-1]))
+        return mask, targets, model.discriminative_head(states), model.generative_head(states), slot_valid
+
+    def nce(
+        self, predictions: torch.Tensor, targets: torch.Tensor, slot_valid: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """InfoNCE over each clip's masked patches (Eq. 1), and the share of predictions matched correctly."""
+        logits = predictions.float() @ targets.float().transpose(1, 2)  # [B, N, N]: prediction i, target j
+        if self.cfg.nce_softmax == "reference":
+            logits = logits.transpose(1, 2)
+        pair_valid = slot_valid[:, None, :] & slot_valid[:, :, None]
+        logits = logits.masked_fill(~pair_valid, float("-inf"))
+        log_prob = logits.diagonal(dim1=1, dim2=2) - torch.logsumexp(
+            logits.masked_fill(~slot_valid[:, :, None], 0.0), dim=2
+        )
+        weights = slot_valid.float()
+        nce = -(log_prob.masked_fill(~slot_valid, 0.0) * weights).sum() / weights.sum()
+        correct = (logits.argmax(dim=2) == torch.arange(logits.shape[1], device=logits.device)).float()
+        return nce, (correct * weights).sum() / weights.sum()
+
+    def __call__(self, model: SSASTModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        _, targets, discriminative, generative, slot_valid = self.heads(model, batch)
+        nce, accuracy = self.nce(discriminative, targets, slot_valid)
+        if self.cfg.forward_passes == 2:  # the reference: a second pass with an independent mask for the MSE
+            _, targets, _, generative, slot_valid = self.heads(model, batch)
+        weights = slot_valid.float()[:, :, None]
+        mse = ((generative.float() - targets.float()).pow(2) * weights).sum() / (weights.sum() * targets.shape[-1])
+        loss = nce + self.cfg.mse_weight * mse
+        return {"loss": loss, "nce": nce.detach(), "mse": mse.detach(), "masked_acc": accuracy.detach()}

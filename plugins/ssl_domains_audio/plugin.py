@@ -1,0 +1,210 @@
+"""TERA and SSAST plugins: metadata and typed configs. Imports no torch (``ssl-domains list`` reads this module)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ssl_domains import ModalityPlugin, PluginCommand, option
+
+FSDD_NAMES = r"(?P<label>[^_]+)_(?P<speaker>[^_]+)_\d+\.(?:wav|flac|ogg)"
+
+
+@dataclass
+class AudioDataConfig:
+    """Settings of the shared audio data module."""
+
+    label_regex: str = option(
+        FSDD_NAMES, doc="regex on file names with groups (?P<label>) and (?P<speaker>); default: FSDD's d_speaker_n.wav"
+    )
+    test_speakers: list[str] = option(
+        default_factory=list, doc="speakers held out of pretraining and used as the probe's test split"
+    )
+    min_seconds: float = option(0.1, doc="shortest clip accepted (shorter clips are an error naming the file)")
+    f_max: float | None = option(
+        None, doc="highest mel band edge in Hz (null: 8 kHz, the Nyquist rate of 16 kHz; 4000 for 8 kHz recordings)"
+    )
+    crop_frames: int = option(100, doc="training crop length in 10 ms frames (reference TERA: 1500)")
+    max_frames: int = option(1024, doc="longest input at embed time (centre crop beyond it; SSAST: position table)")
+    batch_size: int = option(32, doc="clips per batch")
+    num_workers: int = option(0, doc="data-loading workers (features are cached in memory: 0 is fine)")
+    cache: bool = option(True, doc="compute every clip's features once at setup and keep them in memory")
+    eval_cs: list[float] = option(
+        default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0], doc="probe C grid (leave-one-speaker-out selection)"
+    )
+
+
+@dataclass
+class TERAConfig(AudioDataConfig):
+    """TERA (Liu et al. 2021). Defaults are a CPU-sized model; ``--config base`` is the paper's 3 × 768."""
+
+    num_mel_bins: int = option(80, doc="log-mel bands (s3prl: 80)")
+    cmvn: Literal["utterance", "dataset"] = option(
+        "utterance", doc="normalise each band per clip (s3prl) or with training-set statistics (short clips)"
+    )
+    stats_max_clips: int = option(5000, doc="training clips read to compute dataset statistics")
+    dim: int = option(256, doc="transformer width (paper base: 768)")
+    depth: int = option(3, doc="transformer layers (paper: 3)")
+    heads: int = option(4, doc="attention heads (paper: 12)")
+    ff_dim: int = option(1024, doc="feed-forward width (paper: 3072)")
+    dropout: float = option(0.1, doc="dropout (reference: 0.1)")
+    time_mask_ratio: float = option(0.15, doc="share of frames altered in time (paper: 15%)")
+    time_mask_block: int = option(7, doc="consecutive frames per time block (paper: 7)")
+    freq_mask_max: float = option(0.2, doc="largest frequency block, as a share of bins (paper: 20%)")
+    noise_prob: float = option(0.0, doc="probability of magnitude noise per batch (logMelBase-T-F-M: 0.15)")
+    embedding: Literal["last", "layer_mean"] = option("last", doc="embed: last layer, or the mean of all layers")
+    pooling: Literal["mean", "mean_std"] = option("mean", doc="pool a clip's frames: mean, or mean and std")
+
+
+@dataclass
+class SSASTConfig(AudioDataConfig):
+    """SSAST (Gong et al. 2022). Defaults are the tiny model on 128-bin fbank; ``--config small|base``."""
+
+    num_mel_bins: int = option(128, doc="Kaldi fbank bins (paper: 128)")
+    mode: Literal["patch", "frame"] = option("patch", doc="16×16 patches (cluster masking) or 128×2 frames (random)")
+    dim: int = option(192, doc="ViT width (tiny 192, small 384, base 768)")
+    depth: int = option(12, doc="ViT layers (paper: 12)")
+    heads: int = option(3, doc="attention heads (tiny 3, small 6, base 12)")
+    ff_dim: int = option(768, doc="feed-forward width (4 × dim in DeiT)")
+    dropout: float = option(0.0, doc="dropout")
+    mask_ratio: float = option(0.78, doc="share of a clip's patches masked (paper: 400 of 512)")
+    mse_weight: float = option(10.0, doc="λ in nce + λ·mse (paper: 10)")
+    nce_softmax: Literal["paper", "reference"] = option(
+        "paper", doc="InfoNCE softmax over targets (Eq. 1) or predictions"
+    )
+    forward_passes: Literal[1, 2] = option(1, doc="1: both heads on one masked pass; 2: the reference's two passes")
+    norm_mean: float | None = option(None, doc="fbank mean (null: computed from the training clips)")
+    norm_std: float | None = option(None, doc="fbank std (null: computed from the training clips)")
+    stats_max_clips: int = option(5000, doc="training clips read to compute the statistics")
+    embedding: Literal["last", "layer_mean"] = option("last", doc="embed: last layer, or the mean of all layers")
+    pooling: Literal["mean", "mean_std"] = option("mean", doc="pool a clip's frames: mean, or mean and std")
+
+    def patch(self) -> tuple[int, int]:
+        """The patch shape (frequency bins, frames)."""
+        return (16, 16) if self.mode == "patch" else (self.num_mel_bins, 2)
+
+
+_AUDIO_FORMATS = (
+    "a folder of WAV, FLAC or OGG files, searched recursively (decoded with soundfile, any rate, downmixed)",
+    "one audio file, or a manifest CSV with a 'path' column (optional 'label' and 'speaker')",
+)
+_BATCH_KEYS = {"features": "float32", "length": "int64", "label": "int64", "split": "int64", "id": "int64"}
+
+
+class _AudioPlugin(ModalityPlugin):
+    extra = "audio"
+    requires = ("torchaudio", "soundfile")
+    data_formats = _AUDIO_FORMATS
+    batch_keys = _BATCH_KEYS
+
+    def presets(self) -> dict[str, Path]:
+        """The presets of this plugin: the package's ``<name>-*.yaml`` files (TERA and SSAST share a folder)."""
+        return {name: path for name, path in super().presets().items() if name.startswith(f"{self.name}-")}
+
+    def make_example_data(self, root: Path) -> Path:
+        from .synthetic import write_example_clips
+
+        return write_example_clips(Path(root))
+
+    def evaluate(self, model: Any, datamodule: Any, cfg: Any) -> dict[str, float] | None:
+        from .evaluation import evaluate_clips
+
+        return evaluate_clips(model, datamodule, cfg)
+
+
+class TERAPlugin(_AudioPlugin):
+    """TERA: reconstruction of time-, frequency- and magnitude-altered log-mel frames."""
+
+    name = "tera"
+    description = "TERA masked acoustic modelling (time/frequency/magnitude alteration) on log-mel speech features"
+    paper = (
+        "Liu, Li, Lee. TERA: Self-Supervised Learning of Transformer Encoder Representation for Speech. "
+        "IEEE/ACM TASLP 29, 2021. https://arxiv.org/abs/2007.06028"
+    )
+    # s3prl: AdamW (Lamb, adam=True), lr 2e-4, linear warm-up over 7%, gradient clipping at 5
+    run_defaults = {
+        "optim": {"name": "adamw", "lr": 2e-4, "weight_decay": 0.01, "warmup_steps": 0.07,
+                  "gradient_clip_val": 5.0},
+        "trainer": {"max_epochs": 100},
+    }  # fmt: skip
+    test_overrides = {
+        "tera": {"dim": 32, "depth": 1, "heads": 2, "ff_dim": 64, "batch_size": 8, "dropout": 0.0},
+        "trainer": {"max_epochs": 2},
+    }  # fmt: skip
+
+    def default_config(self) -> TERAConfig:
+        return TERAConfig()
+
+    def datamodule(self, cfg: TERAConfig, data: Path) -> Any:
+        from .data import AudioDataModule
+
+        return AudioDataModule(Path(data), cfg, kind="logmel" if cfg.cmvn == "utterance" else "logmel_global")
+
+    def model(self, cfg: TERAConfig, datamodule: Any) -> Any:
+        from .model import TERAModel
+
+        return TERAModel(
+            cfg.num_mel_bins, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, ff_dim=cfg.ff_dim, dropout=cfg.dropout,
+            max_frames=cfg.max_frames, embedding=cfg.embedding, pooling=cfg.pooling,
+        )  # fmt: skip
+
+    def objective(self, cfg: TERAConfig) -> Any:
+        from .objective import TERAObjective
+
+        return TERAObjective(cfg)
+
+    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+        from .figures import plot_tera
+
+        return [plot_tera(model, datamodule, out_dir / "tera_reconstruction.png")]
+
+
+class SSASTPlugin(_AudioPlugin):
+    """SSAST: joint discriminative and generative masked spectrogram patch modelling."""
+
+    name = "ssast"
+    description = "SSAST masked spectrogram patch modelling (InfoNCE + MSE) on Kaldi fbank, ViT with SDPA"
+    paper = (
+        "Gong, Lai, Chung, Glass. SSAST: Self-Supervised Audio Spectrogram Transformer. AAAI 2022. "
+        "https://arxiv.org/abs/2110.09784"
+    )
+    commands = (
+        PluginCommand("stats", "ssl_domains_audio.stats:main", "print the fbank mean/std of a folder, as config lines"),
+    )
+    # reference: Adam, lr 1e-4 (tiny: 5e-4), betas (0.95, 0.999), weight decay 5e-7, 1k-step warm-up
+    run_defaults = {
+        "optim": {"name": "adam", "lr": 5e-4, "betas": [0.95, 0.999], "weight_decay": 5e-7, "warmup_steps": 0.05},
+        "trainer": {"max_epochs": 100},
+    }
+    test_overrides = {
+        "ssast": {"dim": 32, "depth": 1, "heads": 2, "ff_dim": 64, "batch_size": 8, "max_frames": 256},
+        "trainer": {"max_epochs": 2},
+    }  # fmt: skip
+
+    def default_config(self) -> SSASTConfig:
+        return SSASTConfig()
+
+    def datamodule(self, cfg: SSASTConfig, data: Path) -> Any:
+        from .data import AudioDataModule
+
+        return AudioDataModule(Path(data), cfg, kind="fbank", pad_multiple=cfg.patch()[1])
+
+    def model(self, cfg: SSASTConfig, datamodule: Any) -> Any:
+        from .model import SSASTModel
+
+        return SSASTModel(
+            cfg.num_mel_bins, patch=cfg.patch(), dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, ff_dim=cfg.ff_dim,
+            dropout=cfg.dropout, max_frames=cfg.max_frames, embedding=cfg.embedding,
+            pooling=cfg.pooling,
+        )  # fmt: skip
+
+    def objective(self, cfg: SSASTConfig) -> Any:
+        from .objective import SSASTObjective
+
+        return SSASTObjective(cfg)
+
+    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+        from .figures import plot_ssast
+
+        return [plot_ssast(model, datamodule, out_dir / "ssast_reconstruction.png")]

@@ -1,0 +1,203 @@
+"""Audio plugins' data: discovery, decoding, features, speaker splits, batching, and every class of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, DataError
+from ssl_domains.config import from_mapping
+from ssl_domains.data import LengthGroupedSampler
+from ssl_domains_audio.data import AudioDataModule
+from ssl_domains_audio.features import kaldi_fbank, log_mel, num_frames
+from ssl_domains_audio.formats import find_clips, read_audio
+from ssl_domains_audio.plugin import FSDD_NAMES, SSASTConfig, TERAConfig
+from ssl_domains_audio.synthetic import synthetic_clip, write_example_clips
+
+
+def _module(path: Path, kind: str = "logmel", **overrides) -> AudioDataModule:
+    config_type = TERAConfig if kind == "logmel" else SSASTConfig
+    cfg = from_mapping(config_type, {"batch_size": 4, **overrides}, "audio")
+    dm = AudioDataModule(path, cfg, kind=kind, pad_multiple=16 if kind == "fbank" else 1)
+    dm.setup("fit")
+    return dm
+
+
+def test_names_parse_into_labels_and_speakers_recursively(tmp_path: Path):
+    root = write_example_clips(tmp_path)
+    (root / "sub").mkdir()
+    soundfile.write(str(root / "sub" / "7_zed_0.flac"), synthetic_clip(1, 1, 0), 8000)
+    soundfile.write(str(root / "sub" / "unlabelled.ogg"), synthetic_clip(1, 1, 1), 8000, format="OGG")
+    clips = {c.path.name: c for c in find_clips(root, FSDD_NAMES)}
+    assert len(clips) == 27 + 2
+    assert (clips["2_bob_1.wav"].label, clips["2_bob_1.wav"].speaker) == ("2", "bob")
+    assert (clips["7_zed_0.flac"].label, clips["7_zed_0.flac"].speaker) == ("7", "zed")
+    assert clips["unlabelled.ogg"].label is None
+
+
+def test_manifest_csv_lists_clips_relative_to_itself(tmp_path: Path):
+    root = write_example_clips(tmp_path)
+    (tmp_path / "list.csv").write_text("path,label,speaker\nclips/0_ann_0.wav,zero,x\nclips/1_bob_0.wav,,\n")
+    clips = find_clips(tmp_path / "list.csv", FSDD_NAMES)
+    assert [(c.path, c.label, c.speaker) for c in clips] == [
+        (root / "0_ann_0.wav", "zero", "x"),
+        (root / "1_bob_0.wav", "1", "bob"),  # empty manifest cells fall back to the file name
+    ]
+
+
+def test_decoding_resamples_to_16k_and_downmixes(tmp_path: Path):
+    stereo = np.stack([synthetic_clip(0, 0, 0), np.zeros_like(synthetic_clip(0, 0, 0))], axis=1)
+    soundfile.write(str(tmp_path / "s.wav"), stereo, 8000)
+    mono = read_audio(tmp_path / "s.wav", 16000, 0.1)
+    assert mono.ndim == 1 and abs(len(mono) - 2 * len(stereo)) <= 1
+    original = np.abs(stereo[:, 0]).max() / 2  # the mean of the channel and silence
+    assert abs(np.abs(mono).max() - original) < 0.05
+
+
+def test_features_follow_the_recipes():
+    samples = np.random.default_rng(0).normal(size=8000).astype(np.float32)  # 0.5 s at 16 kHz
+    feats = log_mel(samples)
+    assert feats.shape == (num_frames(8000, "logmel"), 80) == (51, 80)
+    torch.testing.assert_close(feats.mean(0), torch.zeros(80), atol=1e-4, rtol=0)  # per-utterance CMVN
+    torch.testing.assert_close(feats.std(0, unbiased=False), torch.ones(80), atol=1e-3, rtol=0)
+    fbank = kaldi_fbank(samples)
+    assert fbank.shape == (num_frames(8000, "fbank"), 128) == (48, 128)
+    # the log-mel scale is invariant to the clip's gain (TERA's -25 dB RMS scaling); raw fbank is not
+    torch.testing.assert_close(log_mel(3 * samples), feats, atol=1e-4, rtol=0)
+    # (Kaldi floors tiny energies, hence the tolerance)
+    assert (kaldi_fbank(3 * samples) - fbank).mean() == pytest.approx(2 * np.log(3), abs=0.05)
+
+
+def test_test_speakers_never_reach_the_training_loader(tmp_path: Path):
+    dm = _module(write_example_clips(tmp_path), test_speakers=["cyd"])
+    assert {dm.speakers[i] for i in dm.train_indices} == {"ann", "bob"}
+    seen = torch.cat([b["id"] for b in dm.train_dataloader()])
+    assert set(dm.speakers[seen.numpy()]) == {"ann", "bob"}
+    assert set(dm.split[torch.as_tensor(np.flatnonzero(dm.speakers == "cyd"))].tolist()) == {SPLIT_TEST}
+    assert set(dm.split[torch.as_tensor(dm.train_indices)].tolist()) == {SPLIT_TRAIN}
+    predicted = torch.cat([b["id"] for b in dm.predict_dataloader()])
+    assert sorted(predicted.tolist()) == list(range(27))  # every clip once, in the clean view
+    assert dm.fitted["classes"] == ["0", "1", "2"]
+
+
+def test_batches_are_padded_per_batch_and_cropped(tmp_path: Path):
+    dm = _module(write_example_clips(tmp_path), crop_frames=20)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["features"].shape[1] == int(batch["length"].max()) <= 20
+    for row, length in enumerate(batch["length"].tolist()):
+        assert batch["features"][row, length:].abs().sum() == 0
+    fb = _module(write_example_clips(tmp_path / "f"), kind="fbank")
+    batch = next(iter(fb.predict_dataloader()))
+    assert batch["features"].shape[1] % 16 == 0 and batch["features"].shape[2] == 128
+
+
+def test_fbank_statistics_come_from_training_speakers_and_travel_with_the_run(tmp_path: Path):
+    root = write_example_clips(tmp_path)
+    dm = _module(root, kind="fbank", test_speakers=["cyd"])
+    raw = torch.cat([dm._raw(i) for i in dm.train_indices])
+    assert dm.fitted["norm"] == pytest.approx([float(raw.double().mean()), float(raw.double().std(unbiased=False))])
+    normalised = torch.cat([dm.features_of(i) for i in dm.train_indices])
+    assert float(normalised.mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(normalised.std()) == pytest.approx(0.5, abs=1e-3)  # SSAST divides by 2 std
+    again = AudioDataModule(root, dm.cfg, kind="fbank")
+    again.load_state_dict({"norm": [1.0, 2.0], "classes": ["0", "1", "2"]})  # embedding new data: stats reused
+    again.setup("predict")
+    assert again.fitted["norm"] == [1.0, 2.0]
+    fixed = _module(root, kind="fbank", norm_mean=-4.2677393, norm_std=4.5689974)
+    assert fixed.fitted["norm"] == [-4.2677393, 4.5689974]
+
+
+def test_length_grouped_sampler_groups_lengths_and_stays_a_seeded_permutation():
+    lengths = np.random.default_rng(0).integers(10, 500, size=1000)
+    sampler = LengthGroupedSampler(lengths.tolist(), batch_size=20, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))
+    spread = np.mean([np.ptp(lengths[order[i : i + 20]]) for i in range(0, 1000, 20)])
+    assert spread < 0.1 * np.ptp(lengths)  # random batches would spread over nearly the whole range
+    assert list(LengthGroupedSampler(lengths.tolist(), batch_size=20, seed=3)) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    shards = [list(LengthGroupedSampler(lengths.tolist(), 10, 3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == list(range(1000))
+
+
+# ---- bad input: one clear error naming the file -------------------------------------------------------------
+
+
+def test_corrupt_file_is_named(tmp_path: Path):
+    root = write_example_clips(tmp_path)
+    (root / "3_ann_9.wav").write_bytes(b"RIFF\x00\x00not really a wave file")
+    with pytest.raises(DataError, match=r"3_ann_9\.wav.*cannot be decoded.*re-export or remove"):
+        _module(root)
+
+
+def test_empty_file_is_named(tmp_path: Path):
+    root = write_example_clips(tmp_path)
+    soundfile.write(str(root / "3_ann_9.wav"), np.zeros(0, np.float32), 8000)
+    with pytest.raises(DataError, match=r"3_ann_9\.wav: holds no audio samples"):
+        _module(root)
+
+
+def test_too_short_clip_is_named_with_the_fix(tmp_path: Path):
+    root = write_example_clips(tmp_path)
+    soundfile.write(str(root / "3_ann_9.wav"), np.ones(200, np.float32) * 0.1, 8000)  # 25 ms
+    with pytest.raises(DataError, match=r"3_ann_9\.wav: 0\.025 s is shorter than the minimum of 0\.1 s.*min_seconds"):
+        _module(root)
+
+
+def test_nan_samples_are_named(tmp_path: Path):
+    root = write_example_clips(tmp_path)
+    clip = synthetic_clip(0, 0, 0)
+    clip[100] = np.nan
+    soundfile.write(str(root / "3_ann_9.wav"), clip, 8000, subtype="FLOAT")
+    with pytest.raises(DataError, match=r"3_ann_9\.wav: contains NaN"):
+        _module(root)
+
+
+def test_unsupported_format_is_named_with_a_conversion(tmp_path: Path):
+    (tmp_path / "a.mp3").write_bytes(b"ID3")
+    with pytest.raises(DataError, match=r"a\.mp3: \.mp3 is not supported.*ffmpeg"):
+        find_clips(tmp_path, FSDD_NAMES)
+    (tmp_path / "list.csv").write_text("path\na.mp3\n")
+    with pytest.raises(DataError, match=r"a\.mp3: \.mp3 is not supported"):
+        find_clips(tmp_path / "list.csv", FSDD_NAMES)
+
+
+def test_label_regex_and_speakers_are_checked(tmp_path: Path):
+    root = write_example_clips(tmp_path)
+    with pytest.raises(DataError, match=r"lacks the named group\(s\) \['speaker'\]"):
+        find_clips(root, r"(?P<label>\d+)_.*")
+    with pytest.raises(
+        DataError, match=r"test_speakers \['zoe'\] match no clip; speakers found: \['ann', 'bob', 'cyd'\]"
+    ):
+        _module(root, test_speakers=["zoe"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty holds no WAV, FLAC or OGG"):
+        find_clips(tmp_path / "empty", FSDD_NAMES)
+
+
+def test_tera_dataset_cmvn_uses_per_band_training_statistics(tmp_path: Path):
+    dm = _module(write_example_clips(tmp_path), kind="logmel_global", test_speakers=["cyd"])
+    mean, std = dm.fitted["norm"]
+    assert len(mean) == len(std) == 80
+    frames = torch.cat([dm.features_of(i) for i in dm.train_indices])
+    torch.testing.assert_close(frames.mean(0), torch.zeros(80), atol=1e-4, rtol=0)
+    torch.testing.assert_close(frames.std(0, unbiased=False), torch.ones(80), atol=1e-3, rtol=0)
+    # unlike per-utterance CMVN, one clip keeps its own mean spectrum (a one-word clip's vowel)
+    assert float(dm.features_of(int(dm.train_indices[0])).mean(0).abs().max()) > 0.1
+
+
+def test_stats_command_prints_config_lines(tmp_path: Path):
+    from tests.conftest import run_cli
+
+    root = write_example_clips(tmp_path)
+    done = run_cli("run", "ssast", "stats", "--data", str(root))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split("=") for line in done.stdout.splitlines() if not line.startswith("#"))
+    feats = torch.cat([kaldi_fbank(read_audio(c.path, 16000, 0.1)) for c in find_clips(root, FSDD_NAMES)]).double()
+    assert float(lines["ssast.norm_mean"]) == pytest.approx(float(feats.mean()), abs=1e-5)
+    assert float(lines["ssast.norm_std"]) == pytest.approx(float(feats.std(unbiased=False)), abs=1e-5)
