@@ -6,7 +6,7 @@ Presets name model sizes, the same three for every plugin:
 * ``small``: our CPU default (what ``ssl-domains train --plugin P`` runs without a preset);
 * ``tiny``: the size the test suite trains.
 
-Data are the samples shipped in ``datasets/`` (Cora, Adult) or, for MERLIN, a generated single-look complex image
+Data are the samples shipped in ``datasets/`` (Cora, Adult, FSDD) or, for MERLIN, a generated single-look complex image
 large enough for 256-pixel patches: throughput does not depend on the speckle's content, and a fresh clone has no
 larger SLC.
 """
@@ -105,6 +105,35 @@ def _merlin_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Ten
     return reference_step(cfg, batch)
 
 
+_SIZE_KEYS = ("dim", "depth", "heads", "ff_dim")
+# tiny: the test suite's size; small: our CPU default; base: the paper's (and s3prl's TERA config) 3 x 768
+_TERA_SIZES = {"tiny": (32, 1, 2, 64), "small": (256, 3, 4, 1024), "base": (768, 3, 12, 3072)}
+# tiny: the test suite's size; small: our CPU default (the paper's SSAST-Tiny); base: the paper's SSAST-Base
+_SSAST_SIZES = {"tiny": (32, 1, 2, 64), "small": (192, 12, 3, 768), "base": (768, 12, 12, 3072)}
+
+
+def _tera_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
+    return [read_yaml("tera-fsdd", plugin), {"tera": dict(zip(_SIZE_KEYS, _TERA_SIZES[preset], strict=True))}]
+
+
+def _tera_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Tensor], dm: Any):
+    from _tera_ref import reference_step
+
+    assert ref_dir is not None
+    return reference_step(ref_dir, cfg, batch)
+
+
+def _ssast_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
+    return [read_yaml("ssast-fsdd", plugin), {"ssast": dict(zip(_SIZE_KEYS, _SSAST_SIZES[preset], strict=True))}]
+
+
+def _ssast_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Tensor], dm: Any):
+    from _ssast_ref import reference_step
+
+    assert ref_dir is not None
+    return reference_step(ref_dir, cfg, batch)
+
+
 WORKLOADS: dict[str, Workload] = {
     "graphmae": Workload(
         unit="nodes",
@@ -128,5 +157,19 @@ WORKLOADS: dict[str, Workload] = {
         reference="deepdespeckling 0.8, merlin/training (pip install deepdespeckling==0.8)",
         reference_needs_checkout=False,
         build_reference=_merlin_reference,
+    ),
+    "tera": Workload(
+        unit="clips",
+        data=lambda scratch: REPO / "datasets" / "fsdd",
+        layers=_tera_layers,
+        reference="s3prl/s3prl, pretrain/tera (git clone https://github.com/s3prl/s3prl)",
+        build_reference=_tera_reference,
+    ),
+    "ssast": Workload(
+        unit="clips",
+        data=lambda scratch: REPO / "datasets" / "fsdd",
+        layers=_ssast_layers,
+        reference="YuanGongND/ssast with timm 0.4.5 (git clone https://github.com/YuanGongND/ssast)",
+        build_reference=_ssast_reference,
     ),
 }

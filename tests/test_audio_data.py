@@ -20,7 +20,7 @@ from ssl_domains_audio.synthetic import synthetic_clip, write_example_clips
 
 
 def _module(path: Path, kind: str = "logmel", **overrides) -> AudioDataModule:
-    config_type = TERAConfig if kind == "logmel" else SSASTConfig
+    config_type = TERAConfig if kind.startswith("logmel") else SSASTConfig
     cfg = from_mapping(config_type, {"batch_size": 4, **overrides}, "audio")
     dm = AudioDataModule(path, cfg, kind=kind, pad_multiple=16 if kind == "fbank" else 1)
     dm.setup("fit")
@@ -201,3 +201,13 @@ def test_stats_command_prints_config_lines(tmp_path: Path):
     feats = torch.cat([kaldi_fbank(read_audio(c.path, 16000, 0.1)) for c in find_clips(root, FSDD_NAMES)]).double()
     assert float(lines["ssast.norm_mean"]) == pytest.approx(float(feats.mean()), abs=1e-5)
     assert float(lines["ssast.norm_std"]) == pytest.approx(float(feats.std(unbiased=False)), abs=1e-5)
+
+
+def test_f_max_puts_every_band_inside_an_8k_recording(tmp_path: Path):
+    soundfile.write(str(tmp_path / "c.wav"), synthetic_clip(1, 1, 0), 8000)
+    samples = read_audio(tmp_path / "c.wav", 16000, 0.1)  # 8 kHz audio: nothing above 4 kHz after resampling
+    full = log_mel(samples, cmvn=False)
+    band_limited = log_mel(samples, cmvn=False, f_max=4000)
+    assert float(full[:, -1].mean()) < float(full[:, 10].mean()) - 10  # the top band holds the noise floor
+    assert float(band_limited[:, 60:].mean()) > float(full[:, 60:].mean()) + 3  # the top bands now hold signal
+    assert kaldi_fbank(samples, f_max=4000).shape[1] == 128

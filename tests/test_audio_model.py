@@ -188,3 +188,26 @@ def test_cli_train_evaluate_embed_round_trip(tmp_path: Path, plugin: str):
     assert done.returncode == 0, done.stderr[-2000:]
     vectors, ids = np.load(out), np.load(tmp_path / "emb.ids.npy")
     assert vectors.shape == (27, 32) and sorted(ids.tolist()) == list(range(27))
+
+
+@pytest.mark.parametrize("plugin_name", ["tera", "ssast"])
+def test_objectives_run_under_bf16_autocast(plugin_name: str):
+    from ssl_domains import registry
+
+    plugin = registry.load(plugin_name)
+    cfg = from_mapping(
+        type(plugin.default_config()), {"dim": 32, "depth": 1, "heads": 2, "ff_dim": 64, "max_frames": 256}, plugin_name
+    )
+    torch.manual_seed(0)
+    model = (
+        TERAModel(cfg.num_mel_bins, dim=32, depth=1, heads=2, ff_dim=64, dropout=0.0, max_frames=256)
+        if plugin_name == "tera"
+        else SSASTModel(cfg.num_mel_bins, patch=cfg.patch(), dim=32, depth=1, heads=2, ff_dim=64, dropout=0.0,
+                        max_frames=256)
+    )  # fmt: skip
+    batch = {"features": torch.randn(4, 64, cfg.num_mel_bins), "length": torch.tensor([64, 50, 33, 20])}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = plugin.objective(cfg)(model, batch)
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
