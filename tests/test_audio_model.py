@@ -178,7 +178,7 @@ def test_cli_train_evaluate_embed_round_trip(tmp_path: Path, plugin: str):
     done = run_cli("train", "--plugin", plugin, "--data", str(data), "--output", str(run), "--max-epochs", "2",
                    "--set", "trainer.progress_bar=false", *args)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (run / f"{plugin}_reconstruction.png").is_file()
+    assert (run / "figures" / f"{plugin}_reconstruction.png").is_file()
     done = run_cli("evaluate", "--run", str(run), "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads(done.stdout.strip().splitlines()[-1])
