@@ -10,7 +10,8 @@ import torch
 
 def _example_batch(model: Any, datamodule: Any) -> dict[str, torch.Tensor]:
     device = next(model.parameters()).device
-    batch = next(iter(datamodule.predict_dataloader()))
+    loader = datamodule.predict_dataloader()  # ordered by length: the middle batch holds typical clips
+    batch = next(b for i, b in enumerate(loader) if i >= len(loader) // 2)
     longest = int(batch["length"].argmax())
     return {k: v[longest : longest + 1].to(device) for k, v in batch.items()}
 
