@@ -101,13 +101,7 @@ class AudioDataModule(pl.LightningDataModule):
     # ---- reading ---------------------------------------------------------------------------------------------
     def features_of(self, index: int) -> torch.Tensor:
         """Normalised features ``[T, F]`` of clip ``index`` (cached after the first read when ``cache``)."""
-        feats = self._cache.get(index)
-        if feats is None:
-            feats = clip_features(
-                self.clips[index], self.kind, self.cfg.num_mel_bins, self.cfg.min_seconds, self.cfg.f_max
-            )
-            if self.cfg.cache:
-                self._cache[index] = feats
+        feats = self._raw(index)
         norm = self.fitted.get("norm")
         if norm is None:
             return feats
@@ -149,10 +143,15 @@ class AudioDataModule(pl.LightningDataModule):
         return list(dataset_statistics([self._raw(i) for i in sample], per_band=self.kind == "logmel_global"))
 
     def _raw(self, index: int) -> torch.Tensor:
-        cached = self._cache.get(index)
-        if cached is not None:
-            return cached
-        return clip_features(self.clips[index], self.kind, self.cfg.num_mel_bins, self.cfg.min_seconds, self.cfg.f_max)
+        """Un-normalised features of clip ``index``, kept in memory after the first read when ``cache``."""
+        feats = self._cache.get(index)
+        if feats is None:
+            feats = clip_features(
+                self.clips[index], self.kind, self.cfg.num_mel_bins, self.cfg.min_seconds, self.cfg.f_max
+            )
+            if self.cfg.cache:
+                self._cache[index] = feats
+        return feats
 
     def _length(self, index: int) -> int:
         cached = self._cache.get(index)

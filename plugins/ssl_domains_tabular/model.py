@@ -16,34 +16,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ssl_domains.nn import EMATeacher
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block with SDPA attention."""
-
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-        self.heads, self.dropout = heads, dropout
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, n, c)))
-        return x + self.drop(self.ff(self.norm2(x)))
+from ssl_domains.nn import EMATeacher, TransformerBlock, sincos_positions
 
 
 class FeatureTokenizer(nn.Module):
@@ -81,7 +57,7 @@ class TabularEncoder(nn.Module):
         super().__init__()
         self.tokenizer = FeatureTokenizer(num_numeric, cardinalities, dim)
         self.reg_tokens = nn.Parameter(torch.randn(num_reg_tokens, dim) * 0.02)
-        self.blocks = nn.ModuleList(Block(dim, heads, ff_dim, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, ff_dim, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
 
@@ -98,16 +74,6 @@ class TabularEncoder(nn.Module):
         return self.head(self.norm(x))
 
 
-def sincos_positions(length: int, dim: int) -> torch.Tensor:
-    """Fixed 1-D sin-cos position table ``[length, dim]`` (Vaswani et al. 2017, §3.5)."""
-    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
-    return table
-
-
 class Predictor(nn.Module):
     """Predicts target-encoder tokens at target positions from the context tokens (reference TransformerPredictor)."""
 
@@ -116,7 +82,9 @@ class Predictor(nn.Module):
         self.embed = nn.Linear(dim, predictor_dim)
         self.register_buffer("positions", sincos_positions(num_positions, predictor_dim), persistent=False)
         self.mask_token = nn.Parameter(torch.randn(predictor_dim) * 0.02)
-        self.blocks = nn.ModuleList(Block(predictor_dim, heads, predictor_dim, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(predictor_dim, heads, predictor_dim, dropout) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(predictor_dim)
         self.out = nn.Linear(predictor_dim, dim)
 
