@@ -3,7 +3,7 @@
 from .contrastive import gather_with_grad, info_nce
 from .ema import EMATeacher, momentum_at
 from .masking import per_sample_mask, random_subset
-from .transformer import TransformerBlock, attention_mask, sincos_positions
+from .transformer import TransformerBlock, attention_mask, sincos_positions, sincos_positions_2d
 
 __all__ = [
     "EMATeacher",
@@ -15,4 +15,5 @@ __all__ = [
     "per_sample_mask",
     "random_subset",
     "sincos_positions",
+    "sincos_positions_2d",
 ]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TransformerBlock", "attention_mask", "sincos_positions"]
+__all__ = ["TransformerBlock", "attention_mask", "sincos_positions", "sincos_positions_2d"]
 
 
 def attention_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
@@ -32,16 +32,45 @@ def sincos_positions(length: int, dim: int) -> torch.Tensor:
     return table
 
 
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None, p: float
+) -> torch.Tensor:
+    if bias is not None:
+        bias = bias.to(q.dtype)
+        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+
+def sincos_positions_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos table ``[height * width, dim]`` in row-major order: half the channels encode the row,
+    half the column (MAE, He et al. 2022, ``get_2d_sincos_pos_embed``). ``dim`` must be divisible by 4."""
+    if dim % 4:
+        raise ValueError(f"dim {dim} must be divisible by 4 for 2-D sin-cos positions")
+    rows = sincos_positions(height, dim // 2)[:, None, :].expand(height, width, dim // 2)
+    cols = sincos_positions(width, dim // 2)[None, :, :].expand(height, width, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(height * width, dim)
+
+
 class TransformerBlock(nn.Module):
     """Multi-head self-attention and a GELU feed-forward, each with a residual, pre- or post-norm.
 
     ``forward(x, mask=None, bias=None)``: ``x`` ``[B, N, dim]``; ``mask`` a boolean SDPA mask broadcastable to
     ``[B, heads, N, N]`` (True = attend; see :func:`attention_mask`); ``bias`` an additive float bias of the same
     broadcast shape (ALiBi). The two are combined into one additive mask when both are given.
+
+    With ``cross=True`` a cross-attention sub-layer sits between self-attention and the feed-forward (the
+    transformer decoder's arrangement, Vaswani et al. 2017, §3.1; CROMA's joint encoder): queries from ``x``,
+    keys and values from ``context`` ``[B, M, dim]``, with its own ``context_bias`` ``[B, heads, N, M]`` (X-ALiBi).
     """
 
     def __init__(
-        self, dim: int, heads: int, ff_dim: int, dropout: float = 0.0, norm: Literal["pre", "post"] = "pre"
+        self,
+        dim: int,
+        heads: int,
+        ff_dim: int,
+        dropout: float = 0.0,
+        norm: Literal["pre", "post"] = "pre",
+        cross: bool = False,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -51,22 +80,47 @@ class TransformerBlock(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
         self.drop = nn.Dropout(dropout)
+        self.cross = cross
+        if cross:
+            self.norm_cross, self.norm_context = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.q_cross, self.kv_cross, self.proj_cross = (
+                nn.Linear(dim, dim),
+                nn.Linear(dim, 2 * dim),
+                nn.Linear(dim, dim),
+            )
 
     def attend(self, x: torch.Tensor, mask: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         """The attention sub-layer's output (before the residual)."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        if bias is not None:
-            bias = bias.to(q.dtype)
-            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        out = _sdpa(q, k, v, mask, bias, self.dropout if self.training else 0.0)
         return self.drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
+    def attend_context(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The cross-attention sub-layer's output (before the residual)."""
+        b, n, c = x.shape
+        m = context.shape[1]
+        q = self.q_cross(x).view(b, n, self.heads, c // self.heads).transpose(1, 2)
+        k, v = self.kv_cross(context).view(b, m, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = _sdpa(q, k, v, None, bias, self.dropout if self.training else 0.0)
+        return self.drop(self.proj_cross(out.transpose(1, 2).reshape(b, n, c)))
+
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, bias: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if (context is not None) != self.cross:
+            raise ValueError("pass context exactly when the block was built with cross=True")
         if self.norm == "pre":
             x = x + self.attend(self.norm1(x), mask, bias)
+            if context is not None:
+                x = x + self.attend_context(self.norm_cross(x), self.norm_context(context), context_bias)
             return x + self.drop(self.ff(self.norm2(x)))
         x = self.norm1(x + self.attend(x, mask, bias))
+        if context is not None:
+            x = self.norm_cross(x + self.attend_context(x, context, context_bias))
         return self.norm2(x + self.drop(self.ff(x)))
