@@ -1,0 +1,1 @@
+"""Remote-sensing plugins: CROMA (radar + optical) and SSL4EO-S12 (multi-temporal Sentinel-1/2), on rasterio."""

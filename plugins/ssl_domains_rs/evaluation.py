@@ -1,0 +1,69 @@
+"""Label-free evaluation: cross-modal (S1 -> S2) or cross-date retrieval of held-out chips, and RankMe.
+
+Every held-out chip has exactly one true match in the gallery (the same window in the other view), so chance
+recall@1 is ``1 / N`` for a gallery of ``N`` chips. Similarity is the cosine of the embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssl_domains.evaluation.rankme import rankme
+
+from .model import resize_to
+
+
+@torch.no_grad()
+def retrieval_embeddings(model: Any, datamodule: Any, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and gallery embeddings ``[N, D]`` of the held-out chips (every chip when nothing is held out).
+
+    CROMA: the radar and optical contrastive embeddings (the space its InfoNCE aligns). SSL4EO: the backbone
+    representation of the first and the second date. ``size`` resizes the chips first (bilinear), e.g. to embed
+    120² chips at 240².
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    queries, gallery = [], []
+    for batch in datamodule.predict_dataloader():
+        keys = ("radar", "optical") if "radar" in batch else ("view1", "view2")
+        a, b = (batch[k].to(device) for k in keys)
+        if size is not None:
+            a, b = resize_to(a, size), resize_to(b, size)
+        if keys[0] == "radar":
+            za, zb = model.global_embeddings(model.radar(a)[0], model.optical(b)[0])
+        else:
+            za, zb = model.features(a), model.features(b)
+        queries.append(za.float().cpu())
+        gallery.append(zb.float().cpu())
+    return torch.cat(queries), torch.cat(gallery)
+
+
+def recall_at_k(queries: torch.Tensor, gallery: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Recall@k of query ``i`` finding gallery item ``i`` among all gallery items, by cosine similarity."""
+    q = torch.nn.functional.normalize(queries.double(), dim=-1)
+    g = torch.nn.functional.normalize(gallery.double(), dim=-1)
+    sim = q @ g.T
+    true = sim.diagonal()[:, None]
+    rank = (sim > true).sum(dim=1)  # how many gallery items beat the true match
+    return {f"recall{k}": float((rank < k).double().mean()) for k in ks}
+
+
+def evaluate_retrieval(model: Any, datamodule: Any, size: int | None = None) -> dict[str, float]:
+    """Recall@1/5 in both directions, chance, gallery size and RankMe of the query embeddings."""
+    queries, gallery = retrieval_embeddings(model, datamodule, size)
+    n = len(queries)
+    if n < 2:
+        return {"n_chips": float(n)}
+    forward = recall_at_k(queries, gallery)
+    backward = recall_at_k(gallery, queries)
+    return {
+        **forward,
+        "recall1_reverse": backward["recall1"],
+        "recall5_reverse": backward["recall5"],
+        "chance": 1.0 / n,
+        "n_chips": float(n),
+        "rankme": rankme(np.concatenate([queries.numpy(), gallery.numpy()])),
+    }

@@ -1,0 +1,243 @@
+"""Finding and reading Sentinel-1/2 acquisitions with rasterio.
+
+Accepted layouts (searched recursively, mixed freely):
+
+- **per-band folders**: one GeoTIFF per band in a folder, named ``B1.tif``/``B01.tif``/``<id>_B01.tif``/``VV.tif``
+  (SSL4EO-S12 ``{s1,s2a,s2c}/{id}/{product}/``, BigEarthNet v1/v2, Major-TOM cells with ``cloud_mask.tif``);
+  20 m and 60 m bands are resampled to the 10 m grid (bilinear, as SSL4EO-S12's loader does);
+- **multi-band GeoTIFF chips** (EuroSAT MS, Hydro, torchgeo exports): bands named by their descriptions, or by
+  count (2: VV, VH; 12: L2A order; 13: EuroSAT order with B8A last).
+
+One acquisition is one sensor at one date over one footprint. Footprints (in lon/lat) decide which acquisitions
+show the same location: S1 and S2 pair up, and dates of one location form SSL4EO's temporal positives.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ssl_domains import DataError
+
+from .bands import S1_GRD, band_name, multiband_order
+
+TIFF = (".tif", ".tiff")
+NOT_GEOTIFF = (".png", ".jpg", ".jpeg", ".npy", ".npz", ".h5", ".bmp", ".gif")
+_DATE = re.compile(r"(20\d{2})(\d{2})(\d{2})T?")
+_INSTALL = 'reading GeoTIFFs needs rasterio: pip install "ssl-domains[remote-sensing]"'
+
+
+@dataclass
+class Acquisition:
+    """One sensor, one date, one footprint: per-band files or one multi-band file."""
+
+    name: str
+    sensor: str  # "s1" or "s2"
+    level: str  # "GRD", "L1C", "L2A", or "" (multi-band file: decided by the config's band list)
+    date: str  # YYYYMMDD, or "" when the names carry none
+    bands: dict[str, Path]  # band -> file (a multi-band file appears once per band it holds)
+    band_index: dict[str, int] = field(default_factory=dict)  # band -> 1-based index in a multi-band file
+    bounds: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # lon/lat footprint
+    shape: tuple[int, int] = (0, 0)  # at 10 m
+    cloud_mask: Path | None = None
+    labels: tuple[str, ...] = ()  # BigEarthNet CORINE labels
+    label: str | None = None  # a class named by the parent folder (EuroSAT layout)
+
+    @property
+    def files(self) -> list[Path]:
+        """The distinct files this acquisition reads."""
+        return sorted(set(self.bands.values()))
+
+
+def _rasterio():
+    try:
+        import rasterio
+    except ImportError:
+        raise DataError(_INSTALL) from None
+    return rasterio
+
+
+def _open(path: Path):
+    rasterio = _rasterio()
+    try:
+        src = rasterio.open(path)
+    except Exception as exc:  # rasterio raises RasterioIOError and friends
+        raise DataError(f"{path} is not a readable GeoTIFF ({exc}); re-export it as GeoTIFF (gdal_translate)") from None
+    if src.driver not in ("GTiff", "COG"):
+        src.close()
+        raise DataError(f"{path} is a {src.driver} file, not a GeoTIFF; convert it with gdal_translate -of GTiff")
+    return src
+
+
+def _footprint(src) -> tuple[float, float, float, float]:
+    from rasterio.warp import transform_bounds
+
+    if src.crs is None:
+        return tuple(float(v) for v in src.bounds)  # type: ignore[return-value]
+    return tuple(transform_bounds(src.crs, "EPSG:4326", *src.bounds))  # type: ignore[return-value]
+
+
+def _date_of(*names: str) -> str:
+    for name in names:
+        match = _DATE.search(name)
+        if match:
+            return "".join(match.groups())
+    return ""
+
+
+def _level_of(path: Path, bands: set[str]) -> str:
+    text = str(path).replace("\\", "/")
+    if bands <= set(S1_GRD):
+        return "GRD"
+    if "B10" in bands or "MSIL1C" in text or "/s2c/" in text or "L1C" in text:
+        return "L1C"
+    return "L2A"
+
+
+def _metadata(folder: Path) -> dict:
+    for meta in sorted(folder.glob("*labels_metadata.json")):
+        try:
+            return json.loads(meta.read_text())
+        except (OSError, ValueError):
+            raise DataError(f"{meta} is not valid JSON; restore it from the dataset archive") from None
+    return {}
+
+
+def _per_band(folder: Path, files: list[Path]) -> Acquisition:
+    bands = {}
+    for path in files:
+        name = band_name(path.stem)
+        if name is None:
+            continue
+        if name in bands:
+            raise DataError(f"{folder} holds band {name} twice ({bands[name].name}, {path.name}); keep one")
+        bands[name] = path
+    sensor = "s1" if set(bands) <= set(S1_GRD) else "s2"
+    finest = "VV" if sensor == "s1" else next((b for b in ("B02", "B03", "B04", "B08") if b in bands), None)
+    reference = bands[finest] if finest in bands else next(iter(bands.values()))
+    with _open(reference) as src:
+        bounds, shape = _footprint(src), (src.height, src.width)
+    for path in bands.values():  # a band that rasterio cannot open is an error now, not mid-training
+        with _open(path):
+            pass
+    meta = _metadata(folder)
+    cloud = folder / "cloud_mask.tif"
+    return Acquisition(
+        name=str(folder),
+        sensor=sensor,
+        level=_level_of(folder, set(bands)),
+        date=_date_of(folder.name, str(folder), str(meta.get("acquisition_time", meta.get("acquisition_date", "")))),
+        bands=bands,
+        bounds=bounds,
+        shape=shape,
+        cloud_mask=cloud if cloud.exists() else None,
+        labels=tuple(meta.get("labels", ())),
+    )
+
+
+def _multiband(path: Path, root: Path, eurosat_13: bool) -> Acquisition:
+    with _open(path) as src:
+        order = multiband_order(src.count, src.descriptions, eurosat_13)
+        if not order:
+            raise DataError(
+                f"{path} has {src.count} bands; a multi-band chip needs 2 (VV, VH), 12 (L2A) or 13 (L1C) bands, or "
+                "band descriptions naming them (B01..B12, B8A, VV, VH)"
+            )
+        bounds, shape = _footprint(src), (src.height, src.width)
+    sensor = "s1" if set(order) <= set(S1_GRD) else "s2"
+    parent = path.parent.name if path.parent != root else None
+    return Acquisition(
+        name=str(path),
+        sensor=sensor,
+        level="GRD" if sensor == "s1" else ("L1C" if "B10" in order else "L2A"),
+        date=_date_of(path.stem, path.parent.name),
+        bands=dict.fromkeys(order, path),
+        band_index={b: i + 1 for i, b in enumerate(order)},
+        bounds=bounds,
+        shape=shape,
+        label=parent,
+    )
+
+
+def find_acquisitions(root: Path, eurosat_13: bool = True) -> list[Acquisition]:
+    """Every acquisition under ``root`` (a folder, searched recursively, or one GeoTIFF), sorted by name."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if root.is_file():
+        if root.suffix.lower() not in TIFF:
+            raise DataError(f"{root} is not a GeoTIFF (.tif); give a GeoTIFF chip or a folder of them")
+        return [_multiband(root, root.parent, eurosat_13)]
+    by_folder: dict[Path, list[Path]] = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        if suffix in NOT_GEOTIFF:
+            raise DataError(
+                f"{path} is not a GeoTIFF; this plugin reads Sentinel GeoTIFFs (the 8-bit JPEG/PNG exports lose "
+                "radiometry). Convert it with gdal_translate -of GTiff, or move it out of the data folder"
+            )
+        if suffix in TIFF:
+            by_folder.setdefault(path.parent, []).append(path)
+    found = []
+    for folder, files in sorted(by_folder.items()):
+        banded = [p for p in files if band_name(p.stem)]
+        if banded:
+            found.append(_per_band(folder, banded))
+            continue
+        for path in files:
+            if path.name == "cloud_mask.tif" or path.stem.endswith("reference_map"):
+                continue
+            with _open(path) as src:
+                count = src.count
+            if count > 1:
+                found.append(_multiband(path, root, eurosat_13))
+    if not found:
+        raise DataError(
+            f"{root}: no Sentinel GeoTIFFs found (per-band files named B01.tif/..._B8A.tif/VV.tif, or multi-band "
+            "chips); see docs/plugins/croma.md for the layouts"
+        )
+    return found
+
+
+def read_bands(acq: Acquisition, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, valid)``: float32 ``[C, H, W]`` on the 10 m grid in ``bands`` order, and a bool ``[H, W]`` mask.
+
+    A pixel is invalid where any band is non-finite or equals the file's nodata value, where every S2 band is 0
+    (the SSL4EO/Sentinel fill value), or where ``cloud_mask.tif`` is non-zero.
+    """
+    from rasterio.enums import Resampling
+
+    missing = [b for b in bands if b not in acq.bands]
+    if missing:
+        raise DataError(
+            f"{acq.name}: bands {missing} are missing (found {sorted(acq.bands)}, the config expects {list(bands)}); "
+            "restore the files, or choose the bands with s2_bands / the product with s2_level"
+        )
+    height, width = acq.shape
+    image = np.empty((len(bands), height, width), dtype=np.float32)
+    invalid = np.zeros((height, width), dtype=bool)
+    for i, band in enumerate(bands):
+        path = acq.bands[band]
+        with _open(path) as src:
+            index = acq.band_index.get(band, 1)
+            data = src.read(index, out_shape=(height, width), resampling=Resampling.bilinear, masked=False)
+            nodata = src.nodatavals[index - 1]
+        data = data.astype(np.float32)
+        bad = ~np.isfinite(data)
+        if nodata is not None and np.isfinite(nodata) and acq.sensor == "s1":
+            bad |= data == nodata
+        invalid |= bad
+        image[i] = np.where(bad, 0.0, data)
+    if acq.sensor == "s2":
+        invalid |= (image == 0).all(axis=0)
+    if acq.cloud_mask is not None:
+        with _open(acq.cloud_mask) as src:
+            cloud = src.read(1, out_shape=(height, width), resampling=Resampling.nearest)
+        invalid |= cloud != 0
+    return image, ~invalid

@@ -1,0 +1,262 @@
+"""Networks: CROMA's ALiBi encoders and joint encoder (Fuller et al. 2023) and SSL4EO's ViT (MoCo v3 / MAE).
+
+Tokens are non-overlapping ``patch x patch`` windows in row-major order. Every encoder here takes images of any
+size divisible by the patch: CROMA has no position table at all (2D-ALiBi is computed from the grid), and the
+SSL4EO ViT uses fixed 2-D sin-cos positions (MoCo v3's choice, Chen et al. 2021, §4), built for the grid at hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_domains.nn import TransformerBlock, sincos_positions_2d
+
+
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, (H/p)(W/p), C p p]`` (row-major patches, channel-major inside a patch)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def unpatchify(tokens: torch.Tensor, channels: int, grid: tuple[int, int], patch: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`."""
+    b = tokens.shape[0]
+    gh, gw = grid
+    x = tokens.reshape(b, gh, gw, channels, patch, patch).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, channels, gh * patch, gw * patch)
+
+
+def grid_positions(grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """``[(H/p)(W/p), 2]`` (row, column) of each token, float."""
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], device=device), torch.arange(grid[1], device=device), indexing="ij"
+    )
+    return torch.stack([rows, cols], dim=-1).reshape(-1, 2).float()
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """CROMA's per-head slopes ``m_h = s^(h+1)``, ``s = 2^(-8/H)`` (ALiBi's geometric sequence, Press et al. 2022)."""
+    return (2.0 ** (-8.0 / heads)) ** torch.arange(1, heads + 1, dtype=torch.float32)
+
+
+def alibi_bias(query_pos: torch.Tensor, key_pos: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+    """2D-ALiBi ``bias[b, h, i, j] = -m_h * ||p_i - p_j||_2`` (CROMA Eq. 1); X-ALiBi when the two sets differ.
+
+    ``query_pos`` ``[B, N, 2]`` and ``key_pos`` ``[B, M, 2]`` are the grid positions of the tokens actually present
+    (after masking), so the bias of a masked sequence is the full-grid bias gathered at the kept tokens.
+    """
+    dist = torch.cdist(query_pos, key_pos)
+    return -slopes.to(dist)[None, :, None, None] * dist[:, None]
+
+
+def gather_tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Rows ``keep`` ``[B, n]`` of ``x`` ``[B, N, D]``."""
+    return torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class ALiBiViT(nn.Module):
+    """CROMA's encoder: linear patch embedding, no position embedding, pre-LN blocks with 2D-ALiBi."""
+
+    def __init__(self, in_channels: int, patch: int, dim: int, depth: int, heads: int) -> None:
+        super().__init__()
+        self.patch, self.heads = patch, heads
+        self.embed = nn.Linear(in_channels * patch * patch, dim)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre") for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.register_buffer("slopes", alibi_slopes(heads), persistent=False)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens [B, n, dim], positions [B, n, 2])`` of the kept tokens (all of them when ``keep`` is None)."""
+        grid = (x.shape[-2] // self.patch, x.shape[-1] // self.patch)
+        tokens = self.embed(patchify(x, self.patch))
+        pos = grid_positions(grid, x.device).expand(x.shape[0], -1, -1)
+        if keep is not None:
+            tokens, pos = gather_tokens(tokens, keep), gather_tokens(pos, keep)
+        bias = alibi_bias(pos, pos, self.slopes)
+        for block in self.blocks:
+            tokens = block(tokens, bias=bias)
+        return self.norm(tokens), pos
+
+
+def _gap_ffn(dim: int) -> nn.Sequential:
+    """CROMA's head on mean-pooled tokens: LN, d -> 4d, GELU, 4d -> d."""
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+
+class MAEDecoder(nn.Module):
+    """A light MAE decoder (He et al. 2022): mask tokens fill the hidden positions, 2-D sin-cos positions, pre-LN
+    blocks, a linear head to the pixels of each patch. CROMA uses one layer of width 512 without ALiBi (its issue #6).
+    """
+
+    def __init__(self, in_dim: int, dim: int, depth: int, heads: int, out_dim: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(in_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre") for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, out_dim)
+
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Predictions ``[B, N, out_dim]`` for every patch of the grid, from the tokens kept at ``keep``."""
+        b, n_total = tokens.shape[0], grid[0] * grid[1]
+        x = self.mask_token.to(tokens.dtype).expand(b, n_total, -1).clone()
+        projected = self.project(tokens)
+        x = x.to(projected.dtype).scatter(1, keep[..., None].expand(-1, -1, x.shape[-1]), projected)
+        x = x + sincos_positions_2d(*grid, x.shape[-1]).to(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+class CROMA(nn.Module):
+    """CROMA (Fuller, Millard, Green, NeurIPS 2023): optical ViT, radar ViT at half depth, joint encoder whose
+    blocks are self-attention -> cross-attention (queries radar, keys/values optical, X-ALiBi) -> FFN, contrastive
+    heads, and an MAE decoder reconstructing both modalities from the joint tokens.
+
+    ``embed(batch)`` returns the mean-pooled joint tokens (``embed_modality="joint"``, CROMA's ``joint_GAP``) or one
+    modality's GAP head output (``optical``/``radar``), computed on the unmasked chip.
+    """
+
+    def __init__(
+        self,
+        optical_channels: int,
+        radar_channels: int,
+        patch: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        decoder_dim: int,
+        decoder_depth: int,
+        decoder_heads: int,
+        embed_modality: str = "joint",
+    ) -> None:
+        super().__init__()
+        self.patch, self.embed_modality = patch, embed_modality
+        self.optical_channels, self.radar_channels = optical_channels, radar_channels
+        half = max(depth // 2, 1)
+        self.optical = ALiBiViT(optical_channels, patch, dim, depth, heads)
+        self.radar = ALiBiViT(radar_channels, patch, dim, half, heads)
+        self.joint = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre", cross=True) for _ in range(half))
+        self.joint_norm = nn.LayerNorm(dim)
+        self.gap_optical, self.gap_radar = _gap_ffn(dim), _gap_ffn(dim)
+        self.proj_optical, self.proj_radar = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
+        out = (optical_channels + radar_channels) * patch * patch
+        self.decoder = MAEDecoder(dim, decoder_dim, decoder_depth, decoder_heads, out)
+        self.embed_dim = dim
+
+    def joint_encode(self, radar: tuple[torch.Tensor, torch.Tensor], optical: tuple[torch.Tensor, torch.Tensor]):
+        """Joint tokens at the radar tokens' positions."""
+        (x, r_pos), (context, o_pos) = radar, optical
+        self_bias = alibi_bias(r_pos, r_pos, self.radar.slopes)
+        cross_bias = alibi_bias(r_pos, o_pos, self.radar.slopes)
+        for block in self.joint:
+            x = block(x, bias=self_bias, context=context, context_bias=cross_bias)
+        return self.joint_norm(x)
+
+    def global_embeddings(self, radar_tokens: torch.Tensor, optical_tokens: torch.Tensor):
+        """The contrastive embeddings (before normalisation): projection of the GAP head of each modality."""
+        return (
+            self.proj_radar(self.gap_radar(radar_tokens.mean(1))),
+            self.proj_optical(self.gap_optical(optical_tokens.mean(1))),
+        )
+
+    def forward(
+        self,
+        radar: torch.Tensor,
+        optical: torch.Tensor,
+        keep_radar: torch.Tensor | None,
+        keep_optical: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """Encode both (masked) modalities; return tokens, joint tokens and contrastive embeddings."""
+        r = self.radar(radar, keep_radar)
+        o = self.optical(optical, keep_optical)
+        z_radar, z_optical = self.global_embeddings(r[0], o[0])
+        return {
+            "radar": r[0],
+            "optical": o[0],
+            "joint": self.joint_encode(r, o),
+            "z_radar": z_radar,
+            "z_optical": z_optical,
+        }
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self(batch["radar"], batch["optical"], None, None)
+        if self.embed_modality == "optical":
+            return self.gap_optical(out["optical"].mean(1))
+        if self.embed_modality == "radar":
+            return self.gap_radar(out["radar"].mean(1))
+        return out["joint"].mean(1)
+
+
+class SinCosViT(nn.Module):
+    """The MoCo v3 ViT (Chen, Xie, He 2021): patch embedding, a class token, fixed 2-D sin-cos positions, pre-LN."""
+
+    def __init__(self, in_channels: int, patch: int, dim: int, depth: int, heads: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.embed = nn.Linear(in_channels * patch * patch, dim)
+        self.cls = nn.Parameter(torch.zeros(dim))
+        nn.init.normal_(self.cls, std=1e-6)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre") for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, 1 + n, dim]``: the class token then the kept patch tokens."""
+        grid = (x.shape[-2] // self.patch, x.shape[-1] // self.patch)
+        tokens = self.embed(patchify(x, self.patch)) + sincos_positions_2d(*grid, self.cls.shape[0]).to(x)
+        if keep is not None:
+            tokens = gather_tokens(tokens, keep)
+        tokens = torch.cat([self.cls.to(tokens.dtype).expand(tokens.shape[0], 1, -1), tokens], dim=1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+
+def _mlp(dims: list[int], last_bn: bool) -> nn.Sequential:
+    """MoCo v3's projector/predictor: Linear-BN-ReLU layers, the last one Linear(-BN without affine)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers.append(nn.Linear(a, b, bias=False))
+        if i < len(dims) - 2:
+            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(b, affine=False))
+    return nn.Sequential(*layers)
+
+
+class SSL4EOModel(nn.Module):
+    """SSL4EO-S12's ViT with MoCo v3 heads (projector 3 layers, predictor 2 layers; the EMA key encoder is made by
+    the plugin) and an MAE decoder for the MAE variant. ``embed`` pools the class token (``pooling="cls"``, the
+    linear-probe read-out of MoCo v3) or the patch tokens' mean."""
+
+    def __init__(
+        self, in_channels: int, patch: int, dim: int, depth: int, heads: int, proj_dim: int, hidden_dim: int,
+        decoder_dim: int, decoder_depth: int, decoder_heads: int, pooling: str = "cls",
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.patch, self.pooling, self.in_channels = patch, pooling, in_channels
+        self.backbone = SinCosViT(in_channels, patch, dim, depth, heads)
+        self.projector = _mlp([dim, hidden_dim, hidden_dim, proj_dim], last_bn=True)
+        self.predictor = _mlp([proj_dim, hidden_dim, proj_dim], last_bn=False)
+        self.decoder = MAEDecoder(dim, decoder_dim, decoder_depth, decoder_heads, in_channels * patch * patch)
+        self.embed_dim = dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled representation of images ``[B, C, H, W]``."""
+        tokens = self.backbone(x)
+        return tokens[:, 0] if self.pooling == "cls" else tokens[:, 1:].mean(1)
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.features(batch["view1"])
+
+
+def resize_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of ``[B, C, H, W]`` to ``size`` x ``size`` (the resize rule of Corley et al. 2024)."""
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

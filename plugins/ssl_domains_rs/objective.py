@@ -1,0 +1,139 @@
+"""Objectives: CROMA (contrastive + MAE), SSL4EO MoCo v3 with temporal positives, and SSL4EO MAE.
+
+Each is ``(model, batch) -> {"loss", **logs}``; masking and augmentation run batched on the batch's device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ssl_domains.nn import info_nce
+
+from .masking import random_keep
+from .model import patchify
+
+
+def masked_patch_mse(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over masked patches only (MAE Eq. in §3), ``pred``/``target`` ``[B, N, D]``."""
+    per_patch = (pred.float() - target.float()).pow(2).mean(-1)
+    weight = masked.float()
+    return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def normalise_patches(target: torch.Tensor) -> torch.Tensor:
+    """Per-patch standardisation of the targets (MAE's ``norm_pix_loss``)."""
+    mean = target.mean(-1, keepdim=True)
+    var = target.var(-1, keepdim=True, unbiased=False)
+    return (target - mean) / (var + 1e-6).sqrt()
+
+
+class CROMAObjective:
+    """CROMA's loss (Fuller et al. 2023, §3): ``L = L_contrastive + w * L_MAE``.
+
+    - Radar and optical chips get independent random masks (``mask_ratio``, paper: 75%); only visible tokens are
+      encoded.
+    - ``L_contrastive``: symmetric InfoNCE between the radar and optical embeddings of the same chip (CLIP's loss,
+      learnable temperature initialised at 0.07, its logit scale capped at 100 as in CLIP), negatives from the whole
+      (global) batch.
+    - ``L_MAE``: the joint tokens (at radar-visible positions) go through the decoder, which predicts all 14 channels
+      of every patch; targets are normalised per patch over all channels; the optical part is scored on the
+      optical-masked patches and the radar part on the radar-masked patches. The reference sums the two losses
+      unweighted; ``mae_weight`` (default 1) keeps that.
+    """
+
+    def __init__(self, mask_ratio: float = 0.75, mae_weight: float = 1.0) -> None:
+        self.mask_ratio, self.mae_weight = mask_ratio, mae_weight
+
+    def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        radar, optical = batch["radar"], batch["optical"]
+        b, _, h, w = optical.shape
+        p = model.patch
+        grid = (h // p, w // p)
+        n = grid[0] * grid[1]
+        keep_r, masked_r = random_keep(b, n, self.mask_ratio, optical.device)
+        keep_o, masked_o = random_keep(b, n, self.mask_ratio, optical.device)
+        out = model(radar, optical, keep_r, keep_o)
+        temperature = model.logit_scale.clamp(max=math.log(100.0)).exp().reciprocal()
+        contrast = (info_nce(out["z_radar"], out["z_optical"], temperature)
+                    + info_nce(out["z_optical"], out["z_radar"], temperature)) / 2  # fmt: skip
+        pred = model.decoder(out["joint"], keep_r, grid)
+        target = normalise_patches(patchify(torch.cat([optical, radar], dim=1).float(), p))
+        split = model.optical_channels * p * p
+        mae_optical = masked_patch_mse(pred[..., :split], target[..., :split], masked_o)
+        mae_radar = masked_patch_mse(pred[..., split:], target[..., split:], masked_r)
+        mae = mae_optical + mae_radar
+        return {
+            "loss": contrast + self.mae_weight * mae,
+            "contrastive": contrast.detach(),
+            "mae_optical": mae_optical.detach(),
+            "mae_radar": mae_radar.detach(),
+            "temperature": temperature.detach(),
+        }
+
+
+def augment(x: torch.Tensor, min_scale: float = 0.5, jitter: float = 0.2) -> torch.Tensor:
+    """Batched per-sample augmentation on the device, SSL4EO-S12's view transform without the RGB-only parts:
+    random resized crop (area ``min_scale``..1, via one ``affine_grid``), horizontal and vertical flips, and
+    brightness/contrast jitter of ``±jitter`` on all bands (the chips are normalised to [0, 1])."""
+    b, device = x.shape[0], x.device
+    side = torch.empty(b, device=device).uniform_(min_scale, 1.0).sqrt()
+    shift = (torch.rand(b, 2, device=device) * 2 - 1) * (1 - side)[:, None]
+    flip = torch.where(torch.rand(b, 2, device=device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=device)
+    theta[:, 0, 0] = side * flip[:, 0]
+    theta[:, 1, 1] = side * flip[:, 1]
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    brightness = torch.empty(b, 1, 1, 1, device=device).uniform_(-jitter, jitter)
+    contrast = torch.empty(b, 1, 1, 1, device=device).uniform_(1 - jitter, 1 + jitter)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return ((out - mean) * contrast + mean + brightness).to(x.dtype)
+
+
+class MoCoObjective:
+    """MoCo v3 (Chen, Xie, He 2021, Alg. 1) on SSL4EO-S12's temporal positives (Wang et al. 2022, §4.1).
+
+    ``view1`` and ``view2`` are the same location at two dates; each is augmented independently. The query
+    encoder (backbone, projector, predictor) is trained with ``ctr(q1, k2) + ctr(q2, k1)``, where
+    ``ctr(q, k) = 2 tau * InfoNCE(q, k; tau)`` and the keys come from the momentum (EMA) encoder; negatives are the
+    other chips of the global batch.
+    """
+
+    def __init__(self, temperature: float = 0.2, min_scale: float = 0.5, jitter: float = 0.2) -> None:
+        self.temperature, self.min_scale, self.jitter = temperature, min_scale, jitter
+
+    def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x1 = augment(batch["view1"], self.min_scale, self.jitter)
+        x2 = augment(batch["view2"], self.min_scale, self.jitter)
+        q1 = model.predictor(model.projector(model.backbone(x1)[:, 0]))
+        q2 = model.predictor(model.projector(model.backbone(x2)[:, 0]))
+        with torch.no_grad():
+            key_backbone, key_projector = model.key_encoder.module
+            k1 = key_projector(key_backbone(x1)[:, 0])
+            k2 = key_projector(key_backbone(x2)[:, 0])
+        t = self.temperature
+        loss = 2 * t * (info_nce(q1, k2, t) + info_nce(q2, k1, t))
+        return {"loss": loss}
+
+
+class MAEObjective:
+    """MAE on S2 chips (He et al. 2022; SSL4EO-S12's MAE ViT-S/16 baseline): random masking, the encoder sees the
+    visible patches, the decoder predicts the per-patch-normalised pixels, loss on the masked patches."""
+
+    def __init__(self, mask_ratio: float = 0.75) -> None:
+        self.mask_ratio = mask_ratio
+
+    def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["view1"]
+        b, _, h, w = x.shape
+        p = model.patch
+        grid = (h // p, w // p)
+        keep, masked = random_keep(b, grid[0] * grid[1], self.mask_ratio, x.device)
+        tokens = model.backbone(x, keep)[:, 1:]
+        pred = model.decoder(tokens, keep, grid)
+        loss = masked_patch_mse(pred, normalise_patches(patchify(x.float(), p)), masked)
+        return {"loss": loss}

@@ -1,0 +1,229 @@
+"""CROMA and SSL4EO plugins: metadata and typed configs. Imports no torch (``ssl-domains list`` reads this module)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ssl_domains import ConfigError, ModalityPlugin, PluginCommand, option
+
+
+@dataclass
+class RSDataConfig:
+    """Settings of the shared Sentinel-1/2 data module (see ``ssl_domains_rs/data.py``)."""
+
+    s2_level: Literal["L2A", "L1C"] = option("L2A", doc="S2 product: L2A (12 bands, no B10) or L1C (13 bands)")
+    s2_bands: list[str] = option(
+        default_factory=list, doc="S2 bands in model order (empty: every band of s2_level, B8A after B08)"
+    )
+    stats: str = option("ssl4eo", doc="per-band statistics: 'ssl4eo' (published) or a JSON from `run croma stats`")
+    normalize: Literal["clip2sigma", "zscore"] = option(
+        "clip2sigma", doc="fixed per-band scaling: [mean ± 2 std] -> [0, 1] (SSL4EO/CROMA), or z-score"
+    )
+    chip: int = option(120, doc="chip side in 10 m pixels, a multiple of patch (CROMA: 120, BigEarthNet's size)")
+    train_stride: int = option(0, doc="stride between training windows (0: chip // 2)")
+    max_invalid: float = option(0.1, doc="largest share of nodata/cloud pixels in a chip (any view)")
+    holdout_quadrant: int = option(
+        -1, doc="hold quadrant k (0-3) of every location out of training and evaluate on it (-1: none)"
+    )
+    batch_size: int = option(32, doc="chips per batch")
+    num_workers: int = option(0, doc="data-loading workers (scenes are held in memory: 0 is fine)")
+
+    def validate(self, patch: int) -> None:
+        """Raise :class:`ConfigError` on inconsistent sizes."""
+        if self.chip % patch:
+            raise ConfigError(
+                f"chip {self.chip} is not a multiple of patch {patch}; pick e.g. {self.chip // patch * patch}"
+            )
+        if not -1 <= self.holdout_quadrant <= 3:
+            raise ConfigError(f"holdout_quadrant must be -1 or 0..3, got {self.holdout_quadrant}")
+        known = {"B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"}
+        unknown = [b for b in self.s2_bands if b not in known]
+        if unknown:
+            raise ConfigError(f"s2_bands {unknown} are not Sentinel-2 bands; use names from {sorted(known)}")
+        if self.train_stride == 0:
+            self.train_stride = max(self.chip // 2, 1)
+
+
+@dataclass
+class CROMAConfig(RSDataConfig):
+    """CROMA (Fuller et al. 2023). Defaults are a CPU-sized model; ``--config croma-base|croma-large`` the paper's."""
+
+    patch: int = option(8, doc="patch side (CROMA: 8, 225 tokens on 120² chips)")
+    dim: int = option(256, doc="encoder width (base 768, large 1024)")
+    depth: int = option(4, doc="optical encoder layers; radar and joint encoders get half (base 12, large 24)")
+    heads: int = option(8, doc="attention heads (paper: 16)")
+    decoder_dim: int = option(256, doc="MAE decoder width (paper: 512)")
+    decoder_depth: int = option(1, doc="MAE decoder layers (paper: 1)")
+    decoder_heads: int = option(8, doc="MAE decoder heads (paper: 8)")
+    mask_ratio: float = option(0.75, doc="share of each modality's patches masked, independently (paper: 75%)")
+    mae_weight: float = option(1.0, doc="weight of the reconstruction loss (reference: unweighted sum)")
+    embed_modality: Literal["joint", "optical", "radar"] = option(
+        "joint", doc="what `embed` exports: mean joint tokens, or one modality's GAP head"
+    )
+
+
+@dataclass
+class SSL4EOConfig(RSDataConfig):
+    """SSL4EO-S12 (Wang et al. 2022): MoCo v3 with temporal positives, or MAE, on a ViT. CPU-sized defaults."""
+
+    modality: Literal["s2", "s1"] = option("s2", doc="which sensor's time series to pretrain on")
+    single_date: Literal["augment", "skip"] = option(
+        "augment", doc="a location seen once: two augmented crops of its one date, or leave it out"
+    )
+    objective: Literal["moco", "mae"] = option("moco", doc="MoCo v3 with seasonal positives, or MAE")
+    patch: int = option(8, doc="patch side (SSL4EO ViT-S/16 on 224²: 16)")
+    dim: int = option(192, doc="ViT width (ViT-S: 384)")
+    depth: int = option(6, doc="ViT layers (ViT-S: 12)")
+    heads: int = option(3, doc="attention heads (ViT-S: 6)")
+    proj_dim: int = option(256, doc="MoCo v3 projector output (paper: 256)")
+    hidden_dim: int = option(1024, doc="MoCo v3 projector/predictor hidden width (paper: 4096)")
+    temperature: float = option(0.2, doc="MoCo v3 temperature (ViT: 0.2)")
+    momentum: float = option(0.99, doc="initial EMA momentum of the key encoder, raised to 1 on a cosine (paper: 0.99)")
+    min_scale: float = option(0.5, doc="smallest random-resized-crop area")
+    jitter: float = option(0.2, doc="brightness/contrast jitter")
+    mask_ratio: float = option(0.75, doc="MAE: share of patches masked")
+    decoder_dim: int = option(128, doc="MAE decoder width")
+    decoder_depth: int = option(2, doc="MAE decoder layers")
+    decoder_heads: int = option(4, doc="MAE decoder heads")
+    pooling: Literal["cls", "mean"] = option("cls", doc="embedding: class token (MoCo v3's read-out) or mean patch")
+
+
+_FORMATS = (
+    "per-band GeoTIFF folders: SSL4EO-S12 (s1/s2a/s2c/<id>/<product>/B1.tif), BigEarthNet v1/v2, Major-TOM cells",
+    "multi-band GeoTIFF chips (EuroSAT MS, Hydro): bands by description, else by count (2, 12 or 13)",
+    "S1 GRD as VV/VH in dB; S2 as reflectance x 10000; 20 m and 60 m bands resampled to 10 m",
+)
+
+
+class _RSPlugin(ModalityPlugin):
+    extra = "remote-sensing"
+    requires = ("rasterio",)
+    data_formats = _FORMATS
+    commands = (
+        PluginCommand(
+            "stats",
+            "ssl_domains_rs.stats:stats_command",
+            "per-band mean/std of your data: --data DIR --out stats.json [--s2-level L2A] (then --set stats=...)",
+        ),
+    )
+
+    def presets(self) -> dict[str, Path]:
+        """This plugin's ``<name>-*.yaml`` presets (CROMA and SSL4EO share a folder)."""
+        return {name: path for name, path in super().presets().items() if name.startswith(f"{self.name}-")}
+
+    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+        from .figures import plot_reconstruction
+
+        return plot_reconstruction(model, datamodule, out_dir)
+
+    def evaluate(self, model: Any, datamodule: Any, cfg: Any) -> dict[str, float] | None:
+        from .evaluation import evaluate_retrieval
+
+        return evaluate_retrieval(model, datamodule)
+
+
+class CROMAPlugin(_RSPlugin):
+    """CROMA: contrastive radar-optical masked autoencoders."""
+
+    name = "croma"
+    description = "CROMA radar-optical pretraining (S1 + S2): 2D-ALiBi ViTs, X-ALiBi joint encoder, InfoNCE + MAE"
+    paper = (
+        "Fuller, Millard, Green. CROMA: Remote Sensing Representations with Contrastive Radar-Optical Masked "
+        "Autoencoders. NeurIPS 2023. https://arxiv.org/abs/2311.00566"
+    )
+    batch_keys = {"radar": "float32", "optical": "float32", "id": "int64", "split": "int64", "location": "int64"}
+    run_defaults = {
+        "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.05, "warmup_steps": 0.05, "gradient_clip_val": 1.0},
+        "trainer": {"max_epochs": 100},
+    }
+    test_overrides = {
+        "croma": {"chip": 16, "dim": 32, "depth": 2, "heads": 2, "decoder_dim": 32, "decoder_heads": 2, "batch_size": 4}
+    }
+
+    def default_config(self) -> CROMAConfig:
+        return CROMAConfig()
+
+    def datamodule(self, cfg: CROMAConfig, data: Path) -> Any:
+        from .data import RSDataModule
+
+        cfg.validate(cfg.patch)
+        return RSDataModule(Path(data), cfg, mode="s1s2")
+
+    def model(self, cfg: CROMAConfig, datamodule: Any) -> Any:
+        from .model import CROMA
+
+        return CROMA(len(datamodule.s2_bands), 2, cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.decoder_dim,
+                     cfg.decoder_depth, cfg.decoder_heads, cfg.embed_modality)  # fmt: skip
+
+    def objective(self, cfg: CROMAConfig) -> Any:
+        from .objective import CROMAObjective
+
+        return CROMAObjective(cfg.mask_ratio, cfg.mae_weight)
+
+    def make_example_data(self, root: Path) -> Path:
+        from .synthetic import write_example_pairs
+
+        return write_example_pairs(Path(root))
+
+
+class SSL4EOPlugin(_RSPlugin):
+    """SSL4EO-S12: MoCo v3 with seasonal/temporal positives, or MAE, on Sentinel chips."""
+
+    name = "ssl4eo"
+    description = "SSL4EO-S12 pretraining: MoCo v3 with multi-date positives of one location (or MAE) on S2/S1"
+    paper = (
+        "Wang, Braham, Xiong, Liu, Albrecht, Zhu. SSL4EO-S12: A Large-Scale Multi-Modal, Multi-Temporal Dataset for "
+        "Self-Supervised Learning in Earth Observation. IEEE GRSM 2023. https://arxiv.org/abs/2211.07044"
+    )
+    batch_keys = {"view1": "float32", "view2": "float32", "id": "int64", "split": "int64", "location": "int64"}
+    run_defaults = {
+        "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.1, "warmup_steps": 0.05, "gradient_clip_val": 1.0},
+        "trainer": {"max_epochs": 100},
+    }
+    test_overrides = {
+        "ssl4eo": {"chip": 16, "dim": 32, "depth": 2, "heads": 2, "proj_dim": 16, "hidden_dim": 32, "batch_size": 4}
+    }
+
+    def default_config(self) -> SSL4EOConfig:
+        return SSL4EOConfig()
+
+    def datamodule(self, cfg: SSL4EOConfig, data: Path) -> Any:
+        from .data import RSDataModule
+
+        cfg.validate(cfg.patch)
+        return RSDataModule(Path(data), cfg, mode="temporal")
+
+    def model(self, cfg: SSL4EOConfig, datamodule: Any) -> Any:
+        from torch import nn
+
+        from ssl_domains.nn import EMATeacher
+
+        from .model import SSL4EOModel
+
+        model = SSL4EOModel(
+            len(datamodule.bands), cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.proj_dim, cfg.hidden_dim,
+            cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.pooling,
+        )  # fmt: skip
+        if cfg.objective == "moco":
+            model.key_encoder = EMATeacher(nn.ModuleList([model.backbone, model.projector]), cfg.momentum, 1.0)
+        return model
+
+    def objective(self, cfg: SSL4EOConfig) -> Any:
+        from .objective import MAEObjective, MoCoObjective
+
+        if cfg.objective == "mae":
+            return MAEObjective(cfg.mask_ratio)
+        return MoCoObjective(cfg.temperature, cfg.min_scale, cfg.jitter)
+
+    def on_train_batch_end(self, model: Any, batch: dict[str, Any], progress: float) -> None:
+        if hasattr(model, "key_encoder"):
+            from torch import nn
+
+            model.key_encoder.update(nn.ModuleList([model.backbone, model.projector]), progress)
+
+    def make_example_data(self, root: Path) -> Path:
+        from .synthetic import write_example_pairs
+
+        return write_example_pairs(Path(root))
