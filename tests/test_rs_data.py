@@ -214,3 +214,31 @@ def test_synthetic_geotiffs_have_native_resolutions(tmp_path: Path):
         assert src.shape == (24, 24)
     write_tif(tmp_path / "x.tif", np.zeros((4, 4), np.float32), 0, 0, 1e-4)
     assert (tmp_path / "x.tif").exists()
+
+
+def test_knn_probe_uses_class_folders_and_leaves_each_location_out(tmp_path: Path):
+    import torch
+
+    from ssl_domains_rs.evaluation import knn_by_location
+
+    for cls, value in (("Forest", 500), ("SeaLake", 3000)):
+        for i in range(3):
+            chip = _multiband(tmp_path / "eurosat" / cls / f"{cls}_{i}.tif", 13, size=16, value=value + 10 * i)
+            with rasterio.open(chip, "r+") as dst:  # separate footprints: each chip is its own location
+                dst.transform = Affine(10, 0, 500000 + 1000 * i + (5000 if cls == "Forest" else 0), 0, -10, 5000000)
+    cfg = SSL4EOConfig(chip=16, s2_level="L1C")
+    cfg.validate(8)
+    dm = RSDataModule(tmp_path / "eurosat", cfg, mode="temporal")
+    dm.setup("predict")
+    assert sorted(s.label for s in dm.scenes) == ["Forest"] * 3 + ["SeaLake"] * 3
+
+    class MeanBands(torch.nn.Module):  # the chip's mean spectrum separates the two classes
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def embed(self, batch):
+            return batch["view1"].mean((2, 3)) * self.w + torch.arange(13.0)
+
+    result = knn_by_location(MeanBands(), dm, k=1)
+    assert result == {"knn_acc": 1.0, "knn_chips": 6.0, "knn_classes": 2.0}

@@ -221,7 +221,7 @@ class RSDataModule(pl.LightningDataModule):
                 "(e.g. gdalwarp -tr 10 10 -te <bounds of the S2 tile>)"
             )
         valid = np.logical_and.reduce([v for _, v in read])
-        labels = {a.label for a in chosen if a.label} | {a.labels[0] for a in chosen if a.labels}
+        labels = {a.label for a in chosen if a.label} | {a.labels[0] for a in chosen if len(a.labels) == 1}
         return Scene(
             name=chosen[0].name,
             views=[img for img, _ in read],
@@ -288,9 +288,9 @@ class RSDataModule(pl.LightningDataModule):
         return self.mode == "s1s2" or len(scene.views) >= 2
 
     def eval_pair(self, scene: Scene) -> tuple[int, int]:
-        """The views compared at evaluation: (S1, closest-date S2) or the first two dates."""
+        """The views compared at evaluation: (S1, closest-date S2) or the first two dates (one date: itself)."""
         if self.mode == "temporal":
-            return 0, 1
+            return (0, 1) if len(scene.views) > 1 else (0, 0)
         s1 = [i for i, k in enumerate(scene.kinds) if k == "s1"]
         s2 = [i for i, k in enumerate(scene.kinds) if k == "s2"]
         gaps = [(_days(scene.dates[a], scene.dates[b]), a, b) for a in s1 for b in s2]

@@ -51,12 +51,45 @@ def recall_at_k(queries: torch.Tensor, gallery: torch.Tensor, ks: tuple[int, ...
     return {f"recall{k}": float((rank < k).double().mean()) for k in ks}
 
 
+@torch.no_grad()
+def knn_by_location(model: Any, datamodule: Any, k: int = 5) -> dict[str, float]:
+    """kNN (cosine, ``k`` neighbours) accuracy of ``embed`` on chips whose location carries a class (EuroSAT
+    folder names, single-label BigEarthNet patches), leave-one-location-out so that no chip is classified by
+    chips of its own scene. Empty when fewer than two locations per class are labelled."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    labels = [s.label for s in datamodule.scenes]
+    model.eval()
+    device = next(model.parameters()).device
+    vectors, classes, groups = [], [], []
+    for batch in datamodule.predict_dataloader():
+        keep = [i for i, loc in enumerate(batch["location"].tolist()) if labels[loc] is not None]
+        if not keep:
+            continue
+        z = model.embed({k_: v.to(device) if torch.is_tensor(v) else v for k_, v in batch.items()})
+        vectors.append(torch.nn.functional.normalize(z[keep].float(), dim=-1).cpu().numpy())
+        classes += [labels[loc] for loc in batch["location"][keep].tolist()]
+        groups += batch["location"][keep].tolist()
+    if not vectors:
+        return {}
+    x, y, g = np.concatenate(vectors), np.array(classes), np.array(groups)
+    names, counts = np.unique([labels[loc] for loc in set(groups)], return_counts=True)
+    if len(names) < 2 or counts.min() < 2:
+        return {}
+    correct = 0
+    for loc in np.unique(g):
+        train, test = g != loc, g == loc
+        knn = KNeighborsClassifier(n_neighbors=min(k, int(train.sum())), metric="cosine").fit(x[train], y[train])
+        correct += int((knn.predict(x[test]) == y[test]).sum())
+    return {"knn_acc": correct / len(y), "knn_chips": float(len(y)), "knn_classes": float(len(names))}
+
+
 def evaluate_retrieval(model: Any, datamodule: Any, size: int | None = None) -> dict[str, float]:
-    """Recall@1/5 in both directions, chance, gallery size and RankMe of the query embeddings."""
+    """Recall@1/5 in both directions, chance, gallery size, RankMe, and a kNN probe where locations are labelled."""
     queries, gallery = retrieval_embeddings(model, datamodule, size)
     n = len(queries)
     if n < 2:
-        return {"n_chips": float(n)}
+        return {"n_chips": float(n), **knn_by_location(model, datamodule)}
     forward = recall_at_k(queries, gallery)
     backward = recall_at_k(gallery, queries)
     return {
@@ -66,4 +99,5 @@ def evaluate_retrieval(model: Any, datamodule: Any, size: int | None = None) -> 
         "chance": 1.0 / n,
         "n_chips": float(n),
         "rankme": rankme(np.concatenate([queries.numpy(), gallery.numpy()])),
+        **(knn_by_location(model, datamodule) if size is None else {}),
     }

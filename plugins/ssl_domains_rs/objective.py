@@ -30,6 +30,21 @@ def normalise_patches(target: torch.Tensor) -> torch.Tensor:
     return (target - mean) / (var + 1e-6).sqrt()
 
 
+def dihedral(*images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same random flip/transpose (one of the 8 symmetries of the square) per sample, applied to every
+    tensor ``[B, C, H, W]`` given (co-registered modalities stay aligned). Batched with ``torch.where``."""
+    b, device = images[0].shape[0], images[0].device
+    draws = torch.rand(b, 3, device=device) < 0.5
+    out = []
+    for x in images:
+        x = torch.where(draws[:, 0, None, None, None], x.flip(-1), x)
+        x = torch.where(draws[:, 1, None, None, None], x.flip(-2), x)
+        if x.shape[-1] == x.shape[-2]:
+            x = torch.where(draws[:, 2, None, None, None], x.transpose(-1, -2), x)
+        out.append(x)
+    return tuple(out)
+
+
 class CROMAObjective:
     """CROMA's loss (Fuller et al. 2023, §3): ``L = L_contrastive + w * L_MAE``.
 
@@ -42,13 +57,17 @@ class CROMAObjective:
       of every patch; targets are normalised per patch over all channels; the optical part is scored on the
       optical-masked patches and the radar part on the radar-masked patches. The reference sums the two losses
       unweighted; ``mae_weight`` (default 1) keeps that.
+    - ``flips``: the same random flip/transpose of both modalities per chip (:func:`dihedral`), an augmentation
+      the reference code leaves to the user's data loader.
     """
 
-    def __init__(self, mask_ratio: float = 0.75, mae_weight: float = 1.0) -> None:
-        self.mask_ratio, self.mae_weight = mask_ratio, mae_weight
+    def __init__(self, mask_ratio: float = 0.75, mae_weight: float = 1.0, flips: bool = True) -> None:
+        self.mask_ratio, self.mae_weight, self.flips = mask_ratio, mae_weight, flips
 
     def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         radar, optical = batch["radar"], batch["optical"]
+        if self.flips:
+            radar, optical = dihedral(radar, optical)
         b, _, h, w = optical.shape
         p = model.patch
         grid = (h // p, w // p)

@@ -59,6 +59,7 @@ class CROMAConfig(RSDataConfig):
     decoder_heads: int = option(8, doc="MAE decoder heads (paper: 8)")
     mask_ratio: float = option(0.75, doc="share of each modality's patches masked, independently (paper: 75%)")
     mae_weight: float = option(1.0, doc="weight of the reconstruction loss (reference: unweighted sum)")
+    flips: bool = option(True, doc="the same random flip/transpose of both modalities per chip")
     embed_modality: Literal["joint", "optical", "radar"] = option(
         "joint", doc="what `embed` exports: mean joint tokens, or one modality's GAP head"
     )
@@ -160,7 +161,7 @@ class CROMAPlugin(_RSPlugin):
     def objective(self, cfg: CROMAConfig) -> Any:
         from .objective import CROMAObjective
 
-        return CROMAObjective(cfg.mask_ratio, cfg.mae_weight)
+        return CROMAObjective(cfg.mask_ratio, cfg.mae_weight, cfg.flips)
 
     def make_example_data(self, root: Path) -> Path:
         from .synthetic import write_example_pairs
