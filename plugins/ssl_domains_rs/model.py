@@ -7,6 +7,7 @@ SSL4EO ViT uses fixed 2-D sin-cos positions (MoCo v3's choice, Chen et al. 2021,
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -222,7 +223,7 @@ class SinCosViT(nn.Module):
 def _mlp(dims: list[int], last_bn: bool) -> nn.Sequential:
     """MoCo v3's projector/predictor: Linear-BN-ReLU layers, the last one Linear(-BN without affine)."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         layers.append(nn.Linear(a, b, bias=False))
         if i < len(dims) - 2:
             layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
