@@ -64,10 +64,17 @@ def test_patchify_round_trip():
     torch.testing.assert_close(unpatchify(tokens, 3, (2, 3), 8), x)
 
 
-def test_croma_encoders_extrapolate_from_120_to_240():
-    model = _croma().eval()
-    small = {"radar": torch.randn(2, 2, 120, 120), "optical": torch.randn(2, 12, 120, 120)}
-    large = {"radar": torch.randn(2, 2, 240, 240), "optical": torch.randn(2, 12, 240, 240)}
+def test_croma_trained_on_120_embeds_240():
+    model = _croma()
+    small = {"radar": torch.rand(2, 2, 120, 120), "optical": torch.rand(2, 12, 120, 120)}
+    large = {"radar": torch.rand(2, 2, 240, 240), "optical": torch.rand(2, 12, 240, 240)}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):  # train on 120² chips (225 tokens), as CROMA does
+        loss = CROMAObjective()(model, small)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
     with torch.no_grad():
         assert model.embed(small).shape == model.embed(large).shape == (2, 32)
         assert torch.isfinite(model.embed(large)).all()
@@ -185,3 +192,15 @@ def test_cli_round_trip_on_shipped_chips(tmp_path: Path):
     assert done.returncode == 0, done.stderr[-2000:]
     vectors = np.load(out)
     assert vectors.shape == (metrics["n_chips"], 32) and np.isfinite(vectors).all()
+
+
+def test_shared_geometry_keeps_the_two_dates_aligned():
+    from ssl_domains_rs.objective import _crop_flip_grid
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 12, 32, 32)
+    grid = _crop_flip_grid(x, 0.5)
+    a = augment(x, jitter=0.0, grid=grid)
+    b = augment(x, jitter=0.0, grid=grid)
+    torch.testing.assert_close(a, b)  # same geometry for both views
+    assert not torch.allclose(augment(x, jitter=0.0), a)  # independent draws differ

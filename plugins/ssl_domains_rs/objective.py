@@ -93,10 +93,8 @@ class CROMAObjective:
         }
 
 
-def augment(x: torch.Tensor, min_scale: float = 0.5, jitter: float = 0.2) -> torch.Tensor:
-    """Batched per-sample augmentation on the device, SSL4EO-S12's view transform without the RGB-only parts:
-    random resized crop (area ``min_scale``..1, via one ``affine_grid``), horizontal and vertical flips, and
-    brightness/contrast jitter of ``±jitter`` on all bands (the chips are normalised to [0, 1])."""
+def _crop_flip_grid(x: torch.Tensor, min_scale: float) -> torch.Tensor:
+    """A per-sample random resized crop (area ``min_scale``..1) with random flips, as one ``affine_grid``."""
     b, device = x.shape[0], x.device
     side = torch.empty(b, device=device).uniform_(min_scale, 1.0).sqrt()
     shift = (torch.rand(b, 2, device=device) * 2 - 1) * (1 - side)[:, None]
@@ -105,7 +103,19 @@ def augment(x: torch.Tensor, min_scale: float = 0.5, jitter: float = 0.2) -> tor
     theta[:, 0, 0] = side * flip[:, 0]
     theta[:, 1, 1] = side * flip[:, 1]
     theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.affine_grid(theta, list(x.shape), align_corners=False)
+
+
+def augment(
+    x: torch.Tensor, min_scale: float = 0.5, jitter: float = 0.2, grid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Batched per-sample augmentation on the device, SSL4EO-S12's view transform without the RGB-only parts:
+    random resized crop (area ``min_scale``..1) with horizontal and vertical flips (one ``affine_grid``; pass
+    ``grid`` to reuse another view's geometry), and brightness/contrast jitter of ``±jitter`` on all bands (the
+    chips are normalised to [0, 1])."""
+    b, device = x.shape[0], x.device
+    if grid is None:
+        grid = _crop_flip_grid(x, min_scale)
     out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     brightness = torch.empty(b, 1, 1, 1, device=device).uniform_(-jitter, jitter)
     contrast = torch.empty(b, 1, 1, 1, device=device).uniform_(1 - jitter, 1 + jitter)
@@ -119,15 +129,21 @@ class MoCoObjective:
     ``view1`` and ``view2`` are the same location at two dates; each is augmented independently. The query
     encoder (backbone, projector, predictor) is trained with ``ctr(q1, k2) + ctr(q2, k1)``, where
     ``ctr(q, k) = 2 tau * InfoNCE(q, k; tau)`` and the keys come from the momentum (EMA) encoder; negatives are the
-    other chips of the global batch.
+    other chips of the global batch. With ``shared_geometry`` both dates get the same crop and flips (only the
+    photometric jitter differs), so the positive pair stays pixel-aligned and the season is the main difference
+    between the views; the reference draws the two crops independently.
     """
 
-    def __init__(self, temperature: float = 0.2, min_scale: float = 0.5, jitter: float = 0.2) -> None:
+    def __init__(
+        self, temperature: float = 0.2, min_scale: float = 0.5, jitter: float = 0.2, shared_geometry: bool = False
+    ) -> None:
         self.temperature, self.min_scale, self.jitter = temperature, min_scale, jitter
+        self.shared_geometry = shared_geometry
 
     def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x1 = augment(batch["view1"], self.min_scale, self.jitter)
-        x2 = augment(batch["view2"], self.min_scale, self.jitter)
+        grid = _crop_flip_grid(batch["view1"], self.min_scale) if self.shared_geometry else None
+        x1 = augment(batch["view1"], self.min_scale, self.jitter, grid)
+        x2 = augment(batch["view2"], self.min_scale, self.jitter, grid)
         q1 = model.predictor(model.projector(model.backbone(x1)[:, 0]))
         q2 = model.predictor(model.projector(model.backbone(x2)[:, 0]))
         with torch.no_grad():

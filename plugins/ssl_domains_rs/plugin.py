@@ -84,6 +84,9 @@ class SSL4EOConfig(RSDataConfig):
     momentum: float = option(0.99, doc="initial EMA momentum of the key encoder, raised to 1 on a cosine (paper: 0.99)")
     min_scale: float = option(0.5, doc="smallest random-resized-crop area")
     jitter: float = option(0.2, doc="brightness/contrast jitter")
+    shared_geometry: bool = option(
+        False, doc="both dates get the same crop and flips (pixel-aligned positives); reference: independent"
+    )
     mask_ratio: float = option(0.75, doc="MAE: share of patches masked")
     decoder_dim: int = option(128, doc="MAE decoder width")
     decoder_depth: int = option(2, doc="MAE decoder layers")
@@ -216,7 +219,7 @@ class SSL4EOPlugin(_RSPlugin):
 
         if cfg.objective == "mae":
             return MAEObjective(cfg.mask_ratio)
-        return MoCoObjective(cfg.temperature, cfg.min_scale, cfg.jitter)
+        return MoCoObjective(cfg.temperature, cfg.min_scale, cfg.jitter, cfg.shared_geometry)
 
     def on_train_batch_end(self, model: Any, batch: dict[str, Any], progress: float) -> None:
         if hasattr(model, "key_encoder"):
