@@ -35,6 +35,14 @@ def emit(record: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def emit_final(summary: dict[str, Any], started: float) -> None:
+    """Add wall minutes since ``started``, peak memory and the environment to ``summary``, and print it."""
+    summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
+    summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    summary.update(environment())
+    emit(summary)
+
+
 def pretrain_and_evaluate(
     plugin_name: str, data: str, layers: list, overrides: list[str], seed: int, flags: dict | None = None
 ) -> tuple[dict, float, int]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, environment, peak_rss_gb
+from _common import emit, emit_final
 
 FSDD_FOLDS = [["george", "jackson"], ["lucas", "nicolas"], ["theo", "yweweler"]]
 
@@ -129,10 +129,7 @@ def main() -> None:
     summary["per_fold"] = [{k: r[k] for k in ("test_speakers", "seed", "probe_acc", "random_acc", "logmel_acc")}
                            for r in results]  # fmt: skip
     summary["train_clips_per_s"] = float(np.mean([r["train_clips_per_s"] for r in results]))
-    summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
-    summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
-    summary.update(environment())
-    emit(summary)
+    emit_final(summary, started)
 
 
 if __name__ == "__main__":

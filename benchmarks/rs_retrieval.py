@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, environment, peak_rss_gb
+from _common import emit, emit_final
 
 
 def run_fold(args: argparse.Namespace, fold: int) -> dict:
@@ -100,10 +100,7 @@ def main() -> None:
     summary["chance"] = summary.pop("chance_mean")
     summary["n_chips"] = [r["n_chips"] for r in results]
     summary["pretrain_minutes"] = round(sum(r["pretrain_s"] for r in results) / 60, 1)
-    summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
-    summary["peak_rss_gb"] = round(peak_rss_gb(), 2)
-    summary.update(environment())
-    emit(summary)
+    emit_final(summary, started)
 
 
 if __name__ == "__main__":

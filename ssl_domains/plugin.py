@@ -89,6 +89,9 @@ class ModalityPlugin(ABC):
     """Whether the objective draws random masks or views on the device. False for methods whose views are fixed
     by the data (MERLIN's real/imaginary split), whose randomness lives in the datamodule's patch sampling."""
     test_overrides: ClassVar[Mapping[str, Any]] = {}
+    shared_presets: ClassVar[bool] = False
+    """True when several plugins of one package share its ``configs/`` folder: each then offers only the
+    ``<name>-*.yaml`` files (``tera-fsdd`` for ``tera``)."""
     """Config overrides the conformance kit applies (e.g. a smaller model), in run-config form."""
 
     # ---- configuration ---------------------------------------------------------------------------------------
@@ -109,6 +112,7 @@ class ModalityPlugin(ABC):
             Path(entry.name).stem: Path(str(entry))
             for entry in sorted(root.iterdir(), key=lambda e: e.name)
             if entry.name.endswith((".yaml", ".yml"))
+            and (not self.shared_presets or entry.name.startswith(f"{self.name}-"))
         }
 
     # ---- factories (may import torch and domain libraries) ---------------------------------------------------

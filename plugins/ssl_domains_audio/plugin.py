@@ -98,9 +98,7 @@ class _AudioPlugin(ModalityPlugin):
     data_formats = _AUDIO_FORMATS
     batch_keys = _BATCH_KEYS
 
-    def presets(self) -> dict[str, Path]:
-        """The presets of this plugin: the package's ``<name>-*.yaml`` files (TERA and SSAST share a folder)."""
-        return {name: path for name, path in super().presets().items() if name.startswith(f"{self.name}-")}
+    shared_presets = True  # TERA and SSAST share configs/
 
     def make_example_data(self, root: Path) -> Path:
         from .synthetic import write_example_clips

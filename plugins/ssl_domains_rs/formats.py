@@ -47,11 +47,6 @@ class Acquisition:
     labels: tuple[str, ...] = ()  # BigEarthNet CORINE labels
     label: str | None = None  # a class named by the parent folder (EuroSAT layout)
 
-    @property
-    def files(self) -> list[Path]:
-        """The distinct files this acquisition reads."""
-        return sorted(set(self.bands.values()))
-
 
 def _rasterio():
     try:

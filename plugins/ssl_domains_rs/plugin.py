@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ssl_domains import ConfigError, ModalityPlugin, PluginCommand, option
 
@@ -113,9 +113,19 @@ class _RSPlugin(ModalityPlugin):
         ),
     )
 
-    def presets(self) -> dict[str, Path]:
-        """This plugin's ``<name>-*.yaml`` presets (CROMA and SSL4EO share a folder)."""
-        return {name: path for name, path in super().presets().items() if name.startswith(f"{self.name}-")}
+    shared_presets = True  # CROMA and SSL4EO share configs/
+    mode: ClassVar[str]  # the data module's view pairing: "s1s2" (CROMA) or "temporal" (SSL4EO)
+
+    def datamodule(self, cfg: Any, data: Path) -> Any:
+        from .data import RSDataModule
+
+        cfg.validate(cfg.patch)
+        return RSDataModule(Path(data), cfg, mode=self.mode)
+
+    def make_example_data(self, root: Path) -> Path:
+        from .synthetic import write_example_pairs
+
+        return write_example_pairs(Path(root))
 
     def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
         from .figures import plot_reconstruction
@@ -132,6 +142,7 @@ class CROMAPlugin(_RSPlugin):
     """CROMA: contrastive radar-optical masked autoencoders."""
 
     name = "croma"
+    mode = "s1s2"
     description = "CROMA radar-optical pretraining (S1 + S2): 2D-ALiBi ViTs, X-ALiBi joint encoder, InfoNCE + MAE"
     paper = (
         "Fuller, Millard, Green. CROMA: Remote Sensing Representations with Contrastive Radar-Optical Masked "
@@ -149,12 +160,6 @@ class CROMAPlugin(_RSPlugin):
     def default_config(self) -> CROMAConfig:
         return CROMAConfig()
 
-    def datamodule(self, cfg: CROMAConfig, data: Path) -> Any:
-        from .data import RSDataModule
-
-        cfg.validate(cfg.patch)
-        return RSDataModule(Path(data), cfg, mode="s1s2")
-
     def model(self, cfg: CROMAConfig, datamodule: Any) -> Any:
         from .model import CROMA
 
@@ -166,16 +171,12 @@ class CROMAPlugin(_RSPlugin):
 
         return CROMAObjective(cfg.mask_ratio, cfg.mae_weight, cfg.flips)
 
-    def make_example_data(self, root: Path) -> Path:
-        from .synthetic import write_example_pairs
-
-        return write_example_pairs(Path(root))
-
 
 class SSL4EOPlugin(_RSPlugin):
     """SSL4EO-S12: MoCo v3 with seasonal/temporal positives, or MAE, on Sentinel chips."""
 
     name = "ssl4eo"
+    mode = "temporal"
     description = "SSL4EO-S12 pretraining: MoCo v3 with multi-date positives of one location (or MAE) on S2/S1"
     paper = (
         "Wang, Braham, Xiong, Liu, Albrecht, Zhu. SSL4EO-S12: A Large-Scale Multi-Modal, Multi-Temporal Dataset for "
@@ -192,12 +193,6 @@ class SSL4EOPlugin(_RSPlugin):
 
     def default_config(self) -> SSL4EOConfig:
         return SSL4EOConfig()
-
-    def datamodule(self, cfg: SSL4EOConfig, data: Path) -> Any:
-        from .data import RSDataModule
-
-        cfg.validate(cfg.patch)
-        return RSDataModule(Path(data), cfg, mode="temporal")
 
     def model(self, cfg: SSL4EOConfig, datamodule: Any) -> Any:
         from torch import nn
@@ -226,8 +221,3 @@ class SSL4EOPlugin(_RSPlugin):
             from torch import nn
 
             model.key_encoder.update(nn.ModuleList([model.backbone, model.projector]), progress)
-
-    def make_example_data(self, root: Path) -> Path:
-        from .synthetic import write_example_pairs
-
-        return write_example_pairs(Path(root))
