@@ -1,6 +1,6 @@
 """Domain-free building blocks that several plugins share."""
 
-from .contrastive import gather_with_grad, info_nce
+from .contrastive import gather_with_grad, info_nce, nt_xent
 from .ema import EMATeacher, momentum_at
 from .masking import per_sample_mask, random_subset
 from .transformer import TransformerBlock, attention_mask, sincos_positions, sincos_positions_2d
@@ -12,6 +12,7 @@ __all__ = [
     "gather_with_grad",
     "info_nce",
     "momentum_at",
+    "nt_xent",
     "per_sample_mask",
     "random_subset",
     "sincos_positions",

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["gather_with_grad", "info_nce"]
+__all__ = ["gather_with_grad", "info_nce", "nt_xent"]
 
 
 def _world() -> tuple[int, int]:
@@ -49,3 +49,23 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float | torch.
     logits = q @ keys.T / temperature
     labels = torch.arange(q.shape[0], device=q.device) + rank * q.shape[0]
     return F.cross_entropy(logits, labels)
+
+
+def nt_xent(view1: torch.Tensor, view2: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """NT-Xent (SimCLR, Chen et al. 2020, Eq. 1), the 2N-way loss: each of the 2N views' positive is the other view
+    of its item; every other view of the global batch, same-view ones included, is a negative.
+
+    ``view1``/``view2`` ``[B, D]`` are the two views' projections (row ``i`` of each is item ``i``); L2-normalised
+    here and computed in float32; the mean over this rank's ``2B`` rows. Negatives come from every rank through
+    :func:`gather_with_grad`, as in :func:`info_nce`.
+    """
+    b = view1.shape[0]
+    _, rank = _world()
+    z1, z2 = F.normalize(view1.float(), dim=-1), F.normalize(view2.float(), dim=-1)
+    keys = torch.cat([gather_with_grad(z1), gather_with_grad(z2)])  # [2 W B]: all first views, then all second
+    total = keys.shape[0] // 2
+    logits = torch.cat([z1, z2]) @ keys.T / temperature
+    own = torch.arange(b, device=z1.device) + rank * b
+    rows = torch.arange(2 * b, device=z1.device)
+    logits[rows, torch.cat([own, own + total])] = float("-inf")  # a view is not its own negative
+    return F.cross_entropy(logits, torch.cat([own + total, own]))
