@@ -1,0 +1,1 @@
+"""Alice and contrastive3d: 3-D medical self-supervised pretraining on MONAI (NIfTI / DICOM)."""

@@ -1,0 +1,348 @@
+"""The data module Alice and contrastive3d share: MONAI transforms from files to cached, normalised volumes, then
+random crops (contrastive3d) or crops at corresponding points of two volumes (Alice).
+
+Deterministic part, cached once per volume (``CacheDataset``, or ``PersistentDataset`` on disk)::
+
+    LoadImaged -> EnsureChannelFirstd -> (checks) -> Orientationd(RAS) -> Spacingd(spacing)
+    -> ScaleIntensityRanged(CT window) | ScaleIntensityRangePercentilesd(MR) -> CropForegroundd
+    -> SpatialPadd(roi)   (or, with pad: false, an error for a volume smaller than the ROI)
+
+Random part, per training item:
+
+- ``mode="views"`` (contrastive3d, the MONAI ViT recipe): ``RandSpatialCropd(roi)``, copied into two views, each
+  ``OneOf[RandCoarseDropoutd in-painting | out-painting] -> RandCoarseShuffled``; the clean crop is the target.
+  The recipe's hole sizes (in voxels of a 96^3 crop) are scaled by ``roi / 96``.
+- ``mode="pairs"`` (Alice): a random foreground point of volume A, its corresponding point in another volume B
+  (:mod:`.correspondence`), and a ``roi`` crop centred on each (``SpatialCrop`` + ``BorderPad`` at the edges).
+
+MONAI's random transforms draw from their own generator; each item reseeds it from torch's (seeded) generator, so
+a run's crops follow ``trainer.seed`` like every other plugin's randomness.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.data import CacheDataset, PersistentDataset
+from monai.data import Dataset as MonaiDataset
+from torch.utils.data import DataLoader, Dataset
+
+from ssl_domains import DataError
+from ssl_domains.data import eval_loader, train_loader
+
+from .correspondence import corresponding_point, foreground_box
+from .formats import VolumeRecord, find_volumes
+
+log = logging.getLogger(__name__)
+FOREGROUND_POINTS = 20000  # foreground voxels kept per volume to draw Alice's query points from
+
+
+def _above(image: torch.Tensor, threshold: float) -> torch.Tensor:
+    return image > threshold
+
+
+class CheckVolumed(mt.MapTransform):
+    """Rejects what the 3-D plugins cannot use, naming the file: not 3-D, several volumes, NaN/inf, nothing but
+    zeros. Runs right after ``EnsureChannelFirstd``."""
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        for key in self.key_iterator(data):
+            image = data[key]
+            source = _source(image)
+            spatial = tuple(image.shape[1:])
+            if len(spatial) != 3 or min(spatial) < 2:
+                raise DataError(
+                    f"{source}: a {len(spatial) if min(spatial) > 1 else len(spatial) - 1}-D image of shape "
+                    f"{tuple(image.shape[1:])}, but the medical plugins need 3-D volumes; pass a NIfTI volume or a "
+                    "folder holding a whole DICOM series"
+                )
+            if image.shape[0] != 1:
+                raise DataError(
+                    f"{source}: holds {image.shape[0]} volumes (a 4-D series or a multi-channel image); pass one 3-D "
+                    "volume per file (split it, e.g. with nibabel's four_to_three or fslsplit)"
+                )
+            if key == "image":
+                bad = int((~torch.isfinite(torch.as_tensor(image))).sum())
+                if bad:
+                    raise DataError(f"{source}: {bad} voxels are NaN or inf; fix or mask them before training")
+                if float(image.max()) == float(image.min()):
+                    raise DataError(
+                        f"{source}: every voxel has the same value ({float(image.max())}); it holds no image"
+                    )
+        return data
+
+
+class CheckSized(mt.MapTransform):
+    """With ``pad: false``: a volume smaller than the ROI on any side, after resampling and cropping to the
+    foreground, is an error naming the file (instead of MONAI's padding it silently)."""
+
+    def __init__(self, keys: str, roi: int) -> None:
+        super().__init__(keys)
+        self.roi = roi
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        image = data["image"]
+        shape = tuple(image.shape[1:])
+        if min(shape) < self.roi:
+            raise DataError(
+                f"{_source(image)}: {shape} voxels after resampling and cropping to the foreground, smaller than the "
+                f"ROI {self.roi}^3; set pad: true to zero-pad it, or lower roi / the spacing"
+            )
+        return data
+
+
+def _source(image: Any) -> str:
+    meta = getattr(image, "meta", {}) or {}
+    name = meta.get("filename_or_obj", "<volume>")
+    return str(name[0] if isinstance(name, (list, tuple)) and name else name)
+
+
+def preprocessing(cfg: Any, keys: tuple[str, ...]) -> mt.Compose:
+    """The deterministic MONAI chain (see the module docstring); ``keys`` is ``("image",)`` or with ``"label"``."""
+    modes = tuple("nearest" if k == "label" else "bilinear" for k in keys)
+    if cfg.intensity == "ct":
+        intensity = mt.ScaleIntensityRanged(
+            "image", a_min=cfg.ct_window[0], a_max=cfg.ct_window[1], b_min=0.0, b_max=1.0, clip=True
+        )
+    else:
+        intensity = mt.ScaleIntensityRangePercentilesd(
+            "image", lower=cfg.mr_percentiles[0], upper=cfg.mr_percentiles[1], b_min=0.0, b_max=1.0, clip=True
+        )
+    chain: list[Any] = [
+        mt.LoadImaged(keys, image_only=True),
+        mt.EnsureChannelFirstd(keys),
+        CheckVolumed(keys),
+        mt.Orientationd(keys, axcodes=cfg.orientation, labels=None),
+        mt.Spacingd(keys, pixdim=cfg.spacing, mode=modes),
+        intensity,
+        mt.CropForegroundd(
+            keys,
+            "image",
+            select_fn=partial(_above, threshold=cfg.foreground_threshold),
+            margin=cfg.foreground_margin,
+            allow_smaller=True,
+        ),
+        mt.SpatialPadd(keys, spatial_size=[cfg.roi] * 3) if cfg.pad else CheckSized("image", cfg.roi),
+        mt.EnsureTyped(keys, dtype=[torch.float32 if k == "image" else torch.int64 for k in keys]),
+    ]
+    return mt.Compose(chain)
+
+
+def view_transforms(cfg: Any) -> mt.Compose:
+    """contrastive3d's random crop and two independently corrupted views (MONAI ViT SSL recipe)."""
+    steps: list[Any] = [
+        mt.RandSpatialCropd("image", roi_size=[cfg.roi] * 3, random_size=False),
+        mt.CopyItemsd("image", times=2, names=["view1", "view2"]),
+    ]
+
+    # the recipe's hole sizes are for 96^3 crops: scaled to the ROI, they hide the same share of a crop
+    def scaled(size: int) -> int:
+        return max(1, round(size * cfg.roi / 96))
+
+    for view in ("view1", "view2"):
+        steps += [
+            mt.OneOf(
+                [
+                    mt.RandCoarseDropoutd(
+                        view,
+                        prob=1.0,
+                        holes=cfg.inpaint_holes,
+                        spatial_size=scaled(cfg.inpaint_size),
+                        dropout_holes=True,
+                        max_spatial_size=scaled(cfg.inpaint_max_size),
+                    ),
+                    mt.RandCoarseDropoutd(
+                        view,
+                        prob=1.0,
+                        holes=cfg.outpaint_holes,
+                        spatial_size=scaled(cfg.outpaint_size),
+                        dropout_holes=False,
+                        max_spatial_size=scaled(cfg.outpaint_max_size),
+                    ),
+                ]
+            ),
+            mt.RandCoarseShuffled(
+                view, prob=cfg.shuffle_prob, holes=cfg.shuffle_holes, spatial_size=scaled(cfg.shuffle_size)
+            ),
+        ]
+    return mt.Compose(steps)
+
+
+def crop_around(image: torch.Tensor, centre: np.ndarray, roi: int) -> torch.Tensor:
+    """A ``roi``^3 crop of ``[C, D, H, W]`` centred on ``centre`` (voxels), zero-padded where it leaves the volume,
+    so the centre stays at the crop's centre (``SpatialCrop`` + ``BorderPad``)."""
+    start = np.round(np.asarray(centre)).astype(int) - roi // 2
+    shape = np.asarray(image.shape[1:])
+    lo, hi = np.clip(start, 0, shape), np.clip(start + roi, 0, shape)
+    crop = mt.SpatialCrop(roi_start=lo.tolist(), roi_end=hi.tolist())(image)
+    before, after = lo - start, (start + roi) - hi
+    border = [int(v) for pair in zip(before, after, strict=True) for v in pair]
+    return mt.BorderPad(spatial_border=border)(crop) if any(border) else crop
+
+
+class _ViewCrops(Dataset):
+    def __init__(self, module: MedicalDataModule) -> None:
+        self.module, self.transform = module, view_transforms(module.cfg)
+
+    def __len__(self) -> int:
+        return len(self.module.records) * self.module.cfg.samples_per_volume
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        v = index % len(self.module.records)
+        self.transform.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
+        out = self.transform({"image": self.module.volume(v)["image"]})
+        return {
+            "image": torch.as_tensor(out["image"]).float(),
+            "view1": torch.as_tensor(out["view1"]).float(),
+            "view2": torch.as_tensor(out["view2"]).float(),
+            "id": index,
+            "volume": v,
+        }
+
+
+class _PairCrops(Dataset):
+    def __init__(self, module: MedicalDataModule) -> None:
+        self.module = module
+
+    def __len__(self) -> int:
+        return len(self.module.records) * self.module.cfg.samples_per_volume
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        m, n = self.module, len(self.module.records)
+        a = index % n
+        b = (a + int(torch.randint(1, n, ()))) % n if n > 1 else a
+        points = m.foreground_points[a]
+        point_a = points[int(torch.randint(len(points), ()))]
+        point_b = corresponding_point(point_a, m.geometry[a], m.geometry[b], m.cfg.correspondence)
+        roi = m.cfg.roi
+        query = crop_around(m.volume(a)["image"], point_a, roi)
+        anchor = crop_around(m.volume(b)["image"], point_b, roi)
+        return {
+            "query": torch.as_tensor(query).float(),
+            "anchor": torch.as_tensor(anchor).float(),
+            "id": index,
+            "volume": a,
+            "partner": b,
+        }
+
+
+class _Volumes(Dataset):
+    def __init__(self, module: MedicalDataModule) -> None:
+        self.module = module
+
+    def __len__(self) -> int:
+        return len(self.module.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": torch.as_tensor(self.module.volume(index)["image"]).float(), "id": index}
+
+
+class MedicalDataModule(pl.LightningDataModule):
+    """Reads ``data`` (folder, glob, file or manifest; NIfTI or DICOM series) through MONAI and serves crops.
+
+    ``predict_dataloader`` yields whole preprocessed volumes, one per batch (sizes differ); ``embed`` pools them
+    with a sliding window.
+    """
+
+    def __init__(self, data: Path, cfg: Any, mode: str) -> None:
+        super().__init__()
+        if mode not in ("views", "pairs"):
+            raise ValueError(f"mode must be 'views' or 'pairs', got {mode!r}")
+        self.data, self.cfg, self.mode = data, cfg, mode
+        self.records: list[VolumeRecord] = []
+        self._volumes: Dataset | None = None
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._volumes is not None:
+            return
+        self.records = find_volumes(self.data)
+        has_label = all(r.label is not None for r in self.records)
+        keys = ("image", "label") if has_label else ("image",)
+        items = [{k: str(getattr(r, k)) for k in keys} for r in self.records]
+        transform = preprocessing(self.cfg, keys)
+        try:
+            if self.cfg.cache == "memory":
+                volumes: Dataset = CacheDataset(items, transform, cache_rate=1.0, progress=False)
+            elif self.cfg.cache == "disk":
+                volumes = PersistentDataset(items, transform, cache_dir=self.cfg.cache_dir or None)
+            else:
+                volumes = MonaiDataset(items, transform)
+            self._volumes = volumes
+            self._describe()
+        except Exception as exc:
+            self._volumes = None
+            raise self._diagnose(items, transform, exc) from None
+
+    def _diagnose(self, items: list[dict[str, str]], transform: mt.Compose, exc: Exception) -> Exception:
+        """The first volume that fails on its own, as a DataError naming its file (MONAI wraps errors raised in
+        worker threads as ``RuntimeError: applying transform ...``, which names no file)."""
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, DataError):
+                return cause
+            cause = cause.__cause__
+        for item in items:
+            try:
+                transform(dict(item))
+            except Exception as inner:
+                error: BaseException | None = inner
+                while error is not None and not isinstance(error, DataError):
+                    error = error.__cause__
+                if error is not None:
+                    return error
+                root = inner
+                while root.__cause__ is not None:
+                    root = root.__cause__  # type: ignore[assignment]
+                return DataError(
+                    f"{item['image']}: cannot be read as a volume ({type(root).__name__}: {root}); check that the "
+                    "file is a complete NIfTI file or DICOM series"
+                )
+        return exc
+
+    def _describe(self) -> None:
+        """Per volume: foreground points (Alice's query points), foreground box and affine (correspondence)."""
+        gen = np.random.default_rng(0)
+        self.foreground_points: list[np.ndarray] = []
+        self.geometry: list[dict[str, np.ndarray]] = []
+        for i in range(len(self.records)):
+            image = self.volume(i)["image"]
+            array = np.asarray(image[0])
+            points = np.argwhere(array > self.cfg.foreground_threshold)
+            if len(points) == 0:
+                raise DataError(
+                    f"{self.records[i].image}: no voxel above foreground_threshold {self.cfg.foreground_threshold} "
+                    "after intensity scaling; lower the threshold or check the intensity settings (ct_window)"
+                )
+            if len(points) > FOREGROUND_POINTS:
+                points = points[gen.choice(len(points), FOREGROUND_POINTS, replace=False)]
+            self.foreground_points.append(points.astype(np.int32))
+            affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
+            self.geometry.append({**foreground_box(array > self.cfg.foreground_threshold), "affine": affine})
+        log.info("%d volumes from %s", len(self.records), self.data)
+
+    def volume(self, index: int) -> dict[str, Any]:
+        """The preprocessed (cached) volume ``index``: ``{"image": [1, D, H, W]}`` and ``"label"`` if given."""
+        assert self._volumes is not None, "call setup() first"
+        return self._volumes[index]
+
+    # ---- loaders -------------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        dataset = _PairCrops(self) if self.mode == "pairs" else _ViewCrops(self)
+        return train_loader(dataset, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers, drop_last="auto")
+
+    def predict_dataloader(self) -> DataLoader:
+        return eval_loader(_Volumes(self), batch_size=1, num_workers=self.cfg.num_workers)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"files": [str(r.image) for r in self.records]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing is fitted on the training volumes (intensities are fixed windows or per-volume percentiles)."""

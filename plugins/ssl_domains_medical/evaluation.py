@@ -1,0 +1,207 @@
+"""Evaluation: label-free landmark matching across a known deformation, and few-label segmentation fine-tuning.
+
+- :func:`warp_with_coordinates` deforms a volume (and any label maps) with MONAI's ``Rand3DElastic`` (affine +
+  elastic) and returns, for every output voxel, the source voxel it was sampled from: the deformation is known
+  exactly, so correspondences are ground truth.
+- :func:`landmark_error` matches points of volume B to volume A by nearest neighbour (cosine) of the network's
+  multi-scale features (:meth:`.model.VolumeNet.dense_features`) and returns the mean distance in mm to the true
+  corresponding points; no label is needed (the protocol of SAM, Yan et al. 2022, §4.2, on synthetic pairs).
+- :func:`finetune_segmentation` fine-tunes a UNETR/SwinUNETR from given weights or from random init on a few
+  labelled volumes for a fixed step budget (``DiceCELoss``), picks the step with the best validation Dice and
+  reports test Dice there (MONAI's ``DiceMetric``, background excluded).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.transforms import Rand3DElastic, RandCropByPosNegLabeld
+
+from ssl_domains.evaluation import rankme
+
+from .model import VolumeNet
+
+WARP = {
+    "sigma_range": (5.0, 7.0), "magnitude_range": (100.0, 200.0), "rotate_range": (0.12, 0.12, 0.12),
+    "scale_range": (0.08, 0.08, 0.08), "translate_range": (3.0, 3.0, 3.0),
+}  # fmt: skip
+"""Deformation of a synthetic pair: about 7 degrees, 8 % scale, 3 voxels shift, and an elastic field whose
+non-affine part moves voxels by 0.8 voxel on average (2 at most)."""
+
+
+def warp_with_coordinates(
+    channels: np.ndarray | torch.Tensor, seed: int, **warp: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Deform ``channels`` ``[C, D, H, W]`` (image first, then any maps) with one random affine + elastic warp.
+
+    Returns ``(warped [C, D, H, W], source [3, D, H, W], valid [D, H, W])``: ``source`` holds, for each output
+    voxel, the input voxel coordinate it came from (bilinear sampling of coordinate channels warped with the
+    image), and ``valid`` marks voxels sampled from inside the input.
+    """
+    x = torch.as_tensor(np.asarray(channels), dtype=torch.float32)
+    shape = x.shape[1:]
+    grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij"))
+    stacked = torch.cat([x, grid, torch.ones(1, *shape)])
+    elastic = Rand3DElastic(prob=1.0, padding_mode="zeros", mode="bilinear", **{**WARP, **warp})
+    elastic.set_random_state(seed)
+    out = torch.as_tensor(elastic(stacked))
+    c = x.shape[0]
+    return out[:c], out[c : c + 3], out[c + 3] > 0.999
+
+
+def sample_map(field: torch.Tensor, points: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of ``field`` ``[K, D, H, W]`` at voxel coordinates ``points`` ``[N, 3]``."""
+    size = torch.tensor(field.shape[1:], dtype=torch.float32)
+    p = torch.as_tensor(points, dtype=torch.float32)
+    normalised = (2 * p / (size - 1) - 1).flip(-1)  # grid_sample wants (w, h, d) order in [-1, 1]
+    grid = normalised.view(1, -1, 1, 1, 3)
+    out = torch.nn.functional.grid_sample(field[None].float(), grid, mode="bilinear", align_corners=True)
+    return out.view(field.shape[0], -1).T.numpy()
+
+
+@torch.no_grad()
+def landmark_error(
+    net: VolumeNet,
+    image_a: torch.Tensor,
+    image_b: torch.Tensor,
+    b_to_a: Callable[[np.ndarray], np.ndarray],
+    spacing: tuple[float, float, float],
+    points: int = 100,
+    seed: int = 0,
+    threshold: float = 0.05,
+) -> dict[str, float]:
+    """Mean error (mm) of nearest-neighbour feature matches from B to A.
+
+    ``image_a``/``image_b`` ``[1, D, H, W]`` are preprocessed volumes; ``b_to_a`` maps voxel coordinates of B
+    ``[N, 3]`` to the true corresponding voxel coordinates of A (NaN where unknown). ``points`` foreground
+    voxels of B's feature grid (1/2 resolution) are matched against every foreground cell of A's grid.
+    """
+    net.eval()
+    feats = [net.over_volume(img[None].float(), "dense_features")[0] for img in (image_a, image_b)]
+    fg = [torch.nn.functional.interpolate(img[None].float(), size=f.shape[1:], mode="trilinear")[0, 0] > threshold
+          for img, f in zip((image_a, image_b), feats, strict=True)]  # fmt: skip
+    scale = [
+        np.asarray(img.shape[1:]) / np.asarray(f.shape[1:]) for img, f in zip((image_a, image_b), feats, strict=True)
+    ]
+    cells_a = torch.nonzero(fg[0])
+    cells_b = torch.nonzero(fg[1]).numpy()
+    centres_b = (cells_b + 0.5) * scale[1] - 0.5
+    truth = b_to_a(centres_b)
+    usable = np.flatnonzero(np.isfinite(truth).all(1))
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(usable, size=min(points, len(usable)), replace=False)
+    feat_a = torch.nn.functional.normalize(feats[0][:, fg[0]].T, dim=1)  # [Na, C]
+    query = feats[1][:, cells_b[chosen, 0], cells_b[chosen, 1], cells_b[chosen, 2]].T
+    best = (torch.nn.functional.normalize(query, dim=1) @ feat_a.T).argmax(1)
+    predicted = (cells_a[best].numpy() + 0.5) * scale[0] - 0.5
+    errors = np.linalg.norm((predicted - truth[chosen]) * np.asarray(spacing), axis=1)
+    return {"landmark_mm": float(errors.mean()), "landmark_median_mm": float(np.median(errors)),
+            "landmark_points": len(chosen)}  # fmt: skip
+
+
+def evaluate_landmarks(model: Any, datamodule: Any, random_twin: Callable[[], Any], pairs: int = 4) -> dict[str, float]:
+    """The plugin's label-free ``evaluate``: each of up to ``pairs`` volumes against a warped copy of itself
+    (:func:`warp_with_coordinates`, seed = its index), with the trained network and a randomly initialised twin
+    of the same architecture; plus RankMe of the whole-volume embeddings."""
+    cfg = datamodule.cfg
+    results: dict[str, list[float]] = {"landmark_mm": [], "landmark_mm_random": []}
+    torch.manual_seed(0)
+    twin = random_twin()
+    for index in range(min(pairs, len(datamodule.records))):
+        image = torch.as_tensor(datamodule.volume(index)["image"]).float()
+        warped, source, valid = warp_with_coordinates(image, seed=index)
+        source = torch.where(valid[None], source, torch.full_like(source, float("nan")))
+
+        def b_to_a(points: np.ndarray, source: torch.Tensor = source) -> np.ndarray:
+            return sample_map(source, points)
+
+        for key, network in (("landmark_mm", model.net), ("landmark_mm_random", twin.net)):
+            results[key].append(landmark_error(network, image, warped, b_to_a, cfg.spacing, seed=index)["landmark_mm"])
+    embeddings = torch.cat([model.embed({"image": b["image"]}) for b in datamodule.predict_dataloader()])
+    return {
+        **{k: float(np.mean(v)) for k, v in results.items()},
+        "rankme": float(rankme(embeddings)),
+        "volumes": float(len(datamodule.records)),
+    }
+
+
+def _predict(net: VolumeNet, image: torch.Tensor) -> torch.Tensor:
+    logits = sliding_window_inference(
+        image[None].float(), [net.roi] * 3, sw_batch_size=4, predictor=lambda x: net(x)["output"], overlap=0.25
+    )
+    return logits.argmax(1)
+
+
+@torch.no_grad()
+def dice_scores(net: VolumeNet, volumes: list[tuple[torch.Tensor, torch.Tensor]], classes: int) -> np.ndarray:
+    """Per-volume, per-class Dice ``[V, classes - 1]`` (background excluded) of ``net``'s sliding-window argmax."""
+    net.eval()
+    metric = DiceMetric(include_background=False, reduction="none")
+    for image, label in volumes:
+        pred = torch.nn.functional.one_hot(_predict(net, image), classes).permute(0, 4, 1, 2, 3)
+        truth = torch.nn.functional.one_hot(label.long(), classes).permute(0, 4, 1, 2, 3)
+        metric(pred, truth)
+    return metric.aggregate().numpy()
+
+
+def finetune_segmentation(
+    cfg: Any,
+    init: dict[str, torch.Tensor] | None,
+    train: list[tuple[torch.Tensor, torch.Tensor]],
+    val: list[tuple[torch.Tensor, torch.Tensor]],
+    test: list[tuple[torch.Tensor, torch.Tensor]],
+    classes: int,
+    steps: int = 150,
+    eval_every: int = 50,
+    seed: int = 0,
+    lr: float = 1e-4,
+    crops_per_step: int = 2,
+) -> dict[str, Any]:
+    """Fine-tune a segmentation UNETR/SwinUNETR (``cfg``'s backbone) from ``init`` (a pretrained
+    ``VolumeNet.net`` state; the 1-channel ``out`` head is left out) or from random init (``None``).
+
+    Volumes are ``(image [1, D, H, W], label [1, D, H, W])`` after the plugin's preprocessing. Each step takes
+    ``crops_per_step`` ROI crops of one training volume, centred half on foreground labels and half anywhere
+    (``RandCropByPosNegLabeld``), with ``DiceCELoss`` and AdamW (``lr``, weight decay 1e-5; the MONAI UNETR
+    tutorial's optimiser). Every ``eval_every`` steps the validation Dice is computed; the test Dice is reported
+    for the best validation checkpoint. The seed fixes the initialisation of anything not loaded and the crops.
+    """
+    torch.manual_seed(seed)
+    net = VolumeNet.from_config(cfg, out_channels=classes)
+    if init is not None:
+        missing, unexpected = net.net.load_state_dict({k: v for k, v in init.items() if not k.startswith("out.")},
+                                                      strict=False)  # fmt: skip
+        assert not unexpected and all(k.startswith("out.") for k in missing), (missing, unexpected)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    cropper = RandCropByPosNegLabeld(["image", "label"], "label", [cfg.roi] * 3, pos=1, neg=1,
+                                     num_samples=crops_per_step)  # fmt: skip
+    cropper.set_random_state(seed)
+    best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
+    history = []
+    for step in range(1, steps + 1):
+        net.train()
+        image, label = train[int(torch.randint(len(train), ()))]
+        crops = cropper({"image": image, "label": label})
+        x = torch.stack([torch.as_tensor(c["image"]) for c in crops]).float()
+        y = torch.stack([torch.as_tensor(c["label"]) for c in crops]).float()
+        loss = loss_fn(net(x)["output"], y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if step % eval_every == 0 or step == steps:
+            val_dice = float(dice_scores(net, val, classes).mean())
+            history.append({"step": step, "val_dice": val_dice, "loss": float(loss.detach())})
+            if val_dice > best[0]:
+                best = (val_dice, step, copy.deepcopy(net.state_dict()))
+    net.load_state_dict(best[2])
+    test_dice = dice_scores(net, test, classes)
+    return {"test_dice": float(test_dice.mean()), "test_dice_per_class": test_dice.mean(0).tolist(),
+            "val_dice": best[0], "step": best[1], "history": history}  # fmt: skip

@@ -1,0 +1,134 @@
+"""Finding the volumes a run reads: a folder, a glob, one file, or a manifest CSV; NIfTI files or DICOM series.
+
+Every problem is a :class:`~ssl_domains.DataError` that names the file and says what to do. Reading the voxels
+is MONAI's job (``LoadImaged`` in ``data.py``); this module only decides *which* files are volumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+from ssl_domains import DataError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# formats a user may well hand us that we do not read: say how to convert instead of skipping them silently
+UNSUPPORTED_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".mgz", ".mgh", ".hdr", ".img", ".npy", ".npz", ".h5")
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """One volume: a NIfTI file or a DICOM series folder, with an optional label map (manifest ``label``)."""
+
+    image: Path
+    label: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """The file name without its NIfTI suffix (the DICOM folder's name for a series)."""
+        name = self.image.name
+        for suffix in NIFTI_SUFFIXES[::-1]:
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_SUFFIXES)
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_dicom_file(path: Path) -> bool:
+    return path.suffix.lower() in DICOM_SUFFIXES or (path.suffix == "" and _has_dicom_magic(path))
+
+
+def _unsupported(path: Path) -> DataError:
+    return DataError(
+        f"{path}: this format is not read by the medical plugins; convert it to NIfTI (.nii.gz), for example "
+        "with SimpleITK (sitk.WriteImage(sitk.ReadImage(path), 'out.nii.gz')) or nibabel, or pass a DICOM series "
+        "folder"
+    )
+
+
+def _scan_folder(root: Path) -> list[VolumeRecord]:
+    records: list[VolumeRecord] = []
+    dicom_dirs: set[Path] = set()
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        if _is_nifti(path):
+            records.append(VolumeRecord(path))
+        elif path.name.lower().endswith(UNSUPPORTED_SUFFIXES):
+            raise _unsupported(path)
+        elif _is_dicom_file(path):
+            dicom_dirs.add(path.parent)
+    records += [VolumeRecord(folder) for folder in sorted(dicom_dirs)]
+    return sorted(records, key=lambda r: str(r.image))
+
+
+def _read_manifest(path: Path) -> list[VolumeRecord]:
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the manifest CSV ({exc})") from None
+    if not rows or "image" not in rows[0]:
+        raise DataError(f"{path}: a manifest needs a header with an 'image' column (and optionally 'label')")
+    records = []
+    for line, row in enumerate(rows, start=2):
+        image = (row.get("image") or "").strip()
+        if not image:
+            raise DataError(f"{path}, line {line}: empty 'image' entry")
+        label = (row.get("label") or "").strip()
+        image_path = (path.parent / image).resolve()
+        label_path = (path.parent / label).resolve() if label else None
+        for p in (image_path, label_path):
+            if p is not None and not p.exists():
+                raise DataError(f"{path}, line {line}: {p} does not exist (paths are relative to the manifest)")
+        records.append(VolumeRecord(image_path, label_path))
+    return records
+
+
+def find_volumes(data: str | Path) -> list[VolumeRecord]:
+    """The volumes named by ``data``: a NIfTI file, a DICOM series folder, a folder searched recursively (every
+    ``.nii``/``.nii.gz`` file and every folder of DICOM slices), a glob pattern, or a manifest CSV with an
+    ``image`` column and an optional ``label`` column (paths relative to the CSV)."""
+    text = str(data)
+    if any(ch in text for ch in GLOB_CHARS) and not Path(text).exists():
+        matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
+        records = []
+        for path in matches:
+            records += _scan_folder(path) if path.is_dir() else [VolumeRecord(path)] if _is_nifti(path) else []
+        if not records:
+            raise DataError(f"the pattern {text!r} matches no NIfTI file or DICOM folder")
+        return records
+    path = Path(text)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; pass a folder, a NIfTI file, a glob or a manifest CSV")
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return _read_manifest(path)
+        if _is_nifti(path):
+            return [VolumeRecord(path)]
+        if path.name.lower().endswith(UNSUPPORTED_SUFFIXES):
+            raise _unsupported(path)
+        raise DataError(
+            f"{path}: not a NIfTI file (.nii / .nii.gz) or a manifest (.csv); pass a folder of volumes, a DICOM "
+            "series folder, or one of those"
+        )
+    records = _scan_folder(path)
+    if not records:
+        raise DataError(f"{path} holds no NIfTI file (.nii, .nii.gz) and no DICOM series")
+    return records

@@ -1,0 +1,273 @@
+"""Networks: a MONAI UNETR / SwinUNETR with access to its tokens and decoder features, and the two methods' heads.
+
+:class:`VolumeNet` holds a stock ``monai.networks.nets.UNETR`` (ViT encoder, Hatamizadeh et al., WACV 2022) or
+``SwinUNETR`` (Hatamizadeh et al. 2022; the backbone of Tang et al., CVPR 2022) as ``net``, so
+``VolumeNet.net.state_dict()`` loads into MONAI's own class for fine-tuning (``strict=False`` drops only the
+1-channel reconstruction head ``out``). Its forward re-runs MONAI's forward from the same submodules, adding two
+things pretraining needs: a learnable mask token on the patch embeddings of masked patches (Alice), and the
+intermediate maps (encoder tokens at 1/16, decoder features at 1/8 .. 1/2). The ViT blocks are switched to
+``scaled_dot_product_attention`` (MONAI's ``use_flash_attention`` path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from ssl_domains.nn import EMATeacher
+
+
+class VolumeNet(nn.Module):
+    """UNETR (``backbone="vit"``) or SwinUNETR (``"swin"``) on ``roi``^3 single-channel crops.
+
+    ``forward(x, mask=None)`` returns a dict:
+
+    - ``output`` ``[B, out_channels, r, r, r]``: the decoder's output (reconstruction, or segmentation logits);
+    - ``tokens`` ``[B, (r/16)^3, token_dim]``: encoder tokens on the 1/16 grid (ViT: final normed tokens; Swin:
+      stage-4 features), raster order over (x, y, z);
+    - ``pyramid``: decoder feature maps at 1/16, 1/8, 1/4 and 1/2 resolution (``pyramid[1]`` is the 1/8 map
+      Alice aligns with).
+
+    ``mask`` ``[B, r, r, r]`` (bool, True = hidden) replaces the patch embedding of every fully hidden patch
+    by the mask token; zeroing the hidden voxels is the caller's job (Alice does both, as its reference does).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "vit",
+        roi: int = 64,
+        feature_size: int = 8,
+        hidden_size: int = 384,
+        num_heads: int = 6,
+        out_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import UNETR, SwinUNETR
+
+        self.backbone, self.roi = backbone, roi
+        if backbone == "vit":
+            self.net = UNETR(1, out_channels, roi, feature_size=feature_size, hidden_size=hidden_size,
+                             mlp_dim=4 * hidden_size, num_heads=num_heads, proj_type="conv", norm_name="instance",
+                             res_block=True)  # fmt: skip
+            for block in self.net.vit.blocks:
+                block.attn.use_flash_attention = True
+            self.patch, self.token_dim, embedding_dim = 16, hidden_size, hidden_size
+            self.pyramid_dims = (hidden_size, 8 * feature_size, 4 * feature_size, 2 * feature_size)
+        elif backbone == "swin":
+            self.net = SwinUNETR(in_channels=1, out_channels=out_channels, feature_size=feature_size, spatial_dims=3)
+            self.patch, self.token_dim, embedding_dim = 2, 8 * feature_size, feature_size
+            self.pyramid_dims = (8 * feature_size, 4 * feature_size, 2 * feature_size, feature_size)
+        else:
+            raise ValueError(f"backbone must be 'vit' or 'swin', got {backbone!r}")
+        self.mask_token = nn.Parameter(torch.randn(embedding_dim) * 0.02)
+        self.embed_dim = self.token_dim
+        self.decoder_dim = self.pyramid_dims[1]
+
+    @classmethod
+    def from_config(cls, cfg: Any, out_channels: int = 1) -> VolumeNet:
+        """From a plugin config's backbone fields."""
+        return cls(cfg.backbone, cfg.roi, cfg.feature_size, cfg.hidden_size, cfg.num_heads, out_channels)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, Any]:
+        return self._vit(x, mask) if self.backbone == "vit" else self._swin(x, mask)
+
+    def _vit(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, Any]:
+        net = self.net
+        embed = net.vit.patch_embedding
+        tokens = embed.patch_embeddings(x).flatten(2).transpose(1, 2)
+        if mask is not None:
+            hidden = mask[:, :: self.patch, :: self.patch, :: self.patch].flatten(1)[..., None]
+            tokens = torch.where(hidden, self.mask_token.to(tokens.dtype), tokens)
+        tokens = embed.dropout(tokens + embed.position_embeddings)
+        states = []
+        for block in net.vit.blocks:
+            tokens = block(tokens)
+            states.append(tokens)
+        tokens = net.vit.norm(tokens)
+        enc1 = net.encoder1(x)
+        enc2 = net.encoder2(net.proj_feat(states[3]))
+        enc3 = net.encoder3(net.proj_feat(states[6]))
+        enc4 = net.encoder4(net.proj_feat(states[9]))
+        dec4 = net.proj_feat(tokens)
+        dec3 = net.decoder5(dec4, enc4)
+        dec2 = net.decoder4(dec3, enc3)
+        dec1 = net.decoder3(dec2, enc2)
+        output = net.out(net.decoder2(dec1, enc1))
+        return {"output": output, "tokens": tokens, "pyramid": [dec4, dec3, dec2, dec1]}
+
+    def _swin(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, Any]:
+        net, swin = self.net, self.net.swinViT
+        h = swin.patch_embed(x)
+        if mask is not None:
+            hidden = mask[:, None, :: self.patch, :: self.patch, :: self.patch]
+            h = torch.where(hidden, self.mask_token.to(h.dtype)[None, :, None, None, None], h)
+        h = swin.pos_drop(h)
+        states = [swin.proj_out(h, net.normalize)]
+        for stage in range(1, 5):
+            if swin.use_v2:
+                h = getattr(swin, f"layers{stage}c")[0](h.contiguous())
+            h = getattr(swin, f"layers{stage}")[0](h.contiguous())
+            states.append(swin.proj_out(h, net.normalize))
+        enc0 = net.encoder1(x)
+        enc1 = net.encoder2(states[0])
+        enc2 = net.encoder3(states[1])
+        enc3 = net.encoder4(states[2])
+        dec3 = net.decoder5(net.encoder10(states[4]), states[3])
+        dec2 = net.decoder4(dec3, enc3)
+        dec1 = net.decoder3(dec2, enc2)
+        dec0 = net.decoder2(dec1, enc1)
+        output = net.out(net.decoder1(dec0, enc0))
+        return {"output": output, "tokens": states[3].flatten(2).transpose(1, 2), "pyramid": [dec3, dec2, dec1, dec0]}
+
+    # ---- whole-volume read-outs (sliding window over roi^3 windows) -----------------------------------------
+    def token_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens as a map ``[B, token_dim, r/16, r/16, r/16]``."""
+        tokens = self(x)["tokens"]
+        side = self.roi // 16
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, side, side, side)
+
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-scale descriptors at 1/2 resolution ``[B, sum(pyramid_dims), r/2, r/2, r/2]``: each decoder map,
+        L2-normalised over its channels and upsampled (trilinear), so every scale weighs the same in a cosine
+        similarity (the global + local mix of self-supervised anatomical embeddings, Yan et al. 2022)."""
+        maps = self(x)["pyramid"]
+        size = maps[-1].shape[2:]
+        return torch.cat(
+            [F.interpolate(F.normalize(m.float(), dim=1), size=size, mode="trilinear", align_corners=False)
+             if m.shape[2:] != size else F.normalize(m.float(), dim=1) for m in maps], dim=1,
+        )  # fmt: skip
+
+    def over_volume(self, image: torch.Tensor, read_out: str, overlap: float = 0.25) -> torch.Tensor:
+        """``read_out`` (``"token_grid"`` or ``"dense_features"``) over a whole volume ``[B, 1, D, H, W]`` (each
+        side >= roi) by MONAI's sliding window; the result has the read-out's resolution."""
+        return sliding_window_inference(
+            image, roi_size=[self.roi] * 3, sw_batch_size=4, predictor=getattr(self, read_out), overlap=overlap,
+            mode="gaussian", padding_mode="constant",
+        )  # fmt: skip
+
+    def embed_volume(self, image: torch.Tensor) -> torch.Tensor:
+        """One vector per volume: encoder tokens averaged over the whole volume ``[B, token_dim]``."""
+        return self.over_volume(image, "token_grid").flatten(2).mean(-1)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, §3.1 and App.): a 3-layer MLP to a bottleneck, L2 normalisation,
+    and a weight-normalised linear layer with its norm fixed to 1 (``norm_last_layer=True``), written as cosine
+    similarity to ``out_dim`` prototypes."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, bottleneck)
+        )
+        self.prototypes = nn.Parameter(torch.randn(out_dim, bottleneck) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(x), dim=-1) @ F.normalize(self.prototypes, dim=-1).T
+
+
+class CrossAlignment(nn.Module):
+    """Alice's conditional alignment (CASA; Jiang et al. 2023, §3.3): encoder tokens query decoder tokens.
+
+    Both are first projected to ``dim`` (the reference's ``mlp3``/``mlp4``); then one cross-attention layer
+    (SDPA) and a feed-forward layer, each with a residual and post-LayerNorm, as in the reference's
+    Transformer-decoder layer without self-attention.
+    """
+
+    def __init__(self, query_dim: int, context_dim: int, dim: int, heads: int, ff_dim: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"align dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.query_in, self.context_in = nn.Linear(query_dim, dim), nn.Linear(context_dim, dim)
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``[B, N, query_dim]``, ``context`` ``[B, M, context_dim]`` -> ``[B, N, dim]``."""
+        query, ctx = self.query_in(tokens), self.context_in(context)
+        b, n, d = query.shape
+        q = self.q(query).view(b, n, self.heads, d // self.heads).transpose(1, 2)
+        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        x = self.norm1(query + self.proj(attended))
+        return self.norm2(x + self.ff(x))
+
+
+class Contrastive3DModel(nn.Module):
+    """contrastive3d: the encoder-decoder plus Swin UNETR SSL's heads on the pooled encoder tokens: a linear
+    contrastive projection (``Linear(C, 512)``) and a 4-way rotation classifier (``Linear(C, 4)``)."""
+
+    def __init__(self, net: VolumeNet, proj_dim: int = 512, rotation: bool = True) -> None:
+        super().__init__()
+        self.net, self.embed_dim = net, net.embed_dim
+        self.projector = nn.Linear(net.token_dim, proj_dim)
+        self.rotation_head = nn.Linear(net.token_dim, 4) if rotation else None
+
+    def forward(self, x: torch.Tensor) -> dict[str, Any]:
+        out = self.net(x)
+        pooled = out["tokens"].mean(1)
+        out["z"] = self.projector(pooled)
+        if self.rotation_head is not None:
+            out["rotation"] = self.rotation_head(pooled)
+        return out
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Whole-volume embedding: encoder tokens pooled over a sliding window (``[B, token_dim]``)."""
+        return self.net.embed_volume(batch["image"])
+
+
+class AliceModel(nn.Module):
+    """Alice's student (encoder-decoder, [CLS] and patch DINO heads, conditional alignment) and its EMA teacher.
+
+    The [CLS] embedding is the average-pooled encoder output (the reference's average-pooled bottleneck). The
+    teacher is an EMA copy of ``net``, ``cls_head`` and ``patch_head``; the alignment module is shared (the
+    reference applies its one CASA layer to student and teacher decoder tokens alike). DINO's centres are
+    buffers: the objective writes the batch means it saw into ``pending_*`` and :meth:`after_step` moves the
+    centres, so a loss never depends on a centre its own batch has just changed.
+    """
+
+    def __init__(
+        self,
+        net: VolumeNet,
+        out_dim: int = 512,
+        head_hidden: int = 512,
+        bottleneck: int = 256,
+        align_dim: int = 256,
+        align_heads: int = 8,
+        align_ff: int = 1024,
+        momentum: float = 0.996,
+        center_momentum: float = 0.9,
+    ) -> None:
+        super().__init__()
+        self.net, self.embed_dim = net, net.embed_dim
+        self.cls_head = DINOHead(net.token_dim, out_dim, head_hidden, bottleneck)
+        self.align = CrossAlignment(net.token_dim, net.decoder_dim, align_dim, align_heads, align_ff)
+        self.patch_head = DINOHead(align_dim, out_dim, head_hidden, bottleneck)
+        self.teacher = EMATeacher(self.student(), momentum, 1.0, "cosine")
+        self.center_momentum = center_momentum
+        for name in ("center_cls", "center_patch", "pending_cls", "pending_patch"):
+            self.register_buffer(name, torch.zeros(out_dim))
+        self.register_buffer("progress", torch.zeros(()))
+
+    def student(self) -> nn.ModuleList:
+        """The modules the teacher follows, in the teacher's order."""
+        return nn.ModuleList([self.net, self.cls_head, self.patch_head])
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        """After each optimiser step: EMA teacher update, DINO centring, and the training progress (0..1)."""
+        self.teacher.update(self.student(), progress)
+        weight = 1.0 - self.center_momentum
+        self.center_cls.lerp_(self.pending_cls, weight)
+        self.center_patch.lerp_(self.pending_patch, weight)
+        self.progress.fill_(progress)
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Whole-volume embedding from the student encoder (``[B, token_dim]``)."""
+        return self.net.embed_volume(batch["image"])

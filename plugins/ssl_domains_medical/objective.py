@@ -1,0 +1,142 @@
+"""Objectives: contrastive3d (Swin UNETR SSL losses on MONAI-recipe views) and Alice.
+
+Each is ``(model, batch) -> {"loss", **logs}``; masks, rotations and losses run batched on the batch's device with
+no host sync.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ssl_domains.nn import nt_xent
+
+from .masking import column_mask, rotate90
+
+
+class Contrastive3DObjective:
+    """``L = w_r * L1(recon, crop) + w_c * NT-Xent(z1, z2) + w_rot * CE(rotation)`` (Tang et al., CVPR 2022, Eq. 1-4).
+
+    The two views are independently corrupted copies of one crop (the MONAI ViT recipe's in/out-painting and
+    local shuffling, done by the data module). With ``rotation`` each view is also turned by its own random
+    multiple of 90 degrees and the network predicts it; the reconstruction target is the clean crop turned the
+    same way (Tang's target). Both views go through the network in one batch.
+
+    Choices against the references, on purpose:
+
+    - Tang's SSLHead reads the rotation and the contrastive vectors off two single tokens (token 0 and token 1
+      of the last stage); here both heads read the *mean* of the encoder tokens, which is what ``embed`` returns.
+    - The MONAI ViT recipe multiplies its contrastive term by the L1 term (``L1 + C * L1``) and contrasts the
+      flattened reconstructions; we follow Tang's weighted sum on projections (weights 1, temperature 0.5).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        rotation: bool = True,
+        recon_weight: float = 1.0,
+        contrast_weight: float = 1.0,
+        rotation_weight: float = 1.0,
+    ) -> None:
+        self.temperature, self.rotation = temperature, rotation
+        self.recon_weight, self.contrast_weight, self.rotation_weight = recon_weight, contrast_weight, rotation_weight
+
+    def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        crop, b = batch["image"], batch["image"].shape[0]
+        views, target = torch.cat([batch["view1"], batch["view2"]]), torch.cat([crop, crop])
+        if self.rotation:
+            turns = torch.randint(0, 4, (2 * b,), device=crop.device)
+            views, target = rotate90(views, turns), rotate90(target, turns)
+        out = model(views)
+        recon = F.l1_loss(out["output"].float(), target.float())
+        contrast = nt_xent(out["z"][:b], out["z"][b:], self.temperature)
+        loss = self.recon_weight * recon + self.contrast_weight * contrast
+        logs = {"recon_l1": recon.detach(), "nt_xent": contrast.detach()}
+        if self.rotation:
+            rotation = F.cross_entropy(out["rotation"].float(), turns)
+            loss = loss + self.rotation_weight * rotation
+            logs["rotation_ce"] = rotation.detach()
+            logs["rotation_acc"] = (out["rotation"].argmax(-1) == turns).float().mean()
+        return {"loss": loss, **logs}
+
+
+def dino_cross_entropy(
+    teacher: torch.Tensor, student: torch.Tensor, center: torch.Tensor, teacher_temp: torch.Tensor, student_temp: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DINO's loss ``-sum softmax((t - c) / tau_t) * log softmax(s / tau_s)`` (Caron et al. 2021, Eq. 1 with the
+    centring of §3.1), averaged over all leading dimensions, and the teacher distribution's mean entropy (a
+    collapse watch: it falls to 0 when one prototype wins everything, and stays at ``log K`` when uniform)."""
+    target = F.softmax((teacher.float() - center) / teacher_temp, dim=-1)
+    loss = -(target * F.log_softmax(student.float() / student_temp, dim=-1)).sum(-1).mean()
+    entropy = -(target * target.clamp_min(1e-12).log()).sum(-1).mean()
+    return loss, entropy
+
+
+def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
+
+
+class AliceObjective:
+    """Alice's loss (Jiang et al., ICCV 2023, Eq. 6): ``lambda_1 L_cls + lambda_2 L_patch + lambda_3 L_mim``.
+
+    A batch holds B pairs (query crop from volume A, anchor crop at the corresponding point of volume B). Both
+    crops of a pair go through the student with a column mask (``mask_ratio`` of the (y, z) cells hidden, as
+    zeros in the input and the mask token on their patch embeddings) and through the EMA teacher unmasked.
+
+    - ``L_cls``: the teacher's [CLS] distribution of one crop is the student's target for the *other* crop of
+      the pair, both ways (anatomical invariance across volumes); [CLS] = mean encoder token.
+    - ``L_patch``: the student's encoder tokens query, by cross-attention (:class:`.model.CrossAlignment`), the
+      student's own decoder tokens (1/8 grid) and, separately, the teacher's; the teacher-side result, through
+      the teacher's patch head, is the target for the student-side one, token by token, on the same crop.
+    - ``L_mim``: MSE between the student's reconstruction and the whole unmasked crop. As in the reference the
+      mask is not applied in the loss (the paper's text scores masked voxels only).
+
+    Teacher temperature rises linearly from ``teacher_temp_start`` to ``teacher_temp`` over the first
+    ``teacher_temp_warmup`` of training (read from the model's ``progress`` buffer, a device tensor).
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def teacher_temperature(self, progress: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        ramp = (progress / max(c.teacher_temp_warmup, 1e-8)).clamp(0.0, 1.0)
+        return c.teacher_temp_start + (c.teacher_temp - c.teacher_temp_start) * ramp
+
+    def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        crops = torch.cat([batch["query"], batch["anchor"]])
+        b = batch["query"].shape[0]
+        hidden = column_mask(2 * b, crops.shape[-1], c.mask_patch, c.mask_ratio, crops.device)
+        student = model.net(crops.masked_fill(hidden[:, None], 0.0), hidden)
+        teacher_net, teacher_cls, teacher_patch = model.teacher.module
+        with torch.no_grad():
+            teacher = teacher_net(crops)
+            cls_t = teacher_cls(teacher["tokens"].mean(1))
+            patch_t = teacher_patch(model.align(student["tokens"], teacher["pyramid"][1].flatten(2).transpose(1, 2)))
+        cls_s = model.cls_head(student["tokens"].mean(1))
+        patch_s = model.patch_head(model.align(student["tokens"], student["pyramid"][1].flatten(2).transpose(1, 2)))
+        temp = self.teacher_temperature(model.progress)
+        swapped = torch.cat([cls_t[b:], cls_t[:b]])  # query's target is the anchor's teacher output and back
+        loss_cls, entropy_cls = dino_cross_entropy(swapped, cls_s, model.center_cls, temp, c.student_temp)
+        loss_patch, entropy_patch = dino_cross_entropy(patch_t, patch_s, model.center_patch, temp, c.student_temp)
+        loss_mim = F.mse_loss(student["output"].float(), crops.float())
+        with torch.no_grad():
+            model.pending_cls.copy_(_mean_over_ranks(cls_t.float().mean(0)))
+            model.pending_patch.copy_(_mean_over_ranks(patch_t.float().mean((0, 1))))
+        loss = c.cls_weight * loss_cls + c.patch_weight * loss_patch + c.recon_weight * loss_mim
+        return {
+            "loss": loss,
+            "loss_cls": loss_cls.detach(),
+            "loss_patch": loss_patch.detach(),
+            "loss_mim": loss_mim.detach(),
+            "teacher_entropy_cls": entropy_cls.detach(),
+            "teacher_entropy_patch": entropy_patch.detach(),
+        }

@@ -1,0 +1,229 @@
+"""Alice and contrastive3d plugins: metadata and typed configs. Imports no torch (``ssl-domains list`` reads this)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from ssl_domains import ConfigError, ModalityPlugin, option
+
+
+@dataclass
+class MedicalConfig:
+    """Settings of the shared MONAI data module (``ssl_domains_medical/data.py``) and of the backbone."""
+
+    intensity: Literal["mr", "ct"] = option(
+        "mr", doc="intensity scaling to [0, 1]: 'ct' = fixed HU window (ct_window), 'mr' = per-volume percentiles"
+    )
+    ct_window: tuple[float, float] = option(
+        (-125.0, 225.0), doc="HU window for intensity: ct (Alice: -125..225; MONAI ViT recipe -57..164)"
+    )
+    mr_percentiles: tuple[float, float] = option((0.5, 99.5), doc="percentiles mapped to 0 and 1 for intensity: mr")
+    orientation: str = option("RAS", doc="Orientationd axcodes every volume is reoriented to")
+    spacing: tuple[float, float, float] = option((2.0, 2.0, 2.0), doc="voxel size in mm after Spacingd")
+    foreground_threshold: float = option(0.05, doc="CropForegroundd keeps voxels above this (after scaling)")
+    foreground_margin: int = option(2, doc="voxels kept around the foreground box")
+    roi: int = option(64, doc="crop side in voxels (a multiple of 32; SwinUNETR needs >= 64 to train)")
+    pad: bool = option(True, doc="zero-pad volumes smaller than the ROI (false: such a volume is an error)")
+    samples_per_volume: int = option(8, doc="training crops per volume per epoch")
+    cache: Literal["memory", "disk", "none"] = option(
+        "memory", doc="cache preprocessed volumes: CacheDataset (memory), PersistentDataset (disk) or none"
+    )
+    cache_dir: str = option("", doc="PersistentDataset folder for cache: disk (empty: a temporary folder)")
+    batch_size: int = option(2, doc="crops (contrastive3d) or crop pairs (Alice) per batch")
+    num_workers: int = option(0, doc="data-loading worker processes")
+    backbone: Literal["vit", "swin"] = option(
+        "vit", doc="MONAI UNETR (ViT, patch 16) or SwinUNETR (Swin transformer, patch 2) encoder-decoder"
+    )
+    feature_size: int = option(8, doc="UNETR/SwinUNETR feature_size (decoder width; Swin: a multiple of 12)")
+    hidden_size: int = option(384, doc="ViT width (UNETR default 768)")
+    num_heads: int = option(6, doc="ViT attention heads (UNETR default 12)")
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on sizes the backbones cannot take."""
+        if self.roi % 32:
+            raise ConfigError(f"roi {self.roi} must be a multiple of 32 (UNETR patches of 16, SwinUNETR's 5 stages)")
+        if self.backbone == "swin" and (self.feature_size % 12 or self.roi < 64):
+            raise ConfigError("backbone swin needs feature_size a multiple of 12 and roi >= 64 (MONAI SwinUNETR)")
+        if self.backbone == "vit" and self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.cache == "disk" and not self.cache_dir:
+            import tempfile
+
+            self.cache_dir = tempfile.mkdtemp(prefix="ssl-domains-medical-")
+
+
+@dataclass
+class Contrastive3DConfig(MedicalConfig):
+    """contrastive3d: the MONAI self-supervised recipes (ViT autoencoder views, Swin UNETR SSL losses)."""
+
+    # hole sizes are the recipe's voxels at a 96^3 crop; the data module scales them by roi / 96
+    inpaint_holes: int = option(6, doc="RandCoarseDropoutd in-painting holes (recipe: 6)")
+    inpaint_size: int = option(5, doc="in-painting hole side, minimum (recipe: 5)")
+    inpaint_max_size: int = option(32, doc="in-painting hole side, maximum (recipe: 32)")
+    outpaint_holes: int = option(6, doc="RandCoarseDropoutd out-painting kept boxes (recipe: 6)")
+    outpaint_size: int = option(20, doc="out-painting box side, minimum (recipe: 20)")
+    outpaint_max_size: int = option(64, doc="out-painting box side, maximum (recipe: 64)")
+    shuffle_prob: float = option(0.8, doc="RandCoarseShuffled probability (recipe: 0.8)")
+    shuffle_holes: int = option(10, doc="RandCoarseShuffled holes (recipe: 10)")
+    shuffle_size: int = option(8, doc="RandCoarseShuffled hole side (recipe: 8)")
+    proj_dim: int = option(512, doc="contrastive projection width (Swin UNETR SSL: 512)")
+    temperature: float = option(0.5, doc="NT-Xent temperature (Swin UNETR SSL: 0.5)")
+    rotation: bool = option(True, doc="predict a random 0/90/180/270 degree rotation of each view (Swin UNETR SSL)")
+    recon_weight: float = option(1.0, doc="weight of the L1 reconstruction (Swin UNETR SSL: 1)")
+    contrast_weight: float = option(1.0, doc="weight of NT-Xent (Swin UNETR SSL: 1)")
+    rotation_weight: float = option(1.0, doc="weight of the rotation cross-entropy (Swin UNETR SSL: 1)")
+
+
+@dataclass
+class AliceConfig(MedicalConfig):
+    """Alice (Jiang et al., ICCV 2023): cross-volume anatomical positives, DINO-style teacher-student, masked
+    reconstruction and conditional (cross-attention) alignment. Defaults are CPU-sized; see ``alice-paper``."""
+
+    correspondence: Literal["box", "world"] = option(
+        "box", doc="how the positive's point in another volume is found: foreground-box affine, or world coordinates"
+    )
+    mask_ratio: float = option(
+        0.75, doc="share of (y, z) cells hidden from the student as columns along x (reference: 0.75)"
+    )
+    mask_patch: int = option(16, doc="side of a mask cell in voxels (reference: 16)")
+    out_dim: int = option(512, doc="DINO head output (prototype) count (reference: 512)")
+    head_hidden: int = option(512, doc="DINO head hidden width (reference: 2048)")
+    head_bottleneck: int = option(256, doc="DINO head bottleneck (reference: 256)")
+    align_dim: int = option(256, doc="conditional-alignment width (reference: 512)")
+    align_heads: int = option(8, doc="conditional-alignment heads (reference: 8)")
+    align_ff: int = option(1024, doc="conditional-alignment feed-forward width (reference: 2048)")
+    student_temp: float = option(0.1, doc="student softmax temperature (reference: 0.1)")
+    teacher_temp: float = option(0.01, doc="teacher temperature after warm-up (reference: 0.01)")
+    teacher_temp_start: float = option(0.008, doc="teacher temperature at the start (reference: 0.008)")
+    teacher_temp_warmup: float = option(0.1, doc="share of training over which it rises (reference: 30 of 1000 epochs)")
+    center_momentum: float = option(0.9, doc="DINO centring momentum (reference: 0.9)")
+    momentum: float = option(0.996, doc="teacher EMA momentum at the start, raised to 1 on a cosine (reference)")
+    cls_weight: float = option(1.0, doc="lambda_1, cross-volume [CLS] loss (reference: 1)")
+    patch_weight: float = option(1.0, doc="lambda_2, aligned patch loss (reference: 1)")
+    recon_weight: float = option(10.0, doc="lambda_3, masked-image reconstruction MSE (reference: 10)")
+
+    def validate(self) -> None:
+        super().validate()
+        patch = 16 if self.backbone == "vit" else 2
+        if self.mask_patch % patch or self.roi % self.mask_patch:
+            raise ConfigError(
+                f"mask_patch {self.mask_patch} must be a multiple of the {self.backbone} patch ({patch}) and divide "
+                f"roi {self.roi}"
+            )
+
+
+_FORMATS = (
+    "NIfTI volumes (.nii, .nii.gz) or DICOM series folders: one path, a folder (searched recursively) or a glob",
+    "a manifest CSV with an 'image' column (and optionally 'label'), paths relative to the CSV",
+    "CT (intensity: ct, HU window) or MR (intensity: mr, percentiles); reoriented to RAS and resampled (Spacingd)",
+)
+
+
+class _MedicalPlugin(ModalityPlugin):
+    extra = "medical"
+    requires = ("monai", "nibabel", "einops")
+    data_formats = _FORMATS
+    shared_presets = True  # alice and contrastive3d share configs/
+    mode: ClassVar[str]  # the data module's crops: "views" (contrastive3d) or "pairs" (Alice)
+
+    def datamodule(self, cfg: Any, data: Path) -> Any:
+        from .data import MedicalDataModule
+
+        cfg.validate()
+        return MedicalDataModule(Path(data), cfg, mode=self.mode)
+
+    def make_example_data(self, root: Path) -> Path:
+        from .synthetic import write_example_volumes
+
+        return write_example_volumes(Path(root))
+
+    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+        from .figures import plot_reconstruction
+
+        return plot_reconstruction(model, datamodule, self.mode, out_dir)
+
+    def evaluate(self, model: Any, datamodule: Any, cfg: Any) -> dict[str, float] | None:
+        from .evaluation import evaluate_landmarks
+
+        return evaluate_landmarks(model, datamodule, lambda: self.model(cfg, datamodule))
+
+
+class Contrastive3DPlugin(_MedicalPlugin):
+    """contrastive3d: two corrupted views of a crop, L1 reconstruction + NT-Xent (+ rotation prediction)."""
+
+    name = "contrastive3d"
+    mode = "views"
+    description = "3D contrastive + reconstruction pretraining (MONAI recipes): in/out-painting views, NT-Xent, L1"
+    paper = (
+        "Tang, Yang, Nath, Tang, Myronenko, Landman, Hatamizadeh, Xu. Self-Supervised Pre-Training of Swin "
+        "Transformers for 3D Medical Image Analysis. CVPR 2022. https://arxiv.org/abs/2111.14791 ; MONAI tutorials, "
+        "self_supervised_pretraining/vit_unetr_ssl"
+    )
+    batch_keys = {"image": "float32", "view1": "float32", "view2": "float32", "id": "int64", "volume": "int64"}
+    run_defaults = {
+        "optim": {"name": "adamw", "lr": 4e-4, "weight_decay": 0.1, "warmup_steps": 0.05, "gradient_clip_val": 1.0},
+        "trainer": {"max_epochs": 100},
+    }
+    test_overrides = {
+        "contrastive3d": {"roi": 32, "hidden_size": 48, "num_heads": 2, "feature_size": 4, "proj_dim": 16,
+                          "samples_per_volume": 2, "batch_size": 2}
+    }  # fmt: skip
+
+    def default_config(self) -> Contrastive3DConfig:
+        return Contrastive3DConfig()
+
+    def model(self, cfg: Contrastive3DConfig, datamodule: Any) -> Any:
+        from .model import Contrastive3DModel, VolumeNet
+
+        return Contrastive3DModel(VolumeNet.from_config(cfg), cfg.proj_dim, cfg.rotation)
+
+    def objective(self, cfg: Contrastive3DConfig) -> Any:
+        from .objective import Contrastive3DObjective
+
+        return Contrastive3DObjective(
+            cfg.temperature, cfg.rotation, cfg.recon_weight, cfg.contrast_weight, cfg.rotation_weight
+        )
+
+
+class AlicePlugin(_MedicalPlugin):
+    """Alice: anatomically corresponding crops of different volumes, DINO teacher-student, MIM, alignment."""
+
+    name = "alice"
+    mode = "pairs"
+    description = "Alice: cross-volume anatomical positives, EMA teacher (DINO), masked reconstruction, CASA alignment"
+    paper = (
+        "Jiang, Miao, Cai, Yan, Lu, Yang, Zhang, Ding, Wang, Ji, Qiao, Jiang, Zhang, Zhou. Anatomical Invariance "
+        "Modeling and Semantic Alignment for Self-supervised Learning in 3D Medical Image Analysis. ICCV 2023. "
+        "https://arxiv.org/abs/2302.05615"
+    )
+    batch_keys = {"query": "float32", "anchor": "float32", "id": "int64", "volume": "int64", "partner": "int64"}
+    run_defaults = {
+        "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04, "warmup_steps": 0.05, "gradient_clip_val": 3.0},
+        "trainer": {"max_epochs": 100},
+    }
+    test_overrides = {
+        "alice": {"roi": 32, "hidden_size": 48, "num_heads": 2, "feature_size": 4, "out_dim": 32, "head_hidden": 32,
+                  "head_bottleneck": 16, "align_dim": 32, "align_heads": 2, "align_ff": 64, "samples_per_volume": 2,
+                  "batch_size": 2}
+    }  # fmt: skip
+
+    def default_config(self) -> AliceConfig:
+        return AliceConfig()
+
+    def model(self, cfg: AliceConfig, datamodule: Any) -> Any:
+        from .model import AliceModel, VolumeNet
+
+        return AliceModel(
+            VolumeNet.from_config(cfg), cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck, cfg.align_dim,
+            cfg.align_heads, cfg.align_ff, cfg.momentum, cfg.center_momentum,
+        )  # fmt: skip
+
+    def objective(self, cfg: AliceConfig) -> Any:
+        from .objective import AliceObjective
+
+        return AliceObjective(cfg)
+
+    def on_train_batch_end(self, model: Any, batch: dict[str, Any], progress: float) -> None:
+        model.after_step(progress)
