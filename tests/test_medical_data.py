@@ -1,0 +1,212 @@
+"""3-D medical data: inputs (folder, glob, manifest, DICOM), MONAI preprocessing, crops, correspondence, bad input."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from ssl_domains import ConfigError, DataError
+from ssl_domains_medical.correspondence import corresponding_point, foreground_box
+from ssl_domains_medical.data import MedicalDataModule, crop_around, preprocessing
+from ssl_domains_medical.formats import find_volumes
+from ssl_domains_medical.plugin import AliceConfig, Contrastive3DConfig
+from ssl_domains_medical.synthetic import phantom, write_dicom_series, write_nifti
+
+SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "medical3d"
+
+
+def _cfg(cls=Contrastive3DConfig, **kw):
+    base = {"roi": 32, "spacing": (2.0, 2.0, 2.0), "samples_per_volume": 2, "batch_size": 2}
+    cfg = cls(**{**base, **kw})
+    cfg.validate()
+    return cfg
+
+
+def _volumes(root: Path, count: int = 3, shape=(40, 44, 36)) -> Path:
+    for i in range(count):
+        write_nifti(root / f"v{i}.nii.gz", phantom(shape, seed=i)[0], spacing=(1.5, 1.5, 1.5))
+    return root
+
+
+def test_inputs_folder_glob_file_manifest_and_dicom_series(tmp_path):
+    _volumes(tmp_path / "data" / "nested", 2)
+    write_dicom_series(tmp_path / "data" / "series", phantom((20, 24, 16), 0)[0])
+    (tmp_path / "data" / "notes.txt").write_text("ignored")
+    records = find_volumes(tmp_path / "data")
+    assert [r.image.name for r in records] == ["v0.nii.gz", "v1.nii.gz", "series"]
+    assert [r.name for r in records] == ["v0", "v1", "series"]
+    assert len(find_volumes(f"{tmp_path}/data/nested/*.nii.gz")) == 2
+    assert len(find_volumes(tmp_path / "data" / "nested" / "v1.nii.gz")) == 1
+    write_nifti(tmp_path / "seg.nii.gz", np.zeros((40, 44, 36), np.uint8))
+    (tmp_path / "m.csv").write_text("image,label\ndata/nested/v0.nii.gz,seg.nii.gz\n")
+    (record,) = find_volumes(tmp_path / "m.csv")
+    assert record.image == (tmp_path / "data/nested/v0.nii.gz").resolve() and record.label.name == "seg.nii.gz"
+
+
+def test_shipped_volumes_and_manifest():
+    records = find_volumes(SHIPPED / "images")
+    assert {r.name for r in records} == {"mni152_t1_2mm", "sct_t1w", "totalseg_ct_sm"}
+    (labelled,) = find_volumes(SHIPPED / "manifest.csv")
+    assert labelled.label.name == "mni152_tissue_2mm.nii.gz"
+    label = np.asarray(nib.load(labelled.label).dataobj)
+    assert set(np.unique(label)) == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: (d / "a.mha").write_bytes(b"x"), "convert it to NIfTI"),
+        (lambda d: (d / "m.csv").write_text("path\nx.nii.gz\n"), "'image' column"),
+        (lambda d: (d / "m.csv").write_text("image\nmissing.nii.gz\n"), "does not exist"),
+        (lambda d: None, "holds no NIfTI"),
+    ],
+)
+def test_inputs_that_are_not_volumes_are_named(tmp_path, make, message):
+    make(tmp_path)
+    target = tmp_path / "m.csv" if (tmp_path / "m.csv").exists() else tmp_path
+    with pytest.raises(DataError, match=message):
+        find_volumes(target)
+
+
+def _prepared(cfg, path: Path) -> torch.Tensor:
+    return preprocessing(cfg, ("image",))({"image": str(path)})["image"]
+
+
+def test_reorientation_and_dicom_series_give_the_same_ras_volume(tmp_path):
+    image, _ = phantom((20, 24, 16), 0)
+    image = np.round(image)
+    write_nifti(tmp_path / "ras.nii.gz", image, spacing=(1.5, 1.5, 1.5))
+    las = np.diag([-1.5, 1.5, 1.5, 1.0])  # the same voxels stored with x running right-to-left
+    las[0, 3] = 19 * 1.5
+    nib.save(nib.Nifti1Image(image[::-1].copy(), las), str(tmp_path / "las.nii.gz"))
+    cfg = _cfg(spacing=(1.5, 1.5, 1.5), foreground_threshold=-1.0)
+    ras = _prepared(cfg, tmp_path / "ras.nii.gz")
+    assert torch.allclose(ras, _prepared(cfg, tmp_path / "las.nii.gz"), atol=1e-5)
+    # a DICOM series lives in LPS: read back in RAS it is the volume flipped in x and y
+    write_dicom_series(tmp_path / "series", image, spacing=(1.5, 1.5, 1.5))
+    flipped = write_nifti(tmp_path / "flipped.nii.gz", image[::-1, ::-1].copy(), (1.5, 1.5, 1.5))
+    assert torch.allclose(_prepared(cfg, tmp_path / "series"), _prepared(cfg, flipped), atol=1e-4)
+
+
+def test_spacing_intensity_foreground_crop_and_padding(tmp_path):
+    image, _ = phantom((40, 44, 36), 0)
+    path = write_nifti(tmp_path / "v.nii.gz", image, spacing=(1.5, 1.5, 1.5))
+    volume = _prepared(_cfg(roi=32), path)
+    assert np.allclose(volume.pixdim, 2.0)
+    # 60 x 66 x 54 mm at 2 mm is 30 x 33 x 27 voxels; the phantom's foreground box (+2 margin) is smaller than
+    # that on every side and is zero-padded to the 32^3 ROI
+    assert tuple(volume.shape[1:]) == (32, 32, 32) and volume.min() >= 0 and volume.max() <= 1
+    hu = np.full((40, 40, 40), -1000.0, np.float32)  # air around a 40 HU body with a -200..300 HU ramp inside
+    hu[5:35, 5:35, 5:35] = 40.0
+    hu[10:30, 10:30, 10:30] = np.linspace(-200, 300, 20)[None, None, :]
+    ct = _prepared(_cfg(intensity="ct", ct_window=(-125.0, 225.0), spacing=(1.0, 1.0, 1.0)),
+                   write_nifti(tmp_path / "ct.nii.gz", hu))  # fmt: skip
+    assert tuple(ct.shape[1:]) == (34, 34, 34)  # the body (30^3) and a 2-voxel margin; the air is cropped
+    ramp = ct[0, 20, 20, 7:27]  # body starts at 3 (margin 2): the ramp at 8..27
+    assert float(ramp[1]) == 0.0 and float(ramp[-1]) == 1.0  # -200 and 300 HU are clipped to the window
+    assert float(ct[0, 20, 20, 2 + 3]) == pytest.approx((40 + 125) / 350, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda p: write_nifti(p, np.ones((30, 30), np.float32)), "2-D image"),
+        (lambda p: write_nifti(p, np.ones((30, 30, 1), np.float32)), "2-D image"),
+        (lambda p: write_nifti(p, np.random.rand(20, 20, 20, 3).astype(np.float32)), "holds 3 volumes"),
+        (lambda p: p.write_bytes(gzip.compress(b"not a nifti header at all" * 20)), "cannot be read as a volume"),
+        (lambda p: write_nifti(p, np.where(np.arange(8000).reshape(20, 20, 20) == 5, np.nan, 1.0)), "NaN or inf"),
+        (lambda p: write_nifti(p, np.zeros((20, 20, 20), np.float32)), "same value"),
+    ],
+)
+def test_bad_volumes_raise_one_error_naming_the_file(tmp_path, write, message):
+    _volumes(tmp_path, 2)
+    write(tmp_path / "bad.nii.gz")
+    dm = MedicalDataModule(tmp_path, _cfg(), mode="views")
+    with pytest.raises(DataError, match=message) as info:
+        dm.setup("fit")
+    assert "bad.nii.gz" in str(info.value)
+
+
+def test_volume_smaller_than_the_roi_is_an_error_only_without_padding(tmp_path):
+    write_nifti(tmp_path / "small.nii.gz", phantom((40, 44, 36), 0)[0], spacing=(1.5, 1.5, 1.5))
+    with pytest.raises(DataError, match=r"small\.nii\.gz.*smaller than the ROI 32.*pad: true"):
+        MedicalDataModule(tmp_path, _cfg(pad=False), mode="views").setup("fit")
+    dm = MedicalDataModule(tmp_path, _cfg(pad=True), mode="views")
+    dm.setup("fit")
+    assert min(dm.volume(0)["image"].shape[1:]) == 32
+
+
+def test_config_rejects_sizes_the_backbones_cannot_take():
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        Contrastive3DConfig(roi=48).validate()
+    with pytest.raises(ConfigError, match="swin"):
+        Contrastive3DConfig(backbone="swin", feature_size=8).validate()
+    with pytest.raises(ConfigError, match="mask_patch"):
+        AliceConfig(mask_patch=8).validate()  # ViT patches are 16 voxels
+
+
+def test_view_batches_are_a_clean_crop_and_two_corrupted_copies(tmp_path):
+    dm = MedicalDataModule(_volumes(tmp_path, 3), _cfg(), mode="views")
+    dm.setup("fit")
+    torch.manual_seed(0)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == batch["view1"].shape == (2, 1, 32, 32, 32)
+    assert batch["volume"].tolist() == [i % 3 for i in batch["id"].tolist()]
+    changed = [(batch[v] != batch["image"]).float().mean().item() for v in ("view1", "view2")]
+    assert sum(changed) > 0.0 and max(changed) < 0.9, f"views are partly corrupted copies of the crop: {changed}"
+    assert not torch.equal(batch["view1"], batch["view2"])
+    torch.manual_seed(0)
+    again = next(iter(dm.train_dataloader()))
+    assert all(torch.equal(batch[k], again[k]) for k in batch), "crops and corruption follow torch's seed"
+
+
+def test_disk_and_no_cache_give_the_cached_volumes(tmp_path):
+    data = _volumes(tmp_path / "data", 2)
+    volumes = {}
+    for cache in ("memory", "disk", "none"):
+        dm = MedicalDataModule(
+            data, _cfg(cache=cache, cache_dir=str(tmp_path / "cache") if cache == "disk" else ""), "views"
+        )
+        dm.setup("fit")
+        volumes[cache] = [dm.volume(i)["image"] for i in range(2)]
+    assert any((tmp_path / "cache").iterdir())
+    for cache in ("disk", "none"):
+        assert all(torch.equal(a, b) for a, b in zip(volumes["memory"], volumes[cache], strict=True))
+
+
+def test_box_and_world_correspondence():
+    a = {"lo": np.array([10.0, 20.0, 0.0]), "hi": np.array([49.0, 59.0, 19.0]), "shape": np.array([60.0, 80.0, 20.0]),
+         "affine": np.diag([2.0, 2.0, 2.0, 1.0])}  # fmt: skip
+    b = {"lo": np.array([0.0, 0.0, 0.0]), "hi": np.array([79.0, 39.0, 39.0]), "shape": np.array([80.0, 40.0, 40.0]),
+         "affine": np.array([[1.0, 0, 0, -10], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])}  # fmt: skip
+    # the boxes' corners and centres map onto each other (per-axis scale 2, 1, 2)
+    assert np.allclose(corresponding_point(np.array([10.0, 20.0, 0.0]), a, b), [0.5, 0.0, 0.5])
+    assert np.allclose(corresponding_point(np.array([29.5, 39.5, 9.5]), a, b), [39.5, 19.5, 19.5])
+    # world: voxel (10, 5, 3) of A is (20, 10, 6) mm, voxel (30, 10, 6) of B
+    assert np.allclose(corresponding_point(np.array([10.0, 5.0, 3.0]), a, b, "world"), [30.0, 10.0, 6.0])
+    box = foreground_box(np.pad(np.ones((3, 4, 5), bool), 2))
+    assert box["lo"].tolist() == [2, 2, 2] and box["hi"].tolist() == [4, 5, 6]
+
+
+def test_crop_around_keeps_the_point_at_the_centre_at_the_border():
+    volume = torch.arange(20**3, dtype=torch.float32).reshape(1, 20, 20, 20)
+    crop = crop_around(volume, np.array([1, 10, 18]), 8)
+    assert crop.shape == (1, 8, 8, 8)
+    assert float(crop[0, 4, 4, 4]) == float(volume[0, 1, 10, 18])
+    assert float(crop[0, 0, 4, 4]) == 0.0  # padded outside the volume
+
+
+def test_pairs_are_crops_of_two_volumes_at_corresponding_points(tmp_path):
+    dm = MedicalDataModule(_volumes(tmp_path, 3), _cfg(AliceConfig), mode="pairs")
+    dm.setup("fit")
+    torch.manual_seed(0)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["query"].shape == batch["anchor"].shape == (2, 1, 32, 32, 32)
+    assert (batch["volume"] != batch["partner"]).all(), "Alice's positives come from different volumes"
+    # the crops are centred on foreground: the centre voxel of each is inside the phantom
+    assert (batch["query"][:, 0, 16, 16, 16] > dm.cfg.foreground_threshold).all()

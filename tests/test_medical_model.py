@@ -1,0 +1,221 @@
+"""3-D medical models and objectives: MONAI equivalence, masks, rotations, losses on known inputs, EMA/centring,
+bf16, evaluation mechanics, and CLI round trips for alice and contrastive3d."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import UNETR, SwinUNETR
+
+from ssl_domains.nn import nt_xent
+from ssl_domains_medical.evaluation import landmark_error, sample_map, warp_with_coordinates
+from ssl_domains_medical.masking import column_mask, rotate90
+from ssl_domains_medical.model import AliceModel, Contrastive3DModel, VolumeNet
+from ssl_domains_medical.objective import AliceObjective, Contrastive3DObjective, dino_cross_entropy
+from ssl_domains_medical.plugin import AliceConfig
+from ssl_domains_medical.synthetic import phantom, write_example_volumes
+
+from .conftest import run_cli
+
+SMALL = {"backbone": "vit", "roi": 32, "feature_size": 4, "hidden_size": 48, "num_heads": 2}
+
+
+def _net(**kw) -> VolumeNet:
+    torch.manual_seed(0)
+    return VolumeNet(**{**SMALL, **kw})
+
+
+def test_vit_forward_is_monai_unetr_and_its_weights_load_into_monai():
+    net = _net()
+    x = torch.rand(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x)["output"], net.net(x), atol=1e-5), "re-run forward == MONAI's forward"
+    seg = UNETR(1, 3, 32, feature_size=4, hidden_size=48, mlp_dim=192, num_heads=2)
+    result = seg.load_state_dict({k: v for k, v in net.net.state_dict().items() if not k.startswith("out.")},
+                                 strict=False)  # fmt: skip
+    assert not result.unexpected_keys and set(result.missing_keys) == {"out.conv.conv.weight", "out.conv.conv.bias"}
+    out = net(x)
+    assert out["tokens"].shape == (2, 8, 48) and [m.shape[-1] for m in out["pyramid"]] == [2, 4, 8, 16]
+
+
+def test_swin_forward_is_monai_swinunetr():
+    torch.manual_seed(0)
+    net = VolumeNet("swin", roi=64, feature_size=12)
+    x = torch.rand(1, 1, 64, 64, 64)
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+        assert torch.allclose(out["output"], net.net(x), atol=1e-5)
+    assert isinstance(net.net, SwinUNETR) and out["tokens"].shape == (1, 64, 96)
+    assert [m.shape[1] for m in out["pyramid"]] == list(net.pyramid_dims)
+
+
+def test_mask_token_replaces_hidden_patch_embeddings():
+    net = _net().eval()
+    x = torch.rand(1, 1, 32, 32, 32)
+    hidden = column_mask(1, 32, 16, 0.5, x.device)
+    other = torch.where(hidden[:, None], torch.rand_like(x), x)  # different content under the mask only
+    with torch.no_grad():
+        assert torch.allclose(net(x, hidden)["tokens"], net(other, hidden)["tokens"], atol=1e-6)
+        assert not torch.allclose(net(x)["tokens"], net(other)["tokens"], atol=1e-6)
+
+
+def test_column_mask_hides_exact_columns_along_x():
+    mask = column_mask(6, 64, 16, 0.75, torch.device("cpu"))
+    assert mask.shape == (6, 64, 64, 64)
+    assert torch.equal(mask, mask[:, :1].expand_as(mask)), "columns run through the whole first axis"
+    cells = mask[:, 0, ::16, ::16].flatten(1)
+    assert cells.sum(1).tolist() == [12] * 6  # round(0.75 * 16) of the 4 x 4 (y, z) cells
+    assert mask.float().mean().item() == pytest.approx(0.75)
+    assert len({tuple(c.tolist()) for c in cells}) > 1, "every crop draws its own mask"
+
+
+def test_rotate90_turns_each_crop_by_its_own_angle():
+    x = torch.rand(4, 1, 8, 8, 8)
+    turns = torch.tensor([0, 1, 2, 3])
+    out = rotate90(x, turns)
+    for i, k in enumerate(turns.tolist()):
+        assert torch.equal(out[i], torch.rot90(x[i], k, dims=(-2, -1)))
+    assert torch.equal(rotate90(out, (4 - turns) % 4), x)
+
+
+def test_nt_xent_known_values():
+    eye = torch.eye(4)
+    # each pair aligned and orthogonal to the rest: the loss goes to 0 as the temperature falls
+    assert nt_xent(eye, eye, 0.01).item() < 1e-6
+    same = torch.ones(4, 8)  # everything identical: a uniform choice among the 2N - 1 others
+    assert nt_xent(same, same, 0.5).item() == pytest.approx(math.log(7), rel=1e-5)
+
+
+def test_dino_cross_entropy_known_values():
+    logits = torch.randn(3, 5, 16)
+    zero = torch.zeros(16)
+    uniform_teacher = torch.zeros(3, 5, 16)
+    loss, entropy = dino_cross_entropy(uniform_teacher, torch.zeros(3, 5, 16), zero, torch.tensor(0.04), 0.1)
+    assert loss.item() == pytest.approx(math.log(16)) and entropy.item() == pytest.approx(math.log(16))
+    loss, entropy = dino_cross_entropy(logits, logits, zero, torch.tensor(0.1), 0.1)
+    assert loss.item() == pytest.approx(entropy.item(), rel=1e-5)  # H(p, p) = H(p)
+    shifted, _ = dino_cross_entropy(logits + 5.0, logits, logits.new_full((16,), 5.0), torch.tensor(0.1), 0.1)
+    assert shifted.item() == pytest.approx(loss.item(), rel=1e-5)  # centring removes a constant offset
+
+
+def _alice(**cfg):
+    config = AliceConfig(**{**SMALL, "out_dim": 32, "head_hidden": 32, "head_bottleneck": 16, "align_dim": 32,
+                            "align_heads": 2, "align_ff": 64, **cfg})  # fmt: skip
+    torch.manual_seed(0)
+    model = AliceModel(VolumeNet.from_config(config), 32, 32, 16, 32, 2, 64, config.momentum, config.center_momentum)
+    return model, AliceObjective(config), config
+
+
+def test_alice_teacher_temperature_centres_and_ema():
+    model, objective, _ = _alice(teacher_temp_start=0.008, teacher_temp=0.01, teacher_temp_warmup=0.5)
+    temps = [objective.teacher_temperature(torch.tensor(p)).item() for p in (0.0, 0.25, 0.5, 1.0)]
+    assert temps == pytest.approx([0.008, 0.009, 0.01, 0.01])
+    batch = {"query": torch.rand(2, 1, 32, 32, 32), "anchor": torch.rand(2, 1, 32, 32, 32)}
+    out = objective(model, batch)
+    assert set(out) >= {"loss_cls", "loss_patch", "loss_mim", "teacher_entropy_cls"}
+    expected = out["loss_cls"] + out["loss_patch"] + 10 * out["loss_mim"]
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    out["loss"].backward()
+    pending = model.pending_cls.clone()
+    assert model.center_cls.abs().sum() == 0 and pending.abs().sum() > 0
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(1.0)
+    teacher_before = next(model.teacher.module[0].parameters()).clone()
+    model.after_step(0.0)
+    assert torch.allclose(model.center_cls, 0.1 * pending), "centre <- 0.9 centre + 0.1 batch mean"
+    moved = next(model.teacher.module[0].parameters()) - teacher_before
+    assert torch.allclose(moved, torch.full_like(moved, 0.004), atol=1e-5), "teacher <- 0.996 teacher + 0.004 student"
+    assert model.progress.item() == 0.0
+
+
+def test_alice_cls_target_is_the_other_crop_of_the_pair():
+    model, objective, _ = _alice(cls_weight=1.0, patch_weight=0.0, recon_weight=0.0)
+    crops = torch.rand(2, 1, 32, 32, 32)
+    same = {"query": crops, "anchor": crops}
+    swapped = {"query": crops, "anchor": crops.flip(0)}
+    torch.manual_seed(1)
+    a = objective(model, same)["loss_cls"]
+    torch.manual_seed(1)
+    b = objective(model, swapped)["loss_cls"]
+    assert not torch.allclose(a, b), "pairing the query with another anchor changes the [CLS] target"
+
+
+def test_contrastive_objective_logs_and_rotation_targets():
+    torch.manual_seed(0)
+    model = Contrastive3DModel(_net(), proj_dim=16, rotation=True)
+    objective = Contrastive3DObjective()
+    crop = torch.rand(2, 1, 32, 32, 32)
+    out = objective(model, {"image": crop, "view1": crop.clone(), "view2": crop.clone()})
+    assert out["loss"].item() == pytest.approx((out["recon_l1"] + out["nt_xent"] + out["rotation_ce"]).item(), rel=1e-5)
+    assert 0.0 <= out["rotation_acc"].item() <= 1.0
+    no_rotation = Contrastive3DObjective(rotation=False)(Contrastive3DModel(_net(), 16, rotation=False),
+                                                        {"image": crop, "view1": crop, "view2": crop})  # fmt: skip
+    assert "rotation_ce" not in no_rotation
+
+
+def test_objectives_run_under_bf16_autocast():
+    model, objective, _ = _alice()
+    batch = {"query": torch.rand(2, 1, 32, 32, 32), "anchor": torch.rand(2, 1, 32, 32, 32)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        alice = objective(model, batch)["loss"]
+        crop = batch["query"]
+        contrast = Contrastive3DObjective()(Contrastive3DModel(_net(), 16), {"image": crop, "view1": crop,
+                                                                             "view2": crop})["loss"]  # fmt: skip
+    assert torch.isfinite(alice) and torch.isfinite(contrast)
+    alice.backward()
+
+
+def test_known_warp_returns_true_source_coordinates():
+    image = torch.as_tensor(phantom((24, 24, 24), 0)[0])[None]
+    shift_only = {"sigma_range": (1.0, 1.0), "magnitude_range": (0.0, 0.0), "rotate_range": 0, "scale_range": 0,
+                  "translate_range": (3.0, 3.0, 3.0)}  # fmt: skip
+    shifted, source, valid = warp_with_coordinates(image, 0, **shift_only)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(24.0)] * 3, indexing="ij"))
+    offset = (source - grid)[:, valid]
+    assert torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-3), "a pure shift moves every voxel alike"
+    assert offset[:, 0].abs().max() <= 3.0 + 1e-4
+    p = np.array([[12.0, 12.0, 12.0]])
+    assert np.allclose(sample_map(source, p)[0], source[:, 12, 12, 12].numpy(), atol=1e-4)
+    # the image was sampled where ``source`` says
+    q = source[:, 12, 12, 12].numpy()[None]
+    assert sample_map(image, q)[0, 0] == pytest.approx(float(shifted[0, 12, 12, 12]), abs=1e-2)
+
+
+def test_landmark_error_is_zero_for_a_volume_against_itself():
+    image = torch.as_tensor(phantom((48, 48, 48), 1)[0] / 1000.0)[None].float()
+    result = landmark_error(_net(), image, image, lambda p: p, (2.0, 2.0, 2.0), points=30)
+    assert result["landmark_mm"] == 0.0 and result["landmark_points"] == 30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plugin", ["contrastive3d", "alice"])
+def test_cli_train_evaluate_embed_round_trip(tmp_path: Path, plugin: str):
+    data = write_example_volumes(tmp_path / "data", count=3)
+    small = {"roi": 32, "hidden_size": 48, "num_heads": 2, "feature_size": 4, "samples_per_volume": 2}
+    if plugin == "alice":
+        small.update({"out_dim": 32, "head_hidden": 32, "head_bottleneck": 16, "align_dim": 32, "align_heads": 2,
+                      "align_ff": 64})  # fmt: skip
+    sets = [a for k, v in small.items() for a in ("--set", f"{plugin}.{k}={v}")]
+    run = tmp_path / "run"
+    result = run_cli("train", "--plugin", plugin, "--data", str(data), "--output", str(run), "--set",
+                     "trainer.max_epochs=2", *sets)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run / "figures" / "reconstruction.png").is_file()
+    result = run_cli("evaluate", "--run", str(run), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["landmark_mm"] >= 0 and metrics["landmark_mm_random"] >= 0 and metrics["volumes"] == 3
+    out = tmp_path / "emb.parquet"
+    result = run_cli("embed", "--run", str(run), "--data", str(data), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    assert table.num_rows == 3 and len(table.column("embedding")[0]) == 48
