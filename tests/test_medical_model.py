@@ -13,7 +13,7 @@ import torch
 from monai.networks.nets import UNETR, SwinUNETR
 
 from ssl_domains.nn import nt_xent
-from ssl_domains_medical.evaluation import landmark_error, sample_map, warp_with_coordinates
+from ssl_domains_medical.evaluation import dense_landmark_error, landmark_error, sample_map, warp_with_coordinates
 from ssl_domains_medical.masking import column_mask, rotate90
 from ssl_domains_medical.model import AliceModel, Contrastive3DModel, VolumeNet
 from ssl_domains_medical.objective import AliceObjective, Contrastive3DObjective, dino_cross_entropy
@@ -108,15 +108,20 @@ def _alice(**cfg):
     config = AliceConfig(**{**SMALL, "out_dim": 32, "head_hidden": 32, "head_bottleneck": 16, "align_dim": 32,
                             "align_heads": 2, "align_ff": 64, **cfg})  # fmt: skip
     torch.manual_seed(0)
-    model = AliceModel(VolumeNet.from_config(config), 32, 32, 16, 32, 2, 64, config.momentum, config.center_momentum)
+    model = AliceModel(VolumeNet.from_config(config), 32, 32, 16, 32, 2, 64, config.momentum, config.center_momentum,
+                       head_batch_norm=True)  # fmt: skip
     return model, AliceObjective(config), config
+
+
+def _pairs(query: torch.Tensor, anchor: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"query": query, "anchor": anchor, "query_view": query, "anchor_view": anchor}
 
 
 def test_alice_teacher_temperature_centres_and_ema():
     model, objective, _ = _alice(teacher_temp_start=0.008, teacher_temp=0.01, teacher_temp_warmup=0.5)
     temps = [objective.teacher_temperature(torch.tensor(p)).item() for p in (0.0, 0.25, 0.5, 1.0)]
     assert temps == pytest.approx([0.008, 0.009, 0.01, 0.01])
-    batch = {"query": torch.rand(2, 1, 32, 32, 32), "anchor": torch.rand(2, 1, 32, 32, 32)}
+    batch = _pairs(torch.rand(2, 1, 32, 32, 32), torch.rand(2, 1, 32, 32, 32))
     out = objective(model, batch)
     assert set(out) >= {"loss_cls", "loss_patch", "loss_mim", "teacher_entropy_cls"}
     expected = out["loss_cls"] + out["loss_patch"] + 10 * out["loss_mim"]
@@ -138,8 +143,8 @@ def test_alice_teacher_temperature_centres_and_ema():
 def test_alice_cls_target_is_the_other_crop_of_the_pair():
     model, objective, _ = _alice(cls_weight=1.0, patch_weight=0.0, recon_weight=0.0)
     crops = torch.rand(2, 1, 32, 32, 32)
-    same = {"query": crops, "anchor": crops}
-    swapped = {"query": crops, "anchor": crops.flip(0)}
+    same = _pairs(crops, crops)
+    swapped = _pairs(crops, crops.flip(0))
     torch.manual_seed(1)
     a = objective(model, same)["loss_cls"]
     torch.manual_seed(1)
@@ -162,7 +167,7 @@ def test_contrastive_objective_logs_and_rotation_targets():
 
 def test_objectives_run_under_bf16_autocast():
     model, objective, _ = _alice()
-    batch = {"query": torch.rand(2, 1, 32, 32, 32), "anchor": torch.rand(2, 1, 32, 32, 32)}
+    batch = _pairs(torch.rand(2, 1, 32, 32, 32), torch.rand(2, 1, 32, 32, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         alice = objective(model, batch)["loss"]
         crop = batch["query"]
@@ -188,9 +193,37 @@ def test_known_warp_returns_true_source_coordinates():
     assert sample_map(image, q)[0, 0] == pytest.approx(float(shifted[0, 12, 12, 12]), abs=1e-2)
 
 
-def test_landmark_error_is_zero_for_a_volume_against_itself():
+class _VoxelIdNet:
+    """A stand-in encoder whose embedding of a crop is a fixed random vector of the crop's centre voxel value."""
+
+    roi = 8
+
+    def __init__(self, ids: int) -> None:
+        self.table = torch.randn(ids + 1, 16, generator=torch.Generator().manual_seed(0))
+
+    def eval(self) -> _VoxelIdNet:
+        return self
+
+    def encode(self, crops: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.table[crops[:, 0, 4, 4, 4].round().long()][:, None, :], None
+
+
+def test_landmark_matching_finds_the_true_counterpart_through_a_known_shift():
+    ids = torch.arange(1, 12**3 + 1, dtype=torch.float32).reshape(1, 12, 12, 12)  # every voxel unique
+    net = _VoxelIdNet(12**3)
+    same = landmark_error(net, ids, ids, lambda p: p, (2.0, 2.0, 2.0), points=50, stride=1)
+    assert same["landmark_mm"] == 0.0 and same["landmark_points"] == 50
+    shifted = torch.roll(ids, shifts=2, dims=1)  # B's voxel (x, y, z) is A's (x - 2, y, z)
+    result = landmark_error(net, ids, shifted, lambda p: p - [2.0, 0.0, 0.0], (2.0, 2.0, 2.0), points=50, stride=1)
+    assert result["landmark_mm"] == 0.0
+    wrong = landmark_error(net, ids, shifted, lambda p: p, (2.0, 2.0, 2.0), points=50, stride=1)
+    # scored against the wrong truth every match is 2 voxels (4 mm) off, or 10 voxels where the roll wrapped round
+    assert wrong["landmark_mm"] >= 4.0
+
+
+def test_dense_landmark_error_is_zero_for_a_volume_against_itself():
     image = torch.as_tensor(phantom((48, 48, 48), 1)[0] / 1000.0)[None].float()
-    result = landmark_error(_net(), image, image, lambda p: p, (2.0, 2.0, 2.0), points=30)
+    result = dense_landmark_error(_net(), image, image, lambda p: p, (2.0, 2.0, 2.0), points=30)
     assert result["landmark_mm"] == 0.0 and result["landmark_points"] == 30
 
 

@@ -13,7 +13,10 @@ Random part, per training item:
   ``OneOf[RandCoarseDropoutd in-painting | out-painting] -> RandCoarseShuffled``; the clean crop is the target.
   The recipe's hole sizes (in voxels of a 96^3 crop) are scaled by ``roi / 96``.
 - ``mode="pairs"`` (Alice): a random foreground point of volume A, its corresponding point in another volume B
-  (:mod:`.correspondence`), and a ``roi`` crop centred on each (``SpatialCrop`` + ``BorderPad`` at the edges).
+  (:mod:`.correspondence`), and a ``roi`` crop centred on each (``SpatialCrop`` + ``BorderPad`` at the edges);
+  ``query_view``/``anchor_view`` are the student's copies.
+- ``intensity_aug``: each view (contrastive3d) or student copy (Alice) also gets a random bias field, gamma and
+  noise (:func:`intensity_jitter`); the targets (clean crop, teacher input) do not.
 
 MONAI's random transforms draw from their own generator; each item reseeds it from torch's (seeded) generator, so
 a run's crops follow ``trainer.seed`` like every other plugin's randomness.
@@ -175,6 +178,19 @@ def view_transforms(cfg: Any) -> mt.Compose:
     return mt.Compose(steps)
 
 
+def intensity_jitter() -> mt.Compose:
+    """A random intensity change of one crop in [0, 1]: MONAI ``RandBiasField`` (a smooth multiplicative field),
+    ``RandAdjustContrast`` (gamma) and ``RandGaussianNoise``, the scanner/subject variations a representation
+    should not encode (``intensity_aug``)."""
+    return mt.Compose(
+        [
+            mt.RandBiasField(prob=0.8, coeff_range=(0.1, 0.3)),
+            mt.RandAdjustContrast(prob=0.8, gamma=(0.7, 1.5)),
+            mt.RandGaussianNoise(prob=0.5, std=0.02),
+        ]
+    )
+
+
 def crop_around(image: torch.Tensor, centre: np.ndarray, roi: int) -> torch.Tensor:
     """A ``roi``^3 crop of ``[C, D, H, W]`` centred on ``centre`` (voxels), zero-padded where it leaves the volume,
     so the centre stays at the crop's centre (``SpatialCrop`` + ``BorderPad``)."""
@@ -190,6 +206,7 @@ def crop_around(image: torch.Tensor, centre: np.ndarray, roi: int) -> torch.Tens
 class _ViewCrops(Dataset):
     def __init__(self, module: MedicalDataModule) -> None:
         self.module, self.transform = module, view_transforms(module.cfg)
+        self.jitter = intensity_jitter() if module.cfg.intensity_aug else None
 
     def __len__(self) -> int:
         return len(self.module.records) * self.module.cfg.samples_per_volume
@@ -198,6 +215,10 @@ class _ViewCrops(Dataset):
         v = index % len(self.module.records)
         self.transform.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
         out = self.transform({"image": self.module.volume(v)["image"]})
+        if self.jitter is not None:
+            for view in ("view1", "view2"):
+                self.jitter.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
+                out[view] = self.jitter(out[view])
         return {
             "image": torch.as_tensor(out["image"]).float(),
             "view1": torch.as_tensor(out["view1"]).float(),
@@ -210,6 +231,13 @@ class _ViewCrops(Dataset):
 class _PairCrops(Dataset):
     def __init__(self, module: MedicalDataModule) -> None:
         self.module = module
+        self.jitter = intensity_jitter() if module.cfg.intensity_aug else None
+
+    def _view(self, crop: torch.Tensor) -> torch.Tensor:
+        if self.jitter is None:
+            return crop
+        self.jitter.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
+        return torch.as_tensor(self.jitter(crop)).float()
 
     def __len__(self) -> int:
         return len(self.module.records) * self.module.cfg.samples_per_volume
@@ -222,11 +250,13 @@ class _PairCrops(Dataset):
         point_a = points[int(torch.randint(len(points), ()))]
         point_b = corresponding_point(point_a, m.geometry[a], m.geometry[b], m.cfg.correspondence)
         roi = m.cfg.roi
-        query = crop_around(m.volume(a)["image"], point_a, roi)
-        anchor = crop_around(m.volume(b)["image"], point_b, roi)
+        query = torch.as_tensor(crop_around(m.volume(a)["image"], point_a, roi)).float()
+        anchor = torch.as_tensor(crop_around(m.volume(b)["image"], point_b, roi)).float()
         return {
-            "query": torch.as_tensor(query).float(),
-            "anchor": torch.as_tensor(anchor).float(),
+            "query": query,
+            "anchor": anchor,
+            "query_view": self._view(query),
+            "anchor_view": self._view(anchor),
             "id": index,
             "volume": a,
             "partner": b,

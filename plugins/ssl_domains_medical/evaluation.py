@@ -3,9 +3,11 @@
 - :func:`warp_with_coordinates` deforms a volume (and any label maps) with MONAI's ``Rand3DElastic`` (affine +
   elastic) and returns, for every output voxel, the source voxel it was sampled from: the deformation is known
   exactly, so correspondences are ground truth.
-- :func:`landmark_error` matches points of volume B to volume A by nearest neighbour (cosine) of the network's
-  multi-scale features (:meth:`.model.VolumeNet.dense_features`) and returns the mean distance in mm to the true
-  corresponding points; no label is needed (the protocol of SAM, Yan et al. 2022, §4.2, on synthetic pairs).
+- :func:`landmark_error` matches points of volume B to volume A by nearest neighbour (cosine) of point
+  embeddings (the encoder embedding of the crop centred on a point) and returns the mean distance in mm to the
+  true corresponding points; no label is needed (the landmark protocol of self-supervised anatomical embeddings,
+  Yan et al., TMI 2022, here on pairs with a known deformation). :func:`dense_landmark_error` does the same with
+  dense multi-scale decoder features (a secondary figure).
 - :func:`finetune_segmentation` fine-tunes a UNETR/SwinUNETR from given weights or from random init on a few
   labelled volumes for a fixed step budget (``DiceCELoss``), picks the step with the best validation Dice and
   reports test Dice there (MONAI's ``DiceMetric``, background excluded).
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
@@ -26,6 +29,7 @@ from monai.transforms import Rand3DElastic, RandCropByPosNegLabeld
 
 from ssl_domains.evaluation import rankme
 
+from .data import crop_around
 from .model import VolumeNet
 
 WARP = {
@@ -67,7 +71,7 @@ def sample_map(field: torch.Tensor, points: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def landmark_error(
+def dense_landmark_error(
     net: VolumeNet,
     image_a: torch.Tensor,
     image_b: torch.Tensor,
@@ -77,15 +81,15 @@ def landmark_error(
     seed: int = 0,
     threshold: float = 0.05,
 ) -> dict[str, float]:
-    """Mean error (mm) of nearest-neighbour feature matches from B to A.
+    """Mean error (mm) of nearest-neighbour matches of dense multi-scale decoder features from B to A (a secondary
+    figure; :func:`landmark_error` is the protocol's).
 
-    ``image_a``/``image_b`` ``[1, D, H, W]`` are preprocessed volumes; ``b_to_a`` maps voxel coordinates of B
-    ``[N, 3]`` to the true corresponding voxel coordinates of A (NaN where unknown). ``points`` foreground
-    voxels of B's feature grid (1/2 resolution) are matched against every foreground cell of A's grid.
+    Arguments as :func:`landmark_error`; ``points`` foreground voxels of B's feature grid (1/2 resolution) are
+    matched against every foreground cell of A's grid (:meth:`.model.VolumeNet.dense_features`, sliding window).
     """
     net.eval()
     feats = [net.over_volume(img[None].float(), "dense_features")[0] for img in (image_a, image_b)]
-    fg = [torch.nn.functional.interpolate(img[None].float(), size=f.shape[1:], mode="trilinear")[0, 0] > threshold
+    fg = [F.interpolate(img[None].float(), size=f.shape[1:], mode="trilinear")[0, 0] > threshold
           for img, f in zip((image_a, image_b), feats, strict=True)]  # fmt: skip
     scale = [
         np.asarray(img.shape[1:]) / np.asarray(f.shape[1:]) for img, f in zip((image_a, image_b), feats, strict=True)
@@ -94,13 +98,76 @@ def landmark_error(
     cells_b = torch.nonzero(fg[1]).numpy()
     centres_b = (cells_b + 0.5) * scale[1] - 0.5
     truth = b_to_a(centres_b)
-    usable = np.flatnonzero(np.isfinite(truth).all(1))
+    usable = _counterparts_on_foreground((truth + 0.5) / scale[0] - 0.5, fg[0].numpy())
     rng = np.random.default_rng(seed)
     chosen = rng.choice(usable, size=min(points, len(usable)), replace=False)
-    feat_a = torch.nn.functional.normalize(feats[0][:, fg[0]].T, dim=1)  # [Na, C]
+    feat_a = F.normalize(feats[0][:, fg[0]].T, dim=1)  # [Na, C]
     query = feats[1][:, cells_b[chosen, 0], cells_b[chosen, 1], cells_b[chosen, 2]].T
-    best = (torch.nn.functional.normalize(query, dim=1) @ feat_a.T).argmax(1)
+    best = (F.normalize(query, dim=1) @ feat_a.T).argmax(1)
     predicted = (cells_a[best].numpy() + 0.5) * scale[0] - 0.5
+    errors = np.linalg.norm((predicted - truth[chosen]) * np.asarray(spacing), axis=1)
+    return {"landmark_mm": float(errors.mean()), "landmark_median_mm": float(np.median(errors)),
+            "landmark_points": len(chosen)}  # fmt: skip
+
+
+@torch.no_grad()
+def point_embeddings(net: VolumeNet, image: torch.Tensor, centres: np.ndarray, batch: int = 8) -> torch.Tensor:
+    """``[N, token_dim]``: for each voxel of ``centres`` ``[N, 3]``, the mean encoder token of the ``roi``^3 crop
+    of ``image`` ``[1, D, H, W]`` centred on it (zero-padded at the edges): the vector ``embed`` pools."""
+    net.eval()
+    out = []
+    for start in range(0, len(centres), batch):
+        crops = torch.stack([crop_around(image, c, net.roi) for c in centres[start : start + batch]])
+        out.append(net.encode(torch.as_tensor(crops).float())[0].mean(1))
+    return torch.cat(out)
+
+
+def _counterparts_on_foreground(truth: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Indices of the points whose true counterpart (voxel coordinates of A) lies on A's foreground; a warp can
+    move anatomy out of one volume's field of view, and such a point has nothing to match."""
+    inside = np.isfinite(truth).all(1)
+    voxel = np.zeros_like(truth, dtype=np.int64)
+    voxel[inside] = np.round(truth[inside]).astype(np.int64)
+    inside &= ((voxel >= 0) & (voxel < np.asarray(foreground.shape))).all(1)
+    inside[inside] = foreground[tuple(voxel[inside].T)]
+    return np.flatnonzero(inside)
+
+
+@torch.no_grad()
+def landmark_error(
+    net: VolumeNet,
+    image_a: torch.Tensor,
+    image_b: torch.Tensor,
+    b_to_a: Callable[[np.ndarray], np.ndarray],
+    spacing: tuple[float, float, float],
+    points: int = 100,
+    seed: int = 0,
+    stride: int = 6,
+    threshold: float = 0.05,
+) -> dict[str, float]:
+    """Mean error (mm) of nearest-neighbour matches of point embeddings from volume B to volume A.
+
+    A point's descriptor is the encoder embedding of the crop centred on it (:func:`point_embeddings`), as a
+    self-supervised anatomical embedding describes a point (Yan et al., TMI 2022). ``points`` random foreground
+    voxels of B, whose true counterparts lie on A's foreground, are matched by cosine similarity against A's
+    foreground voxels on a grid of ``stride`` voxels; descriptors are centred by the candidates' mean first (a
+    component shared by every crop says nothing about where a crop is). ``image_a``/``image_b`` ``[1, D, H, W]``
+    are preprocessed volumes; ``b_to_a`` maps voxel coordinates of B ``[N, 3]`` to the true voxel coordinates
+    of A (NaN where unknown). The error includes the grid's quantisation (``stride`` x spacing).
+    """
+    fg_a, fg_b = (np.asarray(img[0]) > threshold for img in (image_a, image_b))
+    grid = np.stack(np.meshgrid(*[np.arange(stride // 2, s, stride) for s in fg_a.shape], indexing="ij"), -1)
+    candidates = grid.reshape(-1, 3)
+    candidates = candidates[fg_a[tuple(candidates.T)]]
+    voxels_b = np.argwhere(fg_b)
+    truth = b_to_a(voxels_b.astype(np.float64))
+    usable = _counterparts_on_foreground(truth, fg_a)
+    chosen = np.random.default_rng(seed).choice(usable, size=min(points, len(usable)), replace=False)
+    keys = point_embeddings(net, image_a, candidates)
+    queries = point_embeddings(net, image_b, voxels_b[chosen])
+    centre = keys.mean(0, keepdim=True)
+    similarity = F.normalize(queries - centre, dim=1) @ F.normalize(keys - centre, dim=1).T
+    predicted = candidates[similarity.argmax(1).numpy()]
     errors = np.linalg.norm((predicted - truth[chosen]) * np.asarray(spacing), axis=1)
     return {"landmark_mm": float(errors.mean()), "landmark_median_mm": float(np.median(errors)),
             "landmark_points": len(chosen)}  # fmt: skip

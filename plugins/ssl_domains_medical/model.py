@@ -73,21 +73,39 @@ class VolumeNet(nn.Module):
         return cls(cfg.backbone, cfg.roi, cfg.feature_size, cfg.hidden_size, cfg.num_heads, out_channels)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, Any]:
-        return self._vit(x, mask) if self.backbone == "vit" else self._swin(x, mask)
+        tokens, states = self.encode(x, mask)
+        return self._decode_vit(x, tokens, states) if self.backbone == "vit" else self._decode_swin(x, states)
 
-    def _vit(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, Any]:
-        net = self.net
-        embed = net.vit.patch_embedding
-        tokens = embed.patch_embeddings(x).flatten(2).transpose(1, 2)
+    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder alone: ``(tokens [B, (r/16)^3, token_dim], hidden states)`` (see the class docstring)."""
+        if self.backbone == "vit":
+            vit, embed = self.net.vit, self.net.vit.patch_embedding
+            tokens = embed.patch_embeddings(x).flatten(2).transpose(1, 2)
+            if mask is not None:
+                hidden = mask[:, :: self.patch, :: self.patch, :: self.patch].flatten(1)[..., None]
+                tokens = torch.where(hidden, self.mask_token.to(tokens.dtype), tokens)
+            tokens = embed.dropout(tokens + embed.position_embeddings)
+            states = []
+            for block in vit.blocks:
+                tokens = block(tokens)
+                states.append(tokens)
+            return vit.norm(tokens), states
+        swin = self.net.swinViT
+        h = swin.patch_embed(x)
         if mask is not None:
-            hidden = mask[:, :: self.patch, :: self.patch, :: self.patch].flatten(1)[..., None]
-            tokens = torch.where(hidden, self.mask_token.to(tokens.dtype), tokens)
-        tokens = embed.dropout(tokens + embed.position_embeddings)
-        states = []
-        for block in net.vit.blocks:
-            tokens = block(tokens)
-            states.append(tokens)
-        tokens = net.vit.norm(tokens)
+            hidden = mask[:, None, :: self.patch, :: self.patch, :: self.patch]
+            h = torch.where(hidden, self.mask_token.to(h.dtype)[None, :, None, None, None], h)
+        h = swin.pos_drop(h)
+        states = [swin.proj_out(h, self.net.normalize)]
+        for stage in range(1, 5):
+            if swin.use_v2:
+                h = getattr(swin, f"layers{stage}c")[0](h.contiguous())
+            h = getattr(swin, f"layers{stage}")[0](h.contiguous())
+            states.append(swin.proj_out(h, self.net.normalize))
+        return states[3].flatten(2).transpose(1, 2), states
+
+    def _decode_vit(self, x: torch.Tensor, tokens: torch.Tensor, states: list[torch.Tensor]) -> dict[str, Any]:
+        net = self.net
         enc1 = net.encoder1(x)
         enc2 = net.encoder2(net.proj_feat(states[3]))
         enc3 = net.encoder3(net.proj_feat(states[6]))
@@ -99,19 +117,8 @@ class VolumeNet(nn.Module):
         output = net.out(net.decoder2(dec1, enc1))
         return {"output": output, "tokens": tokens, "pyramid": [dec4, dec3, dec2, dec1]}
 
-    def _swin(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, Any]:
-        net, swin = self.net, self.net.swinViT
-        h = swin.patch_embed(x)
-        if mask is not None:
-            hidden = mask[:, None, :: self.patch, :: self.patch, :: self.patch]
-            h = torch.where(hidden, self.mask_token.to(h.dtype)[None, :, None, None, None], h)
-        h = swin.pos_drop(h)
-        states = [swin.proj_out(h, net.normalize)]
-        for stage in range(1, 5):
-            if swin.use_v2:
-                h = getattr(swin, f"layers{stage}c")[0](h.contiguous())
-            h = getattr(swin, f"layers{stage}")[0](h.contiguous())
-            states.append(swin.proj_out(h, net.normalize))
+    def _decode_swin(self, x: torch.Tensor, states: list[torch.Tensor]) -> dict[str, Any]:
+        net = self.net
         enc0 = net.encoder1(x)
         enc1 = net.encoder2(states[0])
         enc2 = net.encoder3(states[1])
@@ -126,7 +133,7 @@ class VolumeNet(nn.Module):
     # ---- whole-volume read-outs (sliding window over roi^3 windows) -----------------------------------------
     def token_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder tokens as a map ``[B, token_dim, r/16, r/16, r/16]``."""
-        tokens = self(x)["tokens"]
+        tokens = self.encode(x)[0]
         side = self.roi // 16
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, side, side, side)
 
@@ -157,57 +164,80 @@ class VolumeNet(nn.Module):
 class DINOHead(nn.Module):
     """DINO's projection head (Caron et al. 2021, §3.1 and App.): a 3-layer MLP to a bottleneck, L2 normalisation,
     and a weight-normalised linear layer with its norm fixed to 1 (``norm_last_layer=True``), written as cosine
-    similarity to ``out_dim`` prototypes."""
+    similarity to ``out_dim`` prototypes. ``batch_norm`` puts BatchNorm1d after the two hidden layers (DINO's
+    ``use_bn_in_head``, its setting for ResNets); over ``[B, N, C]`` tokens it normalises over all ``B x N``."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int, batch_norm: bool = False) -> None:
         super().__init__()
+        norm: type[nn.Module] = _TokenBatchNorm if batch_norm else nn.Identity
         self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, bottleneck)
-        )
+            nn.Linear(in_dim, hidden), norm(hidden), nn.GELU(),
+            nn.Linear(hidden, hidden), norm(hidden), nn.GELU(),
+            nn.Linear(hidden, bottleneck),
+        )  # fmt: skip
         self.prototypes = nn.Parameter(torch.randn(out_dim, bottleneck) * 0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(x), dim=-1) @ F.normalize(self.prototypes, dim=-1).T
 
 
+class _TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over the last dimension of ``[..., C]`` (all leading dimensions are the batch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
 class CrossAlignment(nn.Module):
-    """Alice's conditional alignment (CASA; Jiang et al. 2023, §3.3): encoder tokens query decoder tokens.
+    """Alice's conditional alignment layer (CASA; Jiang et al. 2023, §3.3; reference ``CASA/CASA_Module.py``):
+    projected encoder tokens query projected decoder tokens through one multi-head cross-attention (SDPA, no
+    biases) and a ReLU feed-forward, each with a residual and a post-LayerNorm (eps 1e-6). The reference's
+    dropout (0.1) is left out, so the teacher-side targets are deterministic."""
 
-    Both are first projected to ``dim`` (the reference's ``mlp3``/``mlp4``); then one cross-attention layer
-    (SDPA) and a feed-forward layer, each with a residual and post-LayerNorm, as in the reference's
-    Transformer-decoder layer without self-attention.
-    """
-
-    def __init__(self, query_dim: int, context_dim: int, dim: int, heads: int, ff_dim: int) -> None:
+    def __init__(self, dim: int, heads: int, ff_dim: int) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"align dim {dim} is not divisible by heads {heads}")
         self.heads = heads
-        self.query_in, self.context_in = nn.Linear(query_dim, dim), nn.Linear(context_dim, dim)
-        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.ReLU(), nn.Linear(ff_dim, dim))
 
-    def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``tokens`` ``[B, N, query_dim]``, ``context`` ``[B, M, context_dim]`` -> ``[B, N, dim]``."""
-        query, ctx = self.query_in(tokens), self.context_in(context)
+    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``query`` ``[B, N, dim]``, ``context`` ``[B, M, dim]`` -> ``[B, N, dim]``."""
         b, n, d = query.shape
-        q = self.q(query).view(b, n, self.heads, d // self.heads).transpose(1, 2)
-        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        m, h = context.shape[1], self.heads
+        q = self.q(query).view(b, n, h, d // h).transpose(1, 2)
+        k = self.k(context).view(b, m, h, d // h).transpose(1, 2)
+        v = self.v(context).view(b, m, h, d // h).transpose(1, 2)
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
         x = self.norm1(query + self.proj(attended))
         return self.norm2(x + self.ff(x))
 
 
+def _mlp_head(width: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Linear(width, out_dim)
+    )
+
+
 class Contrastive3DModel(nn.Module):
-    """contrastive3d: the encoder-decoder plus Swin UNETR SSL's heads on the pooled encoder tokens: a linear
-    contrastive projection (``Linear(C, 512)``) and a 4-way rotation classifier (``Linear(C, 4)``)."""
+    """contrastive3d: the encoder-decoder plus two heads on the mean encoder token: a contrastive projector and a
+    4-way rotation classifier (Swin UNETR SSL's heads, Tang et al. 2022, §3.2).
+
+    Both heads are SimCLR's projection MLP (``Linear -> BatchNorm1d -> ReLU -> Linear``, Chen et al. 2020, §2.1)
+    where Tang uses a single ``Linear``: the mean of a ViT's layer-normalised tokens is nearly the same vector for
+    every crop (cosine 0.999 between crops of different volumes after 300 steps), so a linear head leaves NT-Xent
+    at its uniform value ``log(2N - 1)`` and the rotation at chance; the batch normalisation removes that common
+    component.
+    """
 
     def __init__(self, net: VolumeNet, proj_dim: int = 512, rotation: bool = True) -> None:
         super().__init__()
         self.net, self.embed_dim = net, net.embed_dim
-        self.projector = nn.Linear(net.token_dim, proj_dim)
-        self.rotation_head = nn.Linear(net.token_dim, 4) if rotation else None
+        self.projector = _mlp_head(net.token_dim, proj_dim)
+        self.rotation_head = _mlp_head(net.token_dim, 4) if rotation else None
 
     def forward(self, x: torch.Tensor) -> dict[str, Any]:
         out = self.net(x)
@@ -223,13 +253,19 @@ class Contrastive3DModel(nn.Module):
 
 
 class AliceModel(nn.Module):
-    """Alice's student (encoder-decoder, [CLS] and patch DINO heads, conditional alignment) and its EMA teacher.
+    """Alice's student and its EMA teacher (reference ``models/head.py``, ``CASA/CASA_Module.py``).
 
-    The [CLS] embedding is the average-pooled encoder output (the reference's average-pooled bottleneck). The
-    teacher is an EMA copy of ``net``, ``cls_head`` and ``patch_head``; the alignment module is shared (the
-    reference applies its one CASA layer to student and teacher decoder tokens alike). DINO's centres are
-    buffers: the objective writes the batch means it saw into ``pending_*`` and :meth:`after_step` moves the
-    centres, so a loss never depends on a centre its own batch has just changed.
+    - ``cls_head``: a DINO head on the [CLS] embedding, the average-pooled encoder output (the reference's
+      average-pooled bottleneck).
+    - ``query_proj`` / ``context_proj``: linear maps of the encoder tokens (1/16 grid) and of the decoder tokens
+      (1/8 grid) to ``align_dim`` (the reference head's ``mlp3`` / ``mlp4``).
+    - ``align``: the shared :class:`CrossAlignment`; its ``align_dim`` outputs per token are the patch logits
+      (the reference feeds CASA's output to the loss directly).
+
+    The teacher is an EMA copy of ``net``, ``cls_head`` and ``context_proj``: its decoder tokens go through its
+    own projection, then through the student's alignment layer with the student's queries, as in the reference.
+    DINO's centres are buffers: the objective writes the batch means it saw into ``pending_*`` and
+    :meth:`after_step` moves the centres, so a loss never depends on a centre its own batch has just changed.
     """
 
     def __init__(
@@ -243,21 +279,24 @@ class AliceModel(nn.Module):
         align_ff: int = 1024,
         momentum: float = 0.996,
         center_momentum: float = 0.9,
+        head_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.net, self.embed_dim = net, net.embed_dim
-        self.cls_head = DINOHead(net.token_dim, out_dim, head_hidden, bottleneck)
-        self.align = CrossAlignment(net.token_dim, net.decoder_dim, align_dim, align_heads, align_ff)
-        self.patch_head = DINOHead(align_dim, out_dim, head_hidden, bottleneck)
+        self.cls_head = DINOHead(net.token_dim, out_dim, head_hidden, bottleneck, head_batch_norm)
+        self.query_proj = nn.Linear(net.token_dim, align_dim)
+        self.context_proj = nn.Linear(net.decoder_dim, align_dim)
+        self.align = CrossAlignment(align_dim, align_heads, align_ff)
         self.teacher = EMATeacher(self.student(), momentum, 1.0, "cosine")
         self.center_momentum = center_momentum
-        for name in ("center_cls", "center_patch", "pending_cls", "pending_patch"):
-            self.register_buffer(name, torch.zeros(out_dim))
+        for name, size in (("center_cls", out_dim), ("center_patch", align_dim)):
+            self.register_buffer(name, torch.zeros(size))
+            self.register_buffer(name.replace("center", "pending"), torch.zeros(size))
         self.register_buffer("progress", torch.zeros(()))
 
     def student(self) -> nn.ModuleList:
         """The modules the teacher follows, in the teacher's order."""
-        return nn.ModuleList([self.net, self.cls_head, self.patch_head])
+        return nn.ModuleList([self.net, self.cls_head, self.context_proj])
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

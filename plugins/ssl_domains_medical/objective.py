@@ -88,13 +88,17 @@ class AliceObjective:
 
     A batch holds B pairs (query crop from volume A, anchor crop at the corresponding point of volume B). Both
     crops of a pair go through the student with a column mask (``mask_ratio`` of the (y, z) cells hidden, as
-    zeros in the input and the mask token on their patch embeddings) and through the EMA teacher unmasked.
+    zeros in the input and the mask token on their patch embeddings) and through the EMA teacher unmasked. With
+    ``intensity_aug`` the student sees intensity-jittered copies (``query_view``/``anchor_view``), the teacher and
+    the reconstruction target the clean crops: the reference builds such copies (``utils.data_aug``) but, by a
+    slip, feeds the clean crops to both networks.
 
     - ``L_cls``: the teacher's [CLS] distribution of one crop is the student's target for the *other* crop of
       the pair, both ways (anatomical invariance across volumes); [CLS] = mean encoder token.
-    - ``L_patch``: the student's encoder tokens query, by cross-attention (:class:`.model.CrossAlignment`), the
-      student's own decoder tokens (1/8 grid) and, separately, the teacher's; the teacher-side result, through
-      the teacher's patch head, is the target for the student-side one, token by token, on the same crop.
+    - ``L_patch``: the student's projected encoder tokens query, by cross-attention (:class:`.model.CrossAlignment`),
+      the student's own projected decoder tokens (1/8 grid) and, separately, the teacher's; the outputs are the
+      patch logits, and the teacher-side ones are the target for the student-side ones, token by token, on the
+      same crop.
     - ``L_mim``: MSE between the student's reconstruction and the whole unmasked crop. As in the reference the
       mask is not applied in the loss (the paper's text scores masked voxels only).
 
@@ -113,16 +117,18 @@ class AliceObjective:
     def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.cfg
         crops = torch.cat([batch["query"], batch["anchor"]])
+        views = torch.cat([batch["query_view"], batch["anchor_view"]])
         b = batch["query"].shape[0]
         hidden = column_mask(2 * b, crops.shape[-1], c.mask_patch, c.mask_ratio, crops.device)
-        student = model.net(crops.masked_fill(hidden[:, None], 0.0), hidden)
-        teacher_net, teacher_cls, teacher_patch = model.teacher.module
+        student = model.net(views.masked_fill(hidden[:, None], 0.0), hidden)
+        teacher_net, teacher_cls, teacher_context = model.teacher.module
+        queries = model.query_proj(student["tokens"])
         with torch.no_grad():
             teacher = teacher_net(crops)
             cls_t = teacher_cls(teacher["tokens"].mean(1))
-            patch_t = teacher_patch(model.align(student["tokens"], teacher["pyramid"][1].flatten(2).transpose(1, 2)))
+            patch_t = model.align(queries, teacher_context(_tokens(teacher["pyramid"][1])))
         cls_s = model.cls_head(student["tokens"].mean(1))
-        patch_s = model.patch_head(model.align(student["tokens"], student["pyramid"][1].flatten(2).transpose(1, 2)))
+        patch_s = model.align(queries, model.context_proj(_tokens(student["pyramid"][1])))
         temp = self.teacher_temperature(model.progress)
         swapped = torch.cat([cls_t[b:], cls_t[:b]])  # query's target is the anchor's teacher output and back
         loss_cls, entropy_cls = dino_cross_entropy(swapped, cls_s, model.center_cls, temp, c.student_temp)
@@ -140,3 +146,8 @@ class AliceObjective:
             "teacher_entropy_cls": entropy_cls.detach(),
             "teacher_entropy_patch": entropy_patch.detach(),
         }
+
+
+def _tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """``[B, C, d, h, w]`` -> ``[B, d h w, C]``."""
+    return feature_map.flatten(2).transpose(1, 2)

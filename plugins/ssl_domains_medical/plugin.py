@@ -31,6 +31,9 @@ class MedicalConfig:
         "memory", doc="cache preprocessed volumes: CacheDataset (memory), PersistentDataset (disk) or none"
     )
     cache_dir: str = option("", doc="PersistentDataset folder for cache: disk (empty: a temporary folder)")
+    intensity_aug: bool = option(
+        False, doc="random bias field, gamma and noise on the network's input views (targets stay clean)"
+    )
     batch_size: int = option(2, doc="crops (contrastive3d) or crop pairs (Alice) per batch")
     num_workers: int = option(0, doc="data-loading worker processes")
     backbone: Literal["vit", "swin"] = option(
@@ -81,6 +84,9 @@ class AliceConfig(MedicalConfig):
     """Alice (Jiang et al., ICCV 2023): cross-volume anatomical positives, DINO-style teacher-student, masked
     reconstruction and conditional (cross-attention) alignment. Defaults are CPU-sized; see ``alice-paper``."""
 
+    intensity_aug: bool = option(
+        True, doc="the student sees crops with a random bias field, gamma and noise (the reference's unused data_aug)"
+    )
     correspondence: Literal["box", "world"] = option(
         "box", doc="how the positive's point in another volume is found: foreground-box affine, or world coordinates"
     )
@@ -91,7 +97,10 @@ class AliceConfig(MedicalConfig):
     out_dim: int = option(512, doc="DINO head output (prototype) count (reference: 512)")
     head_hidden: int = option(512, doc="DINO head hidden width (reference: 2048)")
     head_bottleneck: int = option(256, doc="DINO head bottleneck (reference: 256)")
-    align_dim: int = option(256, doc="conditional-alignment width (reference: 512)")
+    head_batch_norm: bool = option(
+        True, doc="BatchNorm1d in the DINO heads' MLPs (DINO's use_bn_in_head; the reference: off, see the docs)"
+    )
+    align_dim: int = option(256, doc="conditional-alignment width = patch prototypes (reference: 512)")
     align_heads: int = option(8, doc="conditional-alignment heads (reference: 8)")
     align_ff: int = option(1024, doc="conditional-alignment feed-forward width (reference: 2048)")
     student_temp: float = option(0.1, doc="student softmax temperature (reference: 0.1)")
@@ -198,7 +207,8 @@ class AlicePlugin(_MedicalPlugin):
         "Modeling and Semantic Alignment for Self-supervised Learning in 3D Medical Image Analysis. ICCV 2023. "
         "https://arxiv.org/abs/2302.05615"
     )
-    batch_keys = {"query": "float32", "anchor": "float32", "id": "int64", "volume": "int64", "partner": "int64"}
+    batch_keys = {"query": "float32", "anchor": "float32", "query_view": "float32", "anchor_view": "float32",
+                  "id": "int64", "volume": "int64", "partner": "int64"}  # fmt: skip
     run_defaults = {
         "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04, "warmup_steps": 0.05, "gradient_clip_val": 3.0},
         "trainer": {"max_epochs": 100},
@@ -217,7 +227,7 @@ class AlicePlugin(_MedicalPlugin):
 
         return AliceModel(
             VolumeNet.from_config(cfg), cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck, cfg.align_dim,
-            cfg.align_heads, cfg.align_ff, cfg.momentum, cfg.center_momentum,
+            cfg.align_heads, cfg.align_ff, cfg.momentum, cfg.center_momentum, cfg.head_batch_norm,
         )  # fmt: skip
 
     def objective(self, cfg: AliceConfig) -> Any:
