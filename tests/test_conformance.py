@@ -14,7 +14,7 @@ PLUGINS = [
 
 
 def test_every_first_party_plugin_is_checked():
-    assert {p.name for p in PLUGINS} >= {"graphmae", "dae", "tera", "ssast"}
+    assert {p.name for p in PLUGINS} >= {"graphmae", "dae", "tera", "ssast", "alice", "contrastive3d"}
 
 
 @parametrize_with_checks(PLUGINS)
