@@ -155,8 +155,14 @@ class SSLModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        self._hooked_step = self.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        # The plugin's hook follows optimiser steps, not batches: with gradient accumulation an EMA teacher that
+        # moved on every micro-batch would run at momentum m**k.
+        if self.global_step == getattr(self, "_hooked_step", -1):
+            return
+        self._hooked_step = self.global_step
         total = getattr(self, "_total_steps", 1)
         self.plugin.on_train_batch_end(self.model, batch, min(self.global_step / total, 1.0))
 

@@ -105,3 +105,21 @@ def test_mixed_precision_on_cpu(vectors: Path, tmp_path: Path, precision: str):
     assert result.returncode == 0, result.stderr
     weights = load_file(out / "model.safetensors")
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
+
+
+def test_plugin_step_hook_runs_once_per_optimiser_step_under_accumulation(vectors: Path, tmp_path: Path, monkeypatch):
+    from ssl_domains import registry
+    from ssl_domains.run import resolve_config, train
+
+    plugin = registry.load("dae")
+    progress_seen: list[float] = []
+    monkeypatch.setattr(type(plugin), "on_train_batch_end", lambda self, model, batch, p: progress_seen.append(p))
+    overrides = ["trainer.progress_bar=false", "trainer.accumulate_grad_batches=2", "trainer.max_epochs=2"]
+    train(resolve_config(plugin, vectors, [], overrides, {"seed": 0}), tmp_path / "run")
+    steps = int(torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"])
+    batches = int(torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["loops"]["fit_loop"][
+        "epoch_loop.batch_progress"]["total"]["completed"])  # fmt: skip
+    assert batches >= 2 * steps - 2 > 0, "two micro-batches per optimiser step"
+    # an EMA teacher must move once per optimiser step, not once per micro-batch
+    assert len(progress_seen) == steps
+    assert progress_seen == sorted(set(progress_seen))
