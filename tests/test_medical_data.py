@@ -210,3 +210,10 @@ def test_pairs_are_crops_of_two_volumes_at_corresponding_points(tmp_path):
     assert (batch["volume"] != batch["partner"]).all(), "Alice's positives come from different volumes"
     # the crops are centred on foreground: the centre voxel of each is inside the phantom
     assert (batch["query"][:, 0, 16, 16, 16] > dm.cfg.foreground_threshold).all()
+
+
+def test_pairs_need_two_volumes(tmp_path):
+    folder = _volumes(tmp_path, 1)
+    with pytest.raises(DataError, match=r"(?s)only 1 volume.*at least 2 volumes") as error:
+        MedicalDataModule(folder, _cfg(AliceConfig), mode="pairs").setup("fit")
+    assert str(folder) in str(error.value)

@@ -245,7 +245,7 @@ class _PairCrops(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         m, n = self.module, len(self.module.records)
         a = index % n
-        b = (a + int(torch.randint(1, n, ()))) % n if n > 1 else a
+        b = (a + int(torch.randint(1, n, ()))) % n
         points = m.foreground_points[a]
         point_a = points[int(torch.randint(len(points), ()))]
         point_b = corresponding_point(point_a, m.geometry[a], m.geometry[b], m.cfg.correspondence)
@@ -294,6 +294,11 @@ class MedicalDataModule(pl.LightningDataModule):
         if self._volumes is not None:
             return
         self.records = find_volumes(self.data)
+        if self.mode == "pairs" and len(self.records) < 2:
+            raise DataError(
+                f"{self.data}: Alice pairs a point of one volume with the same anatomy in *another* volume, and "
+                f"only {len(self.records)} volume was found; give at least 2 volumes of the same body region"
+            )
         has_label = all(r.label is not None for r in self.records)
         keys = ("image", "label") if has_label else ("image",)
         items = [{k: str(getattr(r, k)) for k in keys} for r in self.records]

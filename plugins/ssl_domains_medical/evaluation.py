@@ -27,6 +27,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.transforms import Rand3DElastic, RandCropByPosNegLabeld
 
+from ssl_domains import ConfigError
 from ssl_domains.evaluation import rankme
 
 from .data import crop_around
@@ -88,8 +89,9 @@ def dense_landmark_error(
     matched against every foreground cell of A's grid (:meth:`.model.VolumeNet.dense_features`, sliding window).
     """
     net.eval()
-    feats = [net.over_volume(img[None].float(), "dense_features")[0] for img in (image_a, image_b)]
-    fg = [F.interpolate(img[None].float(), size=f.shape[1:], mode="trilinear")[0, 0] > threshold
+    device = _device(net)
+    feats = [net.over_volume(img[None].float().to(device), "dense_features")[0].cpu() for img in (image_a, image_b)]
+    fg = [F.interpolate(img[None].float().cpu(), size=f.shape[1:], mode="trilinear")[0, 0] > threshold
           for img, f in zip((image_a, image_b), feats, strict=True)]  # fmt: skip
     scale = [
         np.asarray(img.shape[1:]) / np.asarray(f.shape[1:]) for img, f in zip((image_a, image_b), feats, strict=True)
@@ -113,13 +115,20 @@ def dense_landmark_error(
 @torch.no_grad()
 def point_embeddings(net: VolumeNet, image: torch.Tensor, centres: np.ndarray, batch: int = 8) -> torch.Tensor:
     """``[N, token_dim]``: for each voxel of ``centres`` ``[N, 3]``, the mean encoder token of the ``roi``^3 crop
-    of ``image`` ``[1, D, H, W]`` centred on it (zero-padded at the edges): the vector ``embed`` pools."""
+    of ``image`` ``[1, D, H, W]`` centred on it (zero-padded at the edges): the vector ``embed`` pools. Crops
+    are cut on the host and embedded on ``net``'s device; the result is on the host."""
     net.eval()
+    device = _device(net)
+    image = torch.as_tensor(image).cpu()
     out = []
     for start in range(0, len(centres), batch):
-        crops = torch.stack([crop_around(image, c, net.roi) for c in centres[start : start + batch]])
-        out.append(net.encode(torch.as_tensor(crops).float())[0].mean(1))
+        crops = torch.stack([torch.as_tensor(crop_around(image, c, net.roi)) for c in centres[start : start + batch]])
+        out.append(net.encode(crops.float().to(device))[0].mean(1).float().cpu())
     return torch.cat(out)
+
+
+def _device(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
 
 
 def _counterparts_on_foreground(truth: np.ndarray, foreground: np.ndarray) -> np.ndarray:
@@ -155,7 +164,7 @@ def landmark_error(
     are preprocessed volumes; ``b_to_a`` maps voxel coordinates of B ``[N, 3]`` to the true voxel coordinates
     of A (NaN where unknown). The error includes the grid's quantisation (``stride`` x spacing).
     """
-    fg_a, fg_b = (np.asarray(img[0]) > threshold for img in (image_a, image_b))
+    fg_a, fg_b = (torch.as_tensor(img[0]).cpu().numpy() > threshold for img in (image_a, image_b))
     grid = np.stack(np.meshgrid(*[np.arange(stride // 2, s, stride) for s in fg_a.shape], indexing="ij"), -1)
     candidates = grid.reshape(-1, 3)
     candidates = candidates[fg_a[tuple(candidates.T)]]
@@ -173,14 +182,17 @@ def landmark_error(
             "landmark_points": len(chosen)}  # fmt: skip
 
 
+@torch.no_grad()
 def evaluate_landmarks(model: Any, datamodule: Any, random_twin: Callable[[], Any], pairs: int = 4) -> dict[str, float]:
     """The plugin's label-free ``evaluate``: each of up to ``pairs`` volumes against a warped copy of itself
     (:func:`warp_with_coordinates`, seed = its index), with the trained network and a randomly initialised twin
-    of the same architecture; plus RankMe of the whole-volume embeddings."""
+    of the same architecture; plus RankMe of the whole-volume embeddings. Runs on ``model``'s device; volumes
+    and warps stay on the host."""
     cfg = datamodule.cfg
+    device = _device(model)
     results: dict[str, list[float]] = {"landmark_mm": [], "landmark_mm_random": []}
     torch.manual_seed(0)
-    twin = random_twin()
+    twin = random_twin().to(device)
     for index in range(min(pairs, len(datamodule.records))):
         image = torch.as_tensor(datamodule.volume(index)["image"]).float()
         warped, source, valid = warp_with_coordinates(image, seed=index)
@@ -191,7 +203,9 @@ def evaluate_landmarks(model: Any, datamodule: Any, random_twin: Callable[[], An
 
         for key, network in (("landmark_mm", model.net), ("landmark_mm_random", twin.net)):
             results[key].append(landmark_error(network, image, warped, b_to_a, cfg.spacing, seed=index)["landmark_mm"])
-    embeddings = torch.cat([model.embed({"image": b["image"]}) for b in datamodule.predict_dataloader()])
+    embeddings = torch.cat(
+        [model.embed({"image": b["image"].to(device)}).cpu() for b in datamodule.predict_dataloader()]
+    )
     return {
         **{k: float(np.mean(v)) for k, v in results.items()},
         "rankme": float(rankme(embeddings)),
@@ -235,23 +249,28 @@ def finetune_segmentation(
     ``VolumeNet.net`` state; the 1-channel ``out`` head is left out) or from random init (``None``).
 
     Volumes are ``(image [1, D, H, W], label [1, D, H, W])`` after the plugin's preprocessing. Each step takes
-    ``crops_per_step`` ROI crops of one training volume, centred half on foreground labels and half anywhere
-    (``RandCropByPosNegLabeld``), with ``DiceCELoss`` and AdamW (``lr``, weight decay 1e-5; the MONAI UNETR
-    tutorial's optimiser). Every ``eval_every`` steps the validation Dice is computed; the test Dice is reported
-    for the best validation checkpoint. The seed fixes the initialisation of anything not loaded and the crops.
+    ``crops_per_step`` ROI crops of one training volume, centred half on labelled voxels and half on background
+    (``RandCropByPosNegLabeld``, pos = neg = 1), with ``DiceCELoss`` and AdamW (``lr``, weight decay 1e-5; the
+    MONAI UNETR tutorial's optimiser). Every ``eval_every`` steps the validation Dice is computed (NaN where a
+    class is absent from a volume, left out of the mean); the test Dice is reported for the best validation
+    checkpoint. The seed fixes the initialisation of anything not loaded and the crops.
     """
     torch.manual_seed(seed)
     net = VolumeNet.from_config(cfg, out_channels=classes)
     if init is not None:
         missing, unexpected = net.net.load_state_dict({k: v for k, v in init.items() if not k.startswith("out.")},
                                                       strict=False)  # fmt: skip
-        assert not unexpected and all(k.startswith("out.") for k in missing), (missing, unexpected)
+        if unexpected or not all(k.startswith("out.") for k in missing):
+            raise ConfigError(
+                f"the pretrained weights do not fit a {cfg.backbone} of this configuration (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}): fine-tune with the backbone and sizes the run was pretrained with"
+            )
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     cropper = RandCropByPosNegLabeld(["image", "label"], "label", [cfg.roi] * 3, pos=1, neg=1,
                                      num_samples=crops_per_step)  # fmt: skip
     cropper.set_random_state(seed)
-    best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
+    best: tuple[float, int, dict[str, torch.Tensor]] = (float("-inf"), 0, copy.deepcopy(net.state_dict()))
     history = []
     for step in range(1, steps + 1):
         net.train()
@@ -264,11 +283,12 @@ def finetune_segmentation(
         loss.backward()
         optimiser.step()
         if step % eval_every == 0 or step == steps:
-            val_dice = float(dice_scores(net, val, classes).mean())
+            # a class absent from a validation volume gives NaN for that volume; the others still count
+            val_dice = float(np.nanmean(dice_scores(net, val, classes)))
             history.append({"step": step, "val_dice": val_dice, "loss": float(loss.detach())})
             if val_dice > best[0]:
                 best = (val_dice, step, copy.deepcopy(net.state_dict()))
     net.load_state_dict(best[2])
     test_dice = dice_scores(net, test, classes)
-    return {"test_dice": float(test_dice.mean()), "test_dice_per_class": test_dice.mean(0).tolist(),
+    return {"test_dice": float(np.nanmean(test_dice)), "test_dice_per_class": np.nanmean(test_dice, 0).tolist(),
             "val_dice": best[0], "step": best[1], "history": history}  # fmt: skip
