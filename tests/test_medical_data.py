@@ -217,3 +217,12 @@ def test_pairs_need_two_volumes(tmp_path):
     with pytest.raises(DataError, match=r"(?s)only 1 volume.*at least 2 volumes") as error:
         MedicalDataModule(folder, _cfg(AliceConfig), mode="pairs").setup("fit")
     assert str(folder) in str(error.value)
+
+
+def test_a_volume_with_nothing_above_the_foreground_threshold_names_the_window(tmp_path):
+    air = np.full((24, 24, 24), -1000.0, np.float32)
+    air[8:16, 8:16, 8:16] = -900.0  # lung-like values, all below a soft-tissue CT window
+    write_nifti(tmp_path / "air.nii.gz", air)
+    cfg = _cfg(intensity="ct", ct_window=(-125.0, 225.0), roi=32)
+    with pytest.raises(DataError, match=r"air\.nii\.gz: no voxel above foreground_threshold.*ct_window"):
+        MedicalDataModule(tmp_path, cfg, mode="views").setup("fit")

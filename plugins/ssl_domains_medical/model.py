@@ -28,7 +28,7 @@ class VolumeNet(nn.Module):
 
     - ``output`` ``[B, out_channels, r, r, r]``: the decoder's output (reconstruction, or segmentation logits);
     - ``tokens`` ``[B, (r/16)^3, token_dim]``: encoder tokens on the 1/16 grid (ViT: final normed tokens; Swin:
-      stage-4 features), raster order over (x, y, z);
+      the 1/16 stage, ``layers3``'s output), raster order over (x, y, z);
     - ``pyramid``: decoder feature maps at 1/16, 1/8, 1/4 and 1/2 resolution (``pyramid[1]`` is the 1/8 map
       Alice aligns with).
 
