@@ -41,6 +41,8 @@ def test_vit_forward_is_monai_unetr_and_its_weights_load_into_monai():
     assert not result.unexpected_keys and set(result.missing_keys) == {"out.conv.conv.weight", "out.conv.conv.bias"}
     out = net(x)
     assert out["tokens"].shape == (2, 8, 48) and [m.shape[-1] for m in out["pyramid"]] == [2, 4, 8, 16]
+    tokens, context = net.context(x)  # Alice's teacher: the same tokens and 1/8 map, decoder cut short
+    assert torch.equal(tokens, out["tokens"]) and torch.allclose(context, out["pyramid"][1], atol=1e-6)
 
 
 def test_swin_forward_is_monai_swinunetr():
@@ -53,6 +55,9 @@ def test_swin_forward_is_monai_swinunetr():
         assert torch.allclose(out["output"], net.net(x), atol=1e-5)
     assert isinstance(net.net, SwinUNETR) and out["tokens"].shape == (1, 64, 96)
     assert [m.shape[1] for m in out["pyramid"]] == list(net.pyramid_dims)
+    with torch.no_grad():
+        tokens, context = net.context(x)
+    assert torch.equal(tokens, out["tokens"]) and torch.allclose(context, out["pyramid"][1], atol=1e-6)
 
 
 def test_mask_token_replaces_hidden_patch_embeddings():

@@ -183,11 +183,14 @@ def landmark_error(
 
 
 @torch.no_grad()
-def evaluate_landmarks(model: Any, datamodule: Any, random_twin: Callable[[], Any], pairs: int = 4) -> dict[str, float]:
+def evaluate_landmarks(
+    model: Any, datamodule: Any, random_twin: Callable[[], Any], pairs: int = 4, points: int = 50, stride: int = 8
+) -> dict[str, float]:
     """The plugin's label-free ``evaluate``: each of up to ``pairs`` volumes against a warped copy of itself
     (:func:`warp_with_coordinates`, seed = its index), with the trained network and a randomly initialised twin
     of the same architecture; plus RankMe of the whole-volume embeddings. Runs on ``model``'s device; volumes
-    and warps stay on the host."""
+    and warps stay on the host. ``points`` and ``stride`` are coarser than the benchmark's (100, 6) so that
+    a CPU run takes minutes: every candidate point is a crop through the encoder."""
     cfg = datamodule.cfg
     device = _device(model)
     results: dict[str, list[float]] = {"landmark_mm": [], "landmark_mm_random": []}
@@ -202,7 +205,8 @@ def evaluate_landmarks(model: Any, datamodule: Any, random_twin: Callable[[], An
             return sample_map(source, points)
 
         for key, network in (("landmark_mm", model.net), ("landmark_mm_random", twin.net)):
-            results[key].append(landmark_error(network, image, warped, b_to_a, cfg.spacing, seed=index)["landmark_mm"])
+            error = landmark_error(network, image, warped, b_to_a, cfg.spacing, points, index, stride)
+            results[key].append(error["landmark_mm"])
     embeddings = torch.cat(
         [model.embed({"image": b["image"].to(device)}).cpu() for b in datamodule.predict_dataloader()]
     )

@@ -130,6 +130,16 @@ class VolumeNet(nn.Module):
         output = net.out(net.decoder1(dec0, enc0))
         return {"output": output, "tokens": states[3].flatten(2).transpose(1, 2), "pyramid": [dec3, dec2, dec1, dec0]}
 
+    def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens, pyramid[1])`` of :meth:`forward` without the finer decoder stages and the output head:
+        all that Alice's teacher reads, at a fraction of the decoder's full-resolution convolutions."""
+        tokens, states = self.encode(x)
+        net = self.net
+        if self.backbone == "vit":
+            return tokens, net.decoder5(net.proj_feat(tokens), net.encoder4(net.proj_feat(states[9])))
+        dec3 = net.decoder5(net.encoder10(states[4]), states[3])
+        return tokens, net.decoder4(dec3, net.encoder4(states[2]))
+
     # ---- whole-volume read-outs (sliding window over roi^3 windows) -----------------------------------------
     def token_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder tokens as a map ``[B, token_dim, r/16, r/16, r/16]``."""

@@ -124,9 +124,9 @@ class AliceObjective:
         teacher_net, teacher_cls, teacher_context = model.teacher.module
         queries = model.query_proj(student["tokens"])
         with torch.no_grad():
-            teacher = teacher_net(crops)
-            cls_t = teacher_cls(teacher["tokens"].mean(1))
-            patch_t = model.align(queries, teacher_context(_tokens(teacher["pyramid"][1])))
+            teacher_tokens, teacher_map = teacher_net.context(crops)
+            cls_t = teacher_cls(teacher_tokens.mean(1))
+            patch_t = model.align(queries, teacher_context(_tokens(teacher_map)))
         cls_s = model.cls_head(student["tokens"].mean(1))
         patch_s = model.align(queries, model.context_proj(_tokens(student["pyramid"][1])))
         temp = self.teacher_temperature(model.progress)
