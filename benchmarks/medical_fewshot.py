@@ -27,7 +27,8 @@ Protocol. The plugin pretrains once on the pool (seed 0, ``--pretrain-minutes`` 
   centred on a point) against A's foreground on a 6-voxel (12 mm) grid; the error is the distance (mm) to the
   true corresponding point, known from the two deformations. ``landmark_dense_*`` is the same matching with
   dense multi-scale decoder features (sliding window, 1/2 resolution), a secondary figure. Random init is the
-  seed's untrained network.
+  seed's untrained network. ``landmark_mm_intensity`` matches the crops themselves (average-pooled to 8^3, no
+  network): what intensity layout alone gives.
 
 Prints a JSON line per seed and a final one with ``dice_ssl_mean``, ``dice_random_mean``, ``landmark_mm_ssl``,
 ``landmark_mm_random`` (means over seeds, with ``_std``), the dense landmark figures, the pretraining minutes
@@ -40,7 +41,9 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -135,6 +138,25 @@ def correspondence(a: dict, b: dict, volume_a, volume_b):
     return b_to_a
 
 
+class IntensityDescriptor:
+    """A point's crop itself, average-pooled to 8^3, in the shape ``point_embeddings`` reads (a network-free
+    landmark reference)."""
+
+    def __init__(self, roi: int) -> None:
+        self.roi = roi
+
+    def eval(self) -> IntensityDescriptor:
+        return self
+
+    def parameters(self) -> Iterator[Any]:
+        return iter(())  # no weights: the descriptor lives on the host
+
+    def encode(self, x: Any) -> tuple[Any, list]:
+        import torch.nn.functional as F
+
+        return F.adaptive_avg_pool3d(x, 8).flatten(1)[:, None], []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plugin", choices=["alice", "contrastive3d"], required=True)
@@ -204,6 +226,12 @@ def main() -> None:
 
         pretrained = run.model.net
         landmark_ssl, dense_ssl = landmarks(pretrained)
+        landmark_intensity = float(np.mean([landmark_error(IntensityDescriptor(method.roi), test_set[a][0],
+                                                           test_set[b][0], maps[(a, b)], method.spacing,
+                                                           points=args.points, seed=a)["landmark_mm"]
+                                            for a, b in pairs]))  # fmt: skip
+        emit({"stage": "landmarks", "landmark_mm_ssl": landmark_ssl, "landmark_dense_mm_ssl": dense_ssl,
+              "landmark_mm_intensity": landmark_intensity})  # fmt: skip
         results = []
         for seed in seeds:
             torch.manual_seed(seed)
@@ -227,7 +255,8 @@ def main() -> None:
     summary = {"stage": "final", "plugin": args.plugin, "seeds": seeds, "config": args.config, "set": args.set,
                "finetune_steps": args.finetune_steps, "finetune_lr": args.finetune_lr,
                "pretrain_minutes": round(pretrain_minutes, 1), "pretrain_steps": steps,
-               "pretrain_peak_rss_gb": round(pretrain_rss, 2), "real_in_pool": [p.name for p in real]}  # fmt: skip
+               "pretrain_peak_rss_gb": round(pretrain_rss, 2), "real_in_pool": [p.name for p in real],
+               "landmark_mm_intensity": landmark_intensity}  # fmt: skip
     for key in ("dice_ssl", "dice_random", "landmark_mm_ssl", "landmark_mm_random", "landmark_dense_mm_ssl",
                 "landmark_dense_mm_random"):  # fmt: skip
         values = [r[key] for r in results]

@@ -128,7 +128,7 @@ def point_embeddings(net: VolumeNet, image: torch.Tensor, centres: np.ndarray, b
 
 
 def _device(net: torch.nn.Module) -> torch.device:
-    return next(net.parameters()).device
+    return next(net.parameters(), torch.empty(0)).device
 
 
 def _counterparts_on_foreground(truth: np.ndarray, foreground: np.ndarray) -> np.ndarray:
