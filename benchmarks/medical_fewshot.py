@@ -3,6 +3,7 @@ r"""Few-label brain tissue segmentation and label-free landmark matching: SSL in
     python benchmarks/medical_fewshot.py --plugin contrastive3d
     python benchmarks/medical_fewshot.py --plugin alice
     python benchmarks/medical_fewshot.py --plugin alice --pretrain-minutes 10 --seeds 0 --set alice.mask_ratio=0.5
+    python benchmarks/medical_fewshot.py --plugin alice --validation-only --set alice.teacher_temp=0.04   # selection
 
 Data (``../shared/reference/medical3d.md`` §6). Pseudo-subjects are warped copies of the real MNI ICBM152 2009a T1
 template shipped in ``datasets/medical3d`` (2 mm): each is one random affine + elastic deformation (MONAI
@@ -157,6 +158,22 @@ class IntensityDescriptor:
         return F.adaptive_avg_pool3d(x, 8).flatten(1)[:, None], []
 
 
+def validation_landmarks(net: Any, method: Any, subjects: list[dict], volumes: list[tuple], args: Any) -> dict:
+    """Point-embedding landmark errors (mm) on the validation pair only, for the pretrained network, a random
+    init (seed 0) and the intensity descriptor: the figure to choose settings on, with no test subject read."""
+    import torch
+
+    from ssl_domains_medical.evaluation import landmark_error
+    from ssl_domains_medical.model import VolumeNet
+
+    b_to_a = correspondence(subjects[0], subjects[1], volumes[0][0], volumes[1][0])
+    torch.manual_seed(0)
+    nets = {"ssl": net, "random": VolumeNet.from_config(method), "intensity": IntensityDescriptor(method.roi)}
+    return {f"val_landmark_mm_{name}": landmark_error(model, volumes[0][0], volumes[1][0], b_to_a, method.spacing,
+                                                      points=args.points, seed=0)["landmark_mm"]
+            for name, model in nets.items()}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plugin", choices=["alice", "contrastive3d"], required=True)
@@ -171,6 +188,9 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--finetune-lr", type=float, default=3e-4)
     parser.add_argument("--points", type=int, default=100, help="landmarks per pair")
+    parser.add_argument(
+        "--validation-only", action="store_true", help="pretrain, report the validation pair's landmark errors, stop"
+    )
     parser.add_argument("--config", action="append", default=None, help="plugin preset or YAML (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     args = parser.parse_args()
@@ -211,6 +231,9 @@ def main() -> None:
 
         volumes = preprocess(method, labelled)
         train_set, val_set, test_set = volumes[:2], volumes[2:4], volumes[4:]
+        if args.validation_only:
+            emit_final(validation_landmarks(run.model.net, method, labelled[2:4], val_set, args), started)
+            return
         test_subjects = labelled[4:]
         pairs = [(i, i + 1) for i in range(0, len(test_set) - 1, 2)]
         maps = {pair: correspondence(test_subjects[pair[0]], test_subjects[pair[1]], test_set[pair[0]][0],
