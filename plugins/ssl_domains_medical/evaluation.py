@@ -127,8 +127,10 @@ def point_embeddings(net: VolumeNet, image: torch.Tensor, centres: np.ndarray, b
     return torch.cat(out)
 
 
-def _device(net: torch.nn.Module) -> torch.device:
-    return next(net.parameters(), torch.empty(0)).device
+def _device(net: Any) -> torch.device:
+    # descriptors without weights (a pooled crop, a test double) run on the host
+    parameters = getattr(net, "parameters", None)
+    return next(parameters(), torch.empty(0)).device if parameters is not None else torch.device("cpu")
 
 
 def _counterparts_on_foreground(truth: np.ndarray, foreground: np.ndarray) -> np.ndarray:
