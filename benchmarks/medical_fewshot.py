@@ -42,7 +42,6 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +147,6 @@ class IntensityDescriptor:
 
     def eval(self) -> IntensityDescriptor:
         return self
-
-    def parameters(self) -> Iterator[Any]:
-        return iter(())  # no weights: the descriptor lives on the host
 
     def encode(self, x: Any) -> tuple[Any, list]:
         import torch.nn.functional as F
