@@ -16,7 +16,13 @@ from ssl_domains.nn import nt_xent
 from ssl_domains_medical.evaluation import dense_landmark_error, landmark_error, sample_map, warp_with_coordinates
 from ssl_domains_medical.masking import column_mask, rotate90
 from ssl_domains_medical.model import AliceModel, Contrastive3DModel, VolumeNet
-from ssl_domains_medical.objective import AliceObjective, Contrastive3DObjective, dino_cross_entropy
+from ssl_domains_medical.objective import (
+    AliceObjective,
+    Contrastive3DObjective,
+    dino_cross_entropy,
+    sinkhorn_knopp,
+    soft_cross_entropy,
+)
 from ssl_domains_medical.plugin import AliceConfig
 from ssl_domains_medical.synthetic import phantom, write_example_volumes
 
@@ -145,16 +151,49 @@ def test_alice_teacher_temperature_centres_and_ema():
     assert model.progress.item() == 0.0
 
 
-def test_alice_cls_target_is_the_other_crop_of_the_pair():
-    model, objective, _ = _alice(cls_weight=1.0, patch_weight=0.0, recon_weight=0.0)
-    crops = torch.rand(2, 1, 32, 32, 32)
-    same = _pairs(crops, crops)
-    swapped = _pairs(crops, crops.flip(0))
+@pytest.mark.parametrize("centering", ["ema", "sinkhorn"])
+def test_alice_cls_target_is_the_other_crop_of_the_pair(centering):
+    model, objective, cfg = _alice(cls_weight=1.0, patch_weight=0.0, recon_weight=0.0, centering=centering)
+    model.center_cls.normal_()  # a non-zero centre, so that a centre left out would show
+    query, anchor = torch.rand(2, 1, 32, 32, 32), torch.rand(2, 1, 32, 32, 32)
     torch.manual_seed(1)
-    a = objective(model, same)["loss_cls"]
+    loss = objective(model, _pairs(query, anchor))["loss_cls"]
+    # the same step by hand: the student's [CLS] of the 4 masked crops, the teacher's of the 4 clean ones
+    crops = torch.cat([query, anchor])
     torch.manual_seed(1)
-    b = objective(model, swapped)["loss_cls"]
-    assert not torch.allclose(a, b), "pairing the query with another anchor changes the [CLS] target"
+    hidden = column_mask(4, 32, cfg.mask_patch, cfg.mask_ratio, crops.device)
+    student = model.cls_head(model.net(crops.masked_fill(hidden[:, None], 0.0), hidden)["tokens"].mean(1))
+    teacher_net, teacher_cls, _ = model.teacher.module
+    with torch.no_grad():
+        teacher = teacher_cls(teacher_net.context(crops)[0].mean(1))
+    temp = objective.teacher_temperature(model.progress)
+    if centering == "sinkhorn":
+        target = sinkhorn_knopp(teacher, temp, cfg.sinkhorn_iterations)
+    else:
+        target = torch.softmax((teacher - model.center_cls) / temp, -1)
+    swapped, _ = soft_cross_entropy(torch.cat([target[2:], target[:2]]), student, cfg.student_temp)
+    unswapped, _ = soft_cross_entropy(target, student, cfg.student_temp)
+    assert loss.item() == pytest.approx(swapped.item(), rel=1e-4), "query <- anchor's teacher target and back"
+    assert abs(loss.item() - unswapped.item()) > 1e-3
+
+
+def test_sinkhorn_knopp_spreads_a_batch_over_the_prototypes():
+    torch.manual_seed(0)
+    teacher = torch.randn(6, 8) * 3
+    target = sinkhorn_knopp(teacher, torch.tensor(0.1), iterations=200)
+    assert torch.allclose(target.sum(1), torch.ones(6)), "one distribution per output"
+    assert torch.allclose(target.sum(0), torch.full((8,), 6 / 8), atol=1e-3), "equal mass per prototype"
+    shifted = sinkhorn_knopp(teacher + torch.randn(6, 1) * 5, torch.tensor(0.1), iterations=200)
+    assert torch.allclose(shifted, target, atol=1e-5), "a per-output offset changes nothing"
+    # one prototype dominating every output: EMA-free softmax puts all of the batch on it, Sinkhorn cannot
+    collapsed = torch.zeros(4, 8)
+    collapsed[:, 0] = 10.0
+    assert torch.softmax(collapsed / 0.1, -1)[:, 0].min() > 0.99
+    assert torch.allclose(sinkhorn_knopp(collapsed, torch.tensor(0.1)), torch.full((4, 8), 1 / 8), atol=1e-3)
+    # [B, T, K] patch logits: the batch is every token; no overflow at the reference's 0.01
+    tokens = sinkhorn_knopp(torch.randn(2, 5, 8) * 100, torch.tensor(0.01))
+    assert tokens.shape == (2, 5, 8) and torch.isfinite(tokens).all()
+    assert torch.allclose(tokens.sum(-1), torch.ones(2, 5))
 
 
 def test_contrastive_objective_logs_and_rotation_targets():

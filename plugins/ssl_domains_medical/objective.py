@@ -70,9 +70,41 @@ def dino_cross_entropy(
     centring of §3.1), averaged over all leading dimensions, and the teacher distribution's mean entropy (a
     collapse watch: it falls to 0 when one prototype wins everything, and stays at ``log K`` when uniform)."""
     target = F.softmax((teacher.float() - center) / teacher_temp, dim=-1)
+    return soft_cross_entropy(target, student, student_temp)
+
+
+def soft_cross_entropy(
+    target: torch.Tensor, student: torch.Tensor, student_temp: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``-sum target * log softmax(s / tau_s)`` averaged over all leading dimensions, and the targets' mean
+    entropy."""
     loss = -(target * F.log_softmax(student.float() / student_temp, dim=-1)).sum(-1).mean()
     entropy = -(target * target.clamp_min(1e-12).log()).sum(-1).mean()
     return loss, entropy
+
+
+def sinkhorn_knopp(teacher: torch.Tensor, teacher_temp: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """Teacher targets by Sinkhorn-Knopp centring (SwAV, Caron et al. 2020, §3.1 and Alg. 1; the centring of
+    DINOv2, Oquab et al. 2023, §4; iBOT's patch targets): ``exp(t / tau_t)`` over every output in the batch (all
+    leading dimensions, all ranks) is rescaled in turn so that each prototype holds an equal share of the batch
+    and each output a distribution. Unlike the EMA centre it acts within the batch, so even a batch of four
+    crops cannot put all its targets on one prototype. Returns ``[..., K]`` probabilities."""
+    shape = teacher.shape
+    logits = teacher.float().reshape(-1, shape[-1]) / teacher_temp
+    # one factor per row or column leaves the result unchanged, so the row maximum can go first (no overflow at
+    # tau_t = 0.01); a prototype no output reaches stays at 0 instead of dividing by 0
+    q = torch.exp(logits - logits.amax(-1, keepdim=True))
+    for _ in range(iterations):
+        q = q / _sum_over_ranks(q.sum(0, keepdim=True)).clamp_min(1e-30)
+        q = q / q.sum(1, keepdim=True)
+    return q.reshape(shape)
+
+
+def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
 
 
 def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -102,8 +134,11 @@ class AliceObjective:
     - ``L_mim``: MSE between the student's reconstruction and the whole unmasked crop. As in the reference the
       mask is not applied in the loss (the paper's text scores masked voxels only).
 
-    Teacher temperature rises linearly from ``teacher_temp_start`` to ``teacher_temp`` over the first
-    ``teacher_temp_warmup`` of training (read from the model's ``progress`` buffer, a device tensor).
+    Teacher targets are centred as in DINO (``centering: ema``, the reference: an EMA of the batch means is
+    subtracted) or by :func:`sinkhorn_knopp` (``centering: sinkhorn``, DINOv2/iBOT), which keeps the targets of a
+    small batch spread over the prototypes. Teacher temperature rises linearly from ``teacher_temp_start`` to
+    ``teacher_temp`` over the first ``teacher_temp_warmup`` of training (read from the model's ``progress``
+    buffer, a device tensor).
     """
 
     def __init__(self, cfg: Any) -> None:
@@ -130,9 +165,15 @@ class AliceObjective:
         cls_s = model.cls_head(student["tokens"].mean(1))
         patch_s = model.align(queries, model.context_proj(_tokens(student["pyramid"][1])))
         temp = self.teacher_temperature(model.progress)
-        swapped = torch.cat([cls_t[b:], cls_t[:b]])  # query's target is the anchor's teacher output and back
-        loss_cls, entropy_cls = dino_cross_entropy(swapped, cls_s, model.center_cls, temp, c.student_temp)
-        loss_patch, entropy_patch = dino_cross_entropy(patch_t, patch_s, model.center_patch, temp, c.student_temp)
+        if c.centering == "sinkhorn":
+            target_cls = sinkhorn_knopp(cls_t, temp, c.sinkhorn_iterations)
+            target_patch = sinkhorn_knopp(patch_t, temp, c.sinkhorn_iterations)
+        else:
+            target_cls = F.softmax((cls_t.float() - model.center_cls) / temp, dim=-1)
+            target_patch = F.softmax((patch_t.float() - model.center_patch) / temp, dim=-1)
+        swapped = torch.cat([target_cls[b:], target_cls[:b]])  # query's target is the anchor's teacher output and back
+        loss_cls, entropy_cls = soft_cross_entropy(swapped, cls_s, c.student_temp)
+        loss_patch, entropy_patch = soft_cross_entropy(target_patch, patch_s, c.student_temp)
         loss_mim = F.mse_loss(student["output"].float(), crops.float())
         with torch.no_grad():
             model.pending_cls.copy_(_mean_over_ranks(cls_t.float().mean(0)))

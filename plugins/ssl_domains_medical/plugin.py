@@ -107,7 +107,11 @@ class AliceConfig(MedicalConfig):
     teacher_temp: float = option(0.01, doc="teacher temperature after warm-up (reference: 0.01)")
     teacher_temp_start: float = option(0.008, doc="teacher temperature at the start (reference: 0.008)")
     teacher_temp_warmup: float = option(0.1, doc="share of training over which it rises (reference: 30 of 1000 epochs)")
-    center_momentum: float = option(0.9, doc="DINO centring momentum (reference: 0.9)")
+    centering: Literal["ema", "sinkhorn"] = option(
+        "ema", doc="teacher centring: DINO's EMA centre (reference) or Sinkhorn-Knopp within the batch (DINOv2/iBOT)"
+    )
+    sinkhorn_iterations: int = option(3, doc="Sinkhorn-Knopp iterations (DINOv2: 3)")
+    center_momentum: float = option(0.9, doc="DINO centring momentum (reference: 0.9; unused by sinkhorn)")
     momentum: float = option(0.996, doc="teacher EMA momentum at the start, raised to 1 on a cosine (reference)")
     cls_weight: float = option(1.0, doc="lambda_1, cross-volume [CLS] loss (reference: 1)")
     patch_weight: float = option(1.0, doc="lambda_2, aligned patch loss (reference: 1)")
