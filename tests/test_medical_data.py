@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ssl_domains import ConfigError, DataError
-from ssl_domains_medical.correspondence import corresponding_point, foreground_box
+from ssl_domains_medical.correspondence import corresponding_point, foreground_box, inside
 from ssl_domains_medical.data import MedicalDataModule, crop_around, preprocessing
 from ssl_domains_medical.formats import find_volumes
 from ssl_domains_medical.plugin import AliceConfig, Contrastive3DConfig
@@ -210,6 +210,34 @@ def test_pairs_are_crops_of_two_volumes_at_corresponding_points(tmp_path):
     assert (batch["volume"] != batch["partner"]).all(), "Alice's positives come from different volumes"
     # the crops are centred on foreground: the centre voxel of each is inside the phantom
     assert (batch["query"][:, 0, 16, 16, 16] > dm.cfg.foreground_threshold).all()
+    for i in range(2):
+        a, b = int(batch["volume"][i]), int(batch["partner"][i])
+        query_point, anchor_point = batch["query_point"][i].numpy(), batch["anchor_point"][i].numpy()
+        expected = corresponding_point(query_point, dm.geometry[a], dm.geometry[b], dm.cfg.correspondence)
+        assert np.allclose(anchor_point, expected, atol=1e-4), "the anchor's point corresponds to the query's"
+        assert torch.equal(batch["query"][i], crop_around(dm.volume(a)["image"], query_point, 32).float())
+        assert torch.equal(batch["anchor"][i], crop_around(dm.volume(b)["image"], anchor_point, 32).float())
+
+
+def test_world_pairs_redraw_points_outside_the_partners_field_of_view(tmp_path):
+    full = phantom((120, 44, 36), seed=0)[0]
+    write_nifti(tmp_path / "a_full.nii.gz", full)
+    write_nifti(tmp_path / "b_part.nii.gz", full[:50].copy())  # the same world grid, part of it scanned
+    dm = MedicalDataModule(tmp_path, _cfg(AliceConfig, correspondence="world", samples_per_volume=20), mode="pairs")
+    dm.setup("fit")
+    full_index = [r.name for r in dm.records].index("a_full")
+    dataset = dm.train_dataloader().dataset
+    torch.manual_seed(0)
+    items = [dataset[i] for i in range(len(dataset)) if i % 2 == full_index]
+    half = 1 - full_index
+    outside_share = np.mean([not inside(corresponding_point(p, dm.geometry[full_index], dm.geometry[half], "world",
+                                                            clip=False), dm.geometry[half])
+                             for p in dm.foreground_points[full_index]])  # fmt: skip
+    assert outside_share > 0.3, "the test needs many points of A outside B"
+    for item in items:
+        unclipped = corresponding_point(item["query_point"].numpy(), dm.geometry[full_index], dm.geometry[half],
+                                        "world", clip=False)  # fmt: skip
+        assert inside(unclipped, dm.geometry[half]), "a positive never pairs a point with B's border"
 
 
 def test_pairs_need_two_volumes(tmp_path):

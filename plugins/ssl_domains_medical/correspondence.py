@@ -35,8 +35,11 @@ def corresponding_point(
     geometry_a: dict[str, np.ndarray],
     geometry_b: dict[str, np.ndarray],
     method: Literal["box", "world"] = "box",
+    clip: bool = True,
 ) -> np.ndarray:
-    """The voxel of volume B corresponding to voxel ``point`` of volume A (float, clipped into B)."""
+    """The voxel of volume B corresponding to voxel ``point`` of volume A (float; clipped into B unless ``clip``
+    is False). ``"box"`` always lands inside B; ``"world"`` leaves B when B's field of view does not hold the
+    point, which :func:`inside` tells."""
     point = np.asarray(point, dtype=np.float64)
     if method == "world":
         world = geometry_a["affine"] @ np.append(point, 1.0)
@@ -46,4 +49,9 @@ def corresponding_point(
         extent_b = geometry_b["hi"] - geometry_b["lo"] + 1.0
         relative = (point - geometry_a["lo"] + 0.5) / extent_a
         mapped = geometry_b["lo"] + relative * extent_b - 0.5
-    return np.clip(mapped, 0.0, geometry_b["shape"] - 1.0)
+    return np.clip(mapped, 0.0, geometry_b["shape"] - 1.0) if clip else mapped
+
+
+def inside(point: np.ndarray, geometry: dict[str, np.ndarray]) -> bool:
+    """Whether voxel ``point`` lies within the volume of ``geometry``."""
+    return bool(((point >= 0.0) & (point <= geometry["shape"] - 1.0)).all())

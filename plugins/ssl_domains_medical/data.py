@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_domains import DataError
 from ssl_domains.data import eval_loader, train_loader
 
-from .correspondence import corresponding_point, foreground_box
+from .correspondence import corresponding_point, foreground_box, inside
 from .formats import VolumeRecord, find_volumes
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,9 @@ class _ViewCrops(Dataset):
         }
 
 
+_POINT_DRAWS = 8
+
+
 class _PairCrops(Dataset):
     def __init__(self, module: MedicalDataModule) -> None:
         self.module = module
@@ -247,8 +250,14 @@ class _PairCrops(Dataset):
         a = index % n
         b = (a + int(torch.randint(1, n, ()))) % n
         points = m.foreground_points[a]
-        point_a = points[int(torch.randint(len(points), ()))]
-        point_b = corresponding_point(point_a, m.geometry[a], m.geometry[b], m.cfg.correspondence)
+        # a point whose counterpart is outside B's field of view (``world`` correspondence, a smaller scan) would
+        # pair it with B's border: draw again, a few times, before settling for the clipped point
+        for _ in range(_POINT_DRAWS):
+            point_a = points[int(torch.randint(len(points), ()))]
+            point_b = corresponding_point(point_a, m.geometry[a], m.geometry[b], m.cfg.correspondence, clip=False)
+            if inside(point_b, m.geometry[b]):
+                break
+        point_b = np.clip(point_b, 0.0, m.geometry[b]["shape"] - 1.0)
         roi = m.cfg.roi
         query = torch.as_tensor(crop_around(m.volume(a)["image"], point_a, roi)).float()
         anchor = torch.as_tensor(crop_around(m.volume(b)["image"], point_b, roi)).float()
@@ -260,6 +269,8 @@ class _PairCrops(Dataset):
             "id": index,
             "volume": a,
             "partner": b,
+            "query_point": torch.as_tensor(point_a, dtype=torch.float32),
+            "anchor_point": torch.as_tensor(point_b, dtype=torch.float32),
         }
 
 
