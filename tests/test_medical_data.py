@@ -47,6 +47,28 @@ def test_inputs_folder_glob_file_manifest_and_dicom_series(tmp_path):
     (record,) = find_volumes(tmp_path / "m.csv")
     assert record.image == (tmp_path / "data/nested/v0.nii.gz").resolve() and record.label.name == "seg.nii.gz"
 
+    # a glob reads what a folder scan reads: DICOM slices as their series, a known foreign format as an error
+    assert [r.image.name for r in find_volumes(f"{tmp_path}/data/series/*")] == ["series"]
+    assert [
+        r.name
+        for r in find_volumes(
+            f"{tmp_path}/data/**/*",
+        )
+    ] == ["v0", "v1", "series"]
+    (tmp_path / "data" / "nested" / "v2.mha").write_bytes(b"ObjectType = Image")
+    with pytest.raises(DataError, match=r"v2\.mha.*convert it to NIfTI"):
+        find_volumes(f"{tmp_path}/data/nested/v*")
+
+
+def test_manifest_with_labels_on_only_some_lines_is_an_error(tmp_path):
+    _volumes(tmp_path, 3)
+    write_nifti(tmp_path / "seg.nii.gz", np.zeros((40, 44, 36), np.uint8))
+    (tmp_path / "m.csv").write_text("image,label\nv0.nii.gz,seg.nii.gz\nv1.nii.gz,\nv2.nii.gz,seg.nii.gz\n")
+    with pytest.raises(DataError, match=r"m\.csv: line 3 has no 'label' while other lines do"):
+        find_volumes(tmp_path / "m.csv")
+    (tmp_path / "none.csv").write_text("image,label\nv0.nii.gz,\nv1.nii.gz,\n")
+    assert [r.label for r in find_volumes(tmp_path / "none.csv")] == [None, None]
+
 
 def test_shipped_volumes_and_manifest():
     records = find_volumes(SHIPPED / "images")
@@ -130,6 +152,19 @@ def test_bad_volumes_raise_one_error_naming_the_file(tmp_path, write, message):
     with pytest.raises(DataError, match=message) as info:
         dm.setup("fit")
     assert "bad.nii.gz" in str(info.value)
+
+
+def test_label_map_on_another_grid_is_an_error_naming_both_files(tmp_path):
+    _volumes(tmp_path, 2)
+    write_nifti(tmp_path / "seg.nii.gz", np.zeros((40, 44, 36), np.uint8), spacing=(1.0, 1.0, 1.0))
+    (tmp_path / "m.csv").write_text("image,label\nv0.nii.gz,seg.nii.gz\nv1.nii.gz,seg.nii.gz\n")
+    with pytest.raises(DataError, match=r"seg\.nii\.gz: the label map's grid .* differs from that of its image "
+                                        r".*v0\.nii\.gz.*resample_from_to"):  # fmt: skip
+        MedicalDataModule(tmp_path / "m.csv", _cfg(), mode="views").setup("fit")
+    write_nifti(tmp_path / "seg.nii.gz", np.zeros((40, 44, 36), np.uint8), spacing=(1.5, 1.5, 1.5))
+    dm = MedicalDataModule(tmp_path / "m.csv", _cfg(), mode="views")
+    dm.setup("fit")
+    assert dm.volume(0)["label"].shape == dm.volume(0)["image"].shape
 
 
 def test_volume_smaller_than_the_roi_is_an_error_only_without_padding(tmp_path):

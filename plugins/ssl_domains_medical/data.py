@@ -82,6 +82,25 @@ class CheckVolumed(mt.MapTransform):
         return data
 
 
+class CheckLabelGridd(mt.MapTransform):
+    """A label map must share its image's voxel grid (shape and affine): resampling one onto the other is a
+    choice (nearest neighbour, which space) the user should make, not one made silently here."""
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        image, label = data["image"], data["label"]
+        same_shape = tuple(image.shape[1:]) == tuple(label.shape[1:])
+        same_affine = np.allclose(np.asarray(image.affine), np.asarray(label.affine), atol=1e-3)
+        if not (same_shape and same_affine):
+            raise DataError(
+                f"{_source(label)}: the label map's grid (shape {tuple(label.shape[1:])}, affine "
+                f"{np.round(np.asarray(label.affine), 3).tolist()}) differs from that of its image {_source(image)} "
+                f"(shape {tuple(image.shape[1:])}, affine {np.round(np.asarray(image.affine), 3).tolist()}); "
+                "resample the labels onto the image with nearest-neighbour interpolation, e.g. nibabel's "
+                "processing.resample_from_to(label, image, order=0)"
+            )
+        return data
+
+
 class CheckSized(mt.MapTransform):
     """With ``pad: false``: a volume smaller than the ROI on any side, after resampling and cropping to the
     foreground, is an error naming the file (instead of MONAI's padding it silently)."""
@@ -122,6 +141,7 @@ def preprocessing(cfg: Any, keys: tuple[str, ...]) -> mt.Compose:
         mt.LoadImaged(keys, image_only=True),
         mt.EnsureChannelFirstd(keys),
         CheckVolumed(keys),
+        *([CheckLabelGridd(keys)] if "label" in keys else []),
         mt.Orientationd(keys, axcodes=cfg.orientation, labels=None),
         mt.Spacingd(keys, pixdim=cfg.spacing, mode=modes),
         intensity,

@@ -62,12 +62,12 @@ def _unsupported(path: Path) -> DataError:
     )
 
 
-def _scan_folder(root: Path) -> list[VolumeRecord]:
+def _volumes_among(files: list[Path]) -> list[VolumeRecord]:
+    """NIfTI files as themselves, DICOM slices as their series folder; a known unsupported format is an error,
+    anything else (notes, spreadsheets) is not a volume and is passed over."""
     records: list[VolumeRecord] = []
     dicom_dirs: set[Path] = set()
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
+    for path in files:
         if _is_nifti(path):
             records.append(VolumeRecord(path))
         elif path.name.lower().endswith(UNSUPPORTED_SUFFIXES):
@@ -76,6 +76,15 @@ def _scan_folder(root: Path) -> list[VolumeRecord]:
             dicom_dirs.add(path.parent)
     records += [VolumeRecord(folder) for folder in sorted(dicom_dirs)]
     return sorted(records, key=lambda r: str(r.image))
+
+
+def _scan_folder(root: Path) -> list[VolumeRecord]:
+    files = [
+        path
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    ]
+    return _volumes_among(files)
 
 
 def _read_manifest(path: Path) -> list[VolumeRecord]:
@@ -98,6 +107,13 @@ def _read_manifest(path: Path) -> list[VolumeRecord]:
             if p is not None and not p.exists():
                 raise DataError(f"{path}, line {line}: {p} does not exist (paths are relative to the manifest)")
         records.append(VolumeRecord(image_path, label_path))
+    unlabelled = [line for line, r in enumerate(records, start=2) if r.label is None]
+    if unlabelled and len(unlabelled) < len(records):
+        raise DataError(
+            f"{path}: {'line' if len(unlabelled) == 1 else 'lines'} {', '.join(map(str, unlabelled[:10]))} "
+            f"{'has' if len(unlabelled) == 1 else 'have'} no 'label' while other lines do; give every "
+            "line a label map, or leave the 'label' column empty on all of them (labels are used all together)"
+        )
     return records
 
 
@@ -108,9 +124,10 @@ def find_volumes(data: str | Path) -> list[VolumeRecord]:
     text = str(data)
     if any(ch in text for ch in GLOB_CHARS) and not Path(text).exists():
         matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-        records = []
-        for path in matches:
-            records += _scan_folder(path) if path.is_dir() else [VolumeRecord(path)] if _is_nifti(path) else []
+        records = _volumes_among([path for path in matches if path.is_file()])
+        for folder in (path for path in matches if path.is_dir()):
+            records += _scan_folder(folder)
+        records = sorted(set(records), key=lambda r: str(r.image))
         if not records:
             raise DataError(f"the pattern {text!r} matches no NIfTI file or DICOM folder")
         return records
