@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 from pathlib import Path
 
@@ -212,6 +213,18 @@ def test_disk_and_no_cache_give_the_cached_volumes(tmp_path):
     assert any((tmp_path / "cache").iterdir())
     for cache in ("disk", "none"):
         assert all(torch.equal(a, b) for a, b in zip(volumes["memory"], volumes[cache], strict=True))
+    # without cache_dir: one temporary folder per data module, made at setup, gone with the module; the
+    # config itself is left as written (a run's saved config names no temporary path)
+    cfg = _cfg(cache="disk")
+    assert cfg.cache_dir == ""
+    dm = MedicalDataModule(data, cfg, "views")
+    dm.setup("fit")
+    folder = Path(dm._cache_tmp.name)
+    assert any(folder.iterdir()) and cfg.cache_dir == ""
+    assert torch.equal(dm.volume(0)["image"], volumes["memory"][0])
+    del dm
+    gc.collect()
+    assert not folder.exists()
 
 
 def test_box_and_world_correspondence():

@@ -25,6 +25,7 @@ a run's crops follow ``trainer.seed`` like every other plugin's randomness.
 from __future__ import annotations
 
 import logging
+import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,7 @@ class MedicalDataModule(pl.LightningDataModule):
         self.data, self.cfg, self.mode = data, cfg, mode
         self.records: list[VolumeRecord] = []
         self._volumes: Dataset | None = None
+        self._cache_tmp: tempfile.TemporaryDirectory | None = None
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -338,7 +340,10 @@ class MedicalDataModule(pl.LightningDataModule):
             if self.cfg.cache == "memory":
                 volumes: Dataset = CacheDataset(items, transform, cache_rate=1.0, progress=False)
             elif self.cfg.cache == "disk":
-                volumes = PersistentDataset(items, transform, cache_dir=self.cfg.cache_dir or None)
+                if not self.cfg.cache_dir and self._cache_tmp is None:
+                    self._cache_tmp = tempfile.TemporaryDirectory(prefix="ssl-domains-medical-")
+                cache_dir = self.cfg.cache_dir or self._cache_tmp.name  # type: ignore[union-attr]
+                volumes = PersistentDataset(items, transform, cache_dir=cache_dir)
             else:
                 volumes = MonaiDataset(items, transform)
             self._volumes = volumes

@@ -30,7 +30,9 @@ class MedicalConfig:
     cache: Literal["memory", "disk", "none"] = option(
         "memory", doc="cache preprocessed volumes: CacheDataset (memory), PersistentDataset (disk) or none"
     )
-    cache_dir: str = option("", doc="PersistentDataset folder for cache: disk (empty: a temporary folder)")
+    cache_dir: str = option(
+        "", doc="PersistentDataset folder for cache: disk (empty: a temporary folder, removed with the data module)"
+    )
     intensity_aug: bool = option(
         False, doc="random bias field, gamma and noise on the network's input views (targets stay clean)"
     )
@@ -51,10 +53,6 @@ class MedicalConfig:
             raise ConfigError("backbone swin needs feature_size a multiple of 12 and roi >= 64 (MONAI SwinUNETR)")
         if self.backbone == "vit" and self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.cache == "disk" and not self.cache_dir:
-            import tempfile
-
-            self.cache_dir = tempfile.mkdtemp(prefix="ssl-domains-medical-")
 
 
 @dataclass
