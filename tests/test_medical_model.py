@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import UNETR, SwinUNETR
 
 from ssl_domains.nn import nt_xent
@@ -209,6 +210,18 @@ def test_contrastive_objective_logs_and_rotation_targets():
     assert "rotation_ce" not in no_rotation
 
 
+def test_contrastive_reconstruction_target_turns_with_its_view():
+    def echo(views: torch.Tensor) -> dict[str, torch.Tensor]:  # a perfect autoencoder of whatever it is shown
+        return {"output": views, "z": views.flatten(1)[:, :8], "rotation": torch.zeros(len(views), 4)}
+
+    crop = torch.rand(4, 1, 8, 8, 8)
+    torch.manual_seed(0)
+    out = Contrastive3DObjective(rotation=True)(echo, {"image": crop, "view1": crop, "view2": crop})
+    assert out["recon_l1"].item() == 0.0, "the clean crop is turned exactly as its view"
+    torch.manual_seed(0)
+    assert (torch.randint(0, 4, (8,)) != 0).any(), "the seed turns some views"
+
+
 def test_objectives_run_under_bf16_autocast():
     model, objective, _ = _alice()
     batch = _pairs(torch.rand(2, 1, 32, 32, 32), torch.rand(2, 1, 32, 32, 32))
@@ -265,10 +278,35 @@ def test_landmark_matching_finds_the_true_counterpart_through_a_known_shift():
     assert wrong["landmark_mm"] >= 4.0
 
 
+class _CellIdNet:
+    """A stand-in whose dense features (1/2 resolution) are a fixed random vector of each 2^3 cell's mean value."""
+
+    def __init__(self, ids: int) -> None:
+        self.table = torch.randn(ids + 1, 16, generator=torch.Generator().manual_seed(0))
+
+    def eval(self) -> _CellIdNet:
+        return self
+
+    def over_volume(self, x: torch.Tensor, method: str) -> torch.Tensor:
+        assert method == "dense_features"
+        cells = F.avg_pool3d(x, 2).round().long()[:, 0]  # [B, d, h, w]
+        return self.table[cells].permute(0, 4, 1, 2, 3)
+
+
 def test_dense_landmark_error_is_zero_for_a_volume_against_itself():
     image = torch.as_tensor(phantom((48, 48, 48), 1)[0] / 1000.0)[None].float()
     result = dense_landmark_error(_net(), image, image, lambda p: p, (2.0, 2.0, 2.0), points=30)
     assert result["landmark_mm"] == 0.0 and result["landmark_points"] == 30
+
+
+def test_dense_landmark_matching_finds_the_true_counterpart_through_a_known_shift():
+    ids = torch.arange(1, 16**3 + 1, dtype=torch.float32).reshape(1, 16, 16, 16)
+    net = _CellIdNet(16**3)
+    shifted = torch.roll(ids, shifts=2, dims=1)  # one feature cell: B's voxel (x, y, z) is A's (x - 2, y, z)
+    result = dense_landmark_error(net, ids, shifted, lambda p: p - [2.0, 0.0, 0.0], (2.0, 2.0, 2.0), points=40)
+    assert result["landmark_mm"] == 0.0 and result["landmark_points"] == 40  # wrapped cells have no counterpart
+    wrong = dense_landmark_error(net, ids, shifted, lambda p: p, (2.0, 2.0, 2.0), points=40)
+    assert wrong["landmark_mm"] >= 4.0  # scored against the wrong truth, every match is one cell (2 voxels) off
 
 
 @pytest.mark.slow
