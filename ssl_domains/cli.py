@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="output .npy (ids in <stem>.ids.npy) or .parquet")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument(
+        "--per-position",
+        action="store_true",
+        help="one vector per position of each item (audio frames, tokens), where the plugin's model gives them",
+    )
 
     p = sub.add_parser("evaluate", help="RankMe; linear probe + kNN when labels exist; or the plugin's protocol")
     p.add_argument("--run", required=True)
@@ -245,7 +250,9 @@ def _device(name: str) -> str:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .evaluation import collect_embeddings, write_embeddings
+    import numpy as np
+
+    from .evaluation import collect_embeddings, collect_position_embeddings, write_embeddings
     from .run import load_run
 
     if not Path(args.data).exists():
@@ -253,9 +260,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if Path(args.out).suffix not in (".npy", ".parquet"):
         raise UserError(f"--out must end in .npy or .parquet, got {args.out}")
     run = load_run(Path(args.run), args.data)
-    emb = collect_embeddings(run.model, run.datamodule.predict_dataloader(), _device(args.device))
+    collect = collect_position_embeddings if args.per_position else collect_embeddings
+    emb = collect(run.model, run.datamodule.predict_dataloader(), _device(args.device))
     paths = write_embeddings(emb, Path(args.out))
-    print(f"wrote {emb.vectors.shape[0]} embeddings of dimension {emb.vectors.shape[1]}: {', '.join(map(str, paths))}")
+    what = f"embeddings ({len(np.unique(emb.ids))} items)" if args.per_position else "embeddings"
+    print(f"wrote {emb.vectors.shape[0]} {what} of dimension {emb.vectors.shape[1]}: {', '.join(map(str, paths))}")
     return 0
 
 

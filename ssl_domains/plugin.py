@@ -132,7 +132,8 @@ class ModalityPlugin(ABC):
         """The network. Called after ``datamodule.setup("fit")`` (or ``"predict"``), so sizes can be read from it.
 
         The module must define ``embed_dim: int`` and ``embed(batch) -> Tensor[N, embed_dim]``, the
-        representation used downstream (one row per ``batch["id"]``).
+        representation used downstream (one row per ``batch["id"]``). It may define ``embed_positions(batch) ->
+        (Tensor[N, T, D], lengths[N])``, one vector per position of each item, for ``embed --per-position``.
         """
 
     @abstractmethod

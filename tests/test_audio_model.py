@@ -188,6 +188,17 @@ def test_cli_train_evaluate_embed_round_trip(tmp_path: Path, plugin: str):
     assert done.returncode == 0, done.stderr[-2000:]
     vectors, ids = np.load(out), np.load(tmp_path / "emb.ids.npy")
     assert vectors.shape == (27, 32) and sorted(ids.tolist()) == list(range(27))
+    frames = tmp_path / "frames.parquet"
+    done = run_cli("embed", "--run", str(run), "--data", str(data), "--out", str(frames), "--per-position")
+    assert done.returncode == 0, done.stderr[-2000:]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(frames).to_pandas()
+    assert set(table["id"]) == set(range(27)) and len(table) > 2 * 27  # frames, or 16-frame patch columns
+    for clip, rows in table.groupby("id"):
+        assert rows["position"].tolist() == list(range(len(rows))), "positions 0..T-1 per clip, padding left out"
+        # the clip vector is the mean over the clip's positions (mean pooling of the same states)
+        np.testing.assert_allclose(np.stack(rows["embedding"]).mean(0), vectors[ids.tolist().index(clip)], atol=1e-4)
 
 
 @pytest.mark.parametrize("plugin_name", ["tera", "ssast"])

@@ -101,3 +101,41 @@ def test_collected_embeddings_do_not_keep_their_batches_alive():
     emb = collect_embeddings(SeedRows(), batches())
     assert emb.vectors.shape == (32, 8)
     assert max(peak) < 500, f"memory grew by {max(peak):.0f} MB: embeddings hold views of whole batch tensors"
+
+
+def test_position_embeddings_leave_out_padding_and_keep_ids_labels_and_order(tmp_path):
+    import pyarrow.parquet as pq
+    import torch
+
+    from ssl_domains import UserError
+    from ssl_domains.evaluation import collect_position_embeddings, write_embeddings
+
+    class Frames(torch.nn.Module):
+        """Position t of item i is the vector [i, t]; items are 3, 1 and 2 positions long in a 4-wide batch."""
+
+        def embed_positions(self, batch):
+            n = len(batch["id"])
+            grid = torch.stack(torch.meshgrid(batch["id"].float(), torch.arange(4.0), indexing="ij"), -1)
+            return grid.reshape(n, 4, 2), batch["length"]
+
+    batches = [
+        {"id": torch.tensor([10, 11]), "length": torch.tensor([3, 1]), "label": torch.tensor([0, 1])},
+        {"id": torch.tensor([12]), "length": torch.tensor([2]), "label": torch.tensor([1])},
+    ]
+    emb = collect_position_embeddings(Frames(), batches)
+    assert emb.ids.tolist() == [10, 10, 10, 11, 12, 12]
+    assert emb.positions.tolist() == [0, 1, 2, 0, 0, 1]
+    assert emb.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert emb.vectors.tolist() == [[10, 0], [10, 1], [10, 2], [11, 0], [12, 0], [12, 1]]
+    (path,) = write_embeddings(emb, tmp_path / "frames.parquet")
+    table = pq.read_table(path).to_pydict()
+    assert table["position"] == emb.positions.tolist() and table["id"] == emb.ids.tolist()
+    written = write_embeddings(emb, tmp_path / "frames.npy")
+    assert np.load(tmp_path / "frames.positions.npy").tolist() == emb.positions.tolist() and len(written) == 3
+
+    class ClipsOnly(torch.nn.Module):
+        def embed(self, batch):
+            return torch.zeros(len(batch["id"]), 2)
+
+    with pytest.raises(UserError, match=r"ClipsOnly gives one embedding per item only.*--per-position"):
+        collect_position_embeddings(ClipsOnly(), batches)

@@ -79,6 +79,11 @@ class TERAModel(nn.Module):
         layers = self.encode(batch["features"], batch["length"])
         return layers[-1] if self.embedding == "last" else torch.stack(layers).mean(0)
 
+    def embed_positions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(frame_embeddings [B, T, dim], lengths [B])``: what ``ssl-domains embed --per-position`` writes, one
+        row per feature frame (10 ms)."""
+        return self.frame_embeddings(batch), batch["length"]
+
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One vector per clip: the mean of the frame representations over the clip's frames."""
         x, lengths = batch["features"], batch["length"]
@@ -158,6 +163,12 @@ class SSASTModel(nn.Module):
         states = layers[-1] if self.embedding == "last" else torch.stack(layers).mean(0)
         rows, cols = self.grid(batch["features"].shape[1])
         return states.view(states.shape[0], rows, cols, -1).mean(1)
+
+    def embed_positions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(frame_embeddings [B, cols, dim], lengths [B])`` in patch columns (``patch[1]`` frames each: 2 in
+        frame mode, 16 in patch mode): what ``ssl-domains embed --per-position`` writes."""
+        lengths = torch.div(batch["length"] + self.patch[1] - 1, self.patch[1], rounding_mode="floor")
+        return self.frame_embeddings(batch), lengths
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One vector per clip: the mean patch-token state over the clip's patches (SSAST's ``ft_avgtok``)."""

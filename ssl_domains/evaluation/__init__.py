@@ -1,6 +1,12 @@
 """Label-free and label-based evaluation of embeddings from any plugin."""
 
-from .embeddings import Embeddings, collect_embeddings, evaluate_embeddings, write_embeddings
+from .embeddings import (
+    Embeddings,
+    collect_embeddings,
+    collect_position_embeddings,
+    evaluate_embeddings,
+    write_embeddings,
+)
 from .knn import knn_predict, knn_probe
 from .probe import group_disjoint_probe, linear_probe
 from .rankme import rankme
@@ -8,6 +14,7 @@ from .rankme import rankme
 __all__ = [
     "Embeddings",
     "collect_embeddings",
+    "collect_position_embeddings",
     "evaluate_embeddings",
     "group_disjoint_probe",
     "knn_predict",

@@ -19,17 +19,25 @@ from .knn import knn_probe
 from .probe import linear_probe
 from .rankme import rankme
 
-__all__ = ["Embeddings", "collect_embeddings", "evaluate_embeddings", "write_embeddings"]
+__all__ = [
+    "Embeddings",
+    "collect_embeddings",
+    "collect_position_embeddings",
+    "evaluate_embeddings",
+    "write_embeddings",
+]
 
 
 @dataclass
 class Embeddings:
-    """Row-aligned embeddings with their ids and, when the data has them, labels and split assignments."""
+    """Row-aligned embeddings with their ids and, when the data has them, labels and split assignments. Per-position
+    embeddings (:func:`collect_position_embeddings`) have one row per (item, position) and ``positions``."""
 
     ids: np.ndarray
     vectors: np.ndarray
     labels: np.ndarray | None = None
     splits: np.ndarray | None = None
+    positions: np.ndarray | None = None
 
 
 @torch.no_grad()
@@ -60,21 +68,72 @@ def collect_embeddings(model: torch.nn.Module, batches: Iterable[dict[str, Any]]
     )
 
 
+@torch.no_grad()
+def collect_position_embeddings(
+    model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: str = "cpu"
+) -> Embeddings:
+    """Run the optional ``model.embed_positions`` over ``batches``: one row per position of each item (an audio
+    frame, a token), with the item's id, the position's index and the item's label when the data has one.
+
+    ``embed_positions(batch)`` returns ``(states [N, T, D], lengths [N])``; positions at or after an item's length
+    are padding and are left out.
+    """
+    if not callable(getattr(model, "embed_positions", None)):
+        raise UserError(
+            f"{type(model).__name__} gives one embedding per item only (it has no embed_positions); "
+            "leave out --per-position"
+        )
+    model = model.to(device).eval()
+    ids, vecs, labels, positions = [], [], [], []
+    for batch in batches:
+        batch = move_data_to_device(batch, torch.device(device))
+        states, lengths = model.embed_positions(batch)
+        if states.ndim != 3 or states.shape[0] != len(batch["id"]) or lengths.shape != (states.shape[0],):
+            raise RuntimeError(
+                f"embed_positions returned shapes {tuple(states.shape)} and {tuple(lengths.shape)} for "
+                f"{len(batch['id'])} ids"
+            )
+        valid = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
+        item, position = (t.cpu().numpy() for t in torch.nonzero(valid, as_tuple=True))
+        ids.append(batch["id"].cpu().numpy()[item])
+        positions.append(position)
+        vecs.append(states[valid].float().cpu().numpy())
+        if "label" in batch:
+            labels.append(batch["label"].cpu().numpy()[item])
+    if not ids:
+        raise UserError("the data yielded no items to embed")
+    return Embeddings(
+        ids=np.concatenate(ids),
+        vectors=np.concatenate(vecs).astype(np.float32),
+        labels=np.concatenate(labels) if len(labels) == len(ids) else None,
+        positions=np.concatenate(positions).astype(np.int64),
+    )
+
+
 def write_embeddings(emb: Embeddings, out: Path) -> list[Path]:
-    """Write ``.npy`` (vectors, plus ``<stem>.ids.npy``) or ``.parquet`` (columns ``id`` and ``embedding``)."""
+    """Write ``.npy`` (vectors, plus ``<stem>.ids.npy`` and, per position, ``<stem>.positions.npy``) or
+    ``.parquet`` (columns ``id``, ``embedding``, and ``position`` and ``label`` where known)."""
     out = Path(out)
     if out.suffix == ".npy":
         ids_path = out.with_name(out.stem + ".ids.npy")
         atomic_write(ids_path, lambda tmp: _save_npy(tmp, emb.ids))
+        written = [out, ids_path]
+        if emb.positions is not None:
+            positions_path = out.with_name(out.stem + ".positions.npy")
+            atomic_write(positions_path, lambda tmp: _save_npy(tmp, emb.positions))
+            written.append(positions_path)
         atomic_write(out, lambda tmp: _save_npy(tmp, emb.vectors))
-        return [out, ids_path]
+        return written
     if out.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         dim = emb.vectors.shape[1]
         flat = pa.array(emb.vectors.reshape(-1), type=pa.float32())
-        columns = {"id": pa.array(emb.ids), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)}
+        columns = {"id": pa.array(emb.ids)}
+        if emb.positions is not None:
+            columns["position"] = pa.array(emb.positions)
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
         if emb.labels is not None:
             columns["label"] = pa.array(emb.labels)
         table = pa.table(columns)
