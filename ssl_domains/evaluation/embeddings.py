@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,35 +40,65 @@ class Embeddings:
     positions: np.ndarray | None = None
 
 
+Rows = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+
+
 @torch.no_grad()
-def collect_embeddings(model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: str = "cpu") -> Embeddings:
-    """Run ``model.embed`` over ``batches`` (dicts with ``id``, optionally ``label`` and ``split``)."""
+def _collect(
+    model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: str, rows: Callable[[Any, dict], Rows]
+) -> Embeddings:
+    """``rows(model, batch) -> (vectors [R, D], item of each row [R] or None for one row per item, positions [R]
+    or None)``, gathered over ``batches`` with the items' ids, labels and splits."""
     model = model.to(device).eval()
-    ids, vecs, labels, splits = [], [], [], []
+    parts: dict[str, list[np.ndarray]] = {"ids": [], "vectors": [], "labels": [], "splits": [], "positions": []}
     for batch in batches:
         batch = move_data_to_device(batch, torch.device(device))
-        z = model.embed(batch)
-        if z.ndim != 2 or z.shape[0] != len(batch["id"]):
-            raise RuntimeError(f"embed returned shape {tuple(z.shape)} for {len(batch['id'])} ids")
+        vectors, item, position = rows(model, batch)
         # copies, not views: a plugin's embed may return a slice of a much larger tensor (e.g. the seed rows
         # of a sampled subgraph), and a view would keep all of it alive for the whole collection
-        ids.append(batch["id"].cpu().numpy().copy())
-        vecs.append(z.detach().float().cpu().numpy().copy())
-        if "label" in batch:
-            labels.append(batch["label"].cpu().numpy().copy())
-        if "split" in batch:
-            splits.append(batch["split"].cpu().numpy().copy())
-    if not ids:
+        parts["vectors"].append(vectors.copy())
+        for key, name in (("ids", "id"), ("labels", "label"), ("splits", "split")):
+            if name in batch:
+                values = batch[name].cpu().numpy()
+                parts[key].append(values.copy() if item is None else values[item])
+        if position is not None:
+            parts["positions"].append(position)
+    if not parts["ids"]:
         raise UserError("the data yielded no items to embed")
+    whole = {k: np.concatenate(v) if v and len(v) == len(parts["ids"]) else None for k, v in parts.items()}
     return Embeddings(
-        ids=np.concatenate(ids),
-        vectors=np.concatenate(vecs).astype(np.float32),
-        labels=np.concatenate(labels) if len(labels) == len(ids) else None,
-        splits=np.concatenate(splits) if len(splits) == len(ids) else None,
+        ids=whole["ids"],
+        vectors=whole["vectors"].astype(np.float32),
+        labels=whole["labels"],
+        splits=whole["splits"],
+        positions=None if whole["positions"] is None else whole["positions"].astype(np.int64),
     )
 
 
-@torch.no_grad()
+def _item_rows(model: Any, batch: dict[str, Any]) -> Rows:
+    z = model.embed(batch)
+    if z.ndim != 2 or z.shape[0] != len(batch["id"]):
+        raise RuntimeError(f"embed returned shape {tuple(z.shape)} for {len(batch['id'])} ids")
+    return z.detach().float().cpu().numpy(), None, None
+
+
+def _position_rows(model: Any, batch: dict[str, Any]) -> Rows:
+    states, lengths = model.embed_positions(batch)
+    if states.ndim != 3 or states.shape[0] != len(batch["id"]) or lengths.shape != (states.shape[0],):
+        raise RuntimeError(
+            f"embed_positions returned shapes {tuple(states.shape)} and {tuple(lengths.shape)} for "
+            f"{len(batch['id'])} ids"
+        )
+    valid = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
+    item, position = (t.cpu().numpy() for t in torch.nonzero(valid, as_tuple=True))
+    return states[valid].float().cpu().numpy(), item, position
+
+
+def collect_embeddings(model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: str = "cpu") -> Embeddings:
+    """Run ``model.embed`` over ``batches`` (dicts with ``id``, optionally ``label`` and ``split``)."""
+    return _collect(model, batches, device, _item_rows)
+
+
 def collect_position_embeddings(
     model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: str = "cpu"
 ) -> Embeddings:
@@ -83,31 +113,7 @@ def collect_position_embeddings(
             f"{type(model).__name__} gives one embedding per item only (it has no embed_positions); "
             "leave out --per-position"
         )
-    model = model.to(device).eval()
-    ids, vecs, labels, positions = [], [], [], []
-    for batch in batches:
-        batch = move_data_to_device(batch, torch.device(device))
-        states, lengths = model.embed_positions(batch)
-        if states.ndim != 3 or states.shape[0] != len(batch["id"]) or lengths.shape != (states.shape[0],):
-            raise RuntimeError(
-                f"embed_positions returned shapes {tuple(states.shape)} and {tuple(lengths.shape)} for "
-                f"{len(batch['id'])} ids"
-            )
-        valid = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
-        item, position = (t.cpu().numpy() for t in torch.nonzero(valid, as_tuple=True))
-        ids.append(batch["id"].cpu().numpy()[item])
-        positions.append(position)
-        vecs.append(states[valid].float().cpu().numpy())
-        if "label" in batch:
-            labels.append(batch["label"].cpu().numpy()[item])
-    if not ids:
-        raise UserError("the data yielded no items to embed")
-    return Embeddings(
-        ids=np.concatenate(ids),
-        vectors=np.concatenate(vecs).astype(np.float32),
-        labels=np.concatenate(labels) if len(labels) == len(ids) else None,
-        positions=np.concatenate(positions).astype(np.int64),
-    )
+    return _collect(model, batches, device, _position_rows)
 
 
 def write_embeddings(emb: Embeddings, out: Path) -> list[Path]:
