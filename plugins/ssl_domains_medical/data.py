@@ -272,8 +272,10 @@ class _PairCrops(Dataset):
         b = (a + int(torch.randint(1, n, ()))) % n
         points = m.foreground_points[a]
         # a point whose counterpart is outside B's field of view (``world`` correspondence, a smaller scan) would
-        # pair it with B's border: draw again, a few times, before settling for the clipped point
-        for _ in range(_POINT_DRAWS):
+        # pair it with B's border: draw again, a few times, before settling for the clipped point. ``box`` maps
+        # box onto box, so it draws once (its rare sub-voxel overshoot at a border is clipped, as before)
+        draws = _POINT_DRAWS if m.cfg.correspondence == "world" else 1
+        for _ in range(draws):
             point_a = points[int(torch.randint(len(points), ()))]
             point_b = corresponding_point(point_a, m.geometry[a], m.geometry[b], m.cfg.correspondence, clip=False)
             if inside(point_b, m.geometry[b]):
