@@ -108,11 +108,8 @@ def _sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= dist.get_world_size()
-    return x
+    distributed = dist.is_available() and dist.is_initialized()
+    return _sum_over_ranks(x) / dist.get_world_size() if distributed else x
 
 
 class AliceObjective:
