@@ -69,8 +69,12 @@ def dino_cross_entropy(
     """DINO's loss ``-sum softmax((t - c) / tau_t) * log softmax(s / tau_s)`` (Caron et al. 2021, Eq. 1 with the
     centring of §3.1), averaged over all leading dimensions, and the teacher distribution's mean entropy (a
     collapse watch: it falls to 0 when one prototype wins everything, and stays at ``log K`` when uniform)."""
-    target = F.softmax((teacher.float() - center) / teacher_temp, dim=-1)
-    return soft_cross_entropy(target, student, student_temp)
+    return soft_cross_entropy(dino_targets(teacher, center, teacher_temp), student, student_temp)
+
+
+def dino_targets(teacher: torch.Tensor, center: torch.Tensor, teacher_temp: torch.Tensor) -> torch.Tensor:
+    """DINO's centred, sharpened teacher distribution ``softmax((t - c) / tau_t)`` (Caron et al. 2021, §3.1)."""
+    return F.softmax((teacher.float() - center) / teacher_temp, dim=-1)
 
 
 def soft_cross_entropy(
@@ -166,8 +170,8 @@ class AliceObjective:
             target_cls = sinkhorn_knopp(cls_t, temp, c.sinkhorn_iterations)
             target_patch = sinkhorn_knopp(patch_t, temp, c.sinkhorn_iterations)
         else:
-            target_cls = F.softmax((cls_t.float() - model.center_cls) / temp, dim=-1)
-            target_patch = F.softmax((patch_t.float() - model.center_patch) / temp, dim=-1)
+            target_cls = dino_targets(cls_t, model.center_cls, temp)
+            target_patch = dino_targets(patch_t, model.center_patch, temp)
         swapped = torch.cat([target_cls[b:], target_cls[:b]])  # query's target is the anchor's teacher output and back
         loss_cls, entropy_cls = soft_cross_entropy(swapped, cls_s, c.student_temp)
         loss_patch, entropy_patch = soft_cross_entropy(target_patch, patch_s, c.student_temp)
