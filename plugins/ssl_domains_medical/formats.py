@@ -78,13 +78,13 @@ def _volumes_among(files: list[Path]) -> list[VolumeRecord]:
     return sorted(records, key=lambda r: str(r.image))
 
 
-def _scan_folder(root: Path) -> list[VolumeRecord]:
-    files = [
+def _folder_files(root: Path) -> list[Path]:
+    """Every file below ``root``, hidden files and folders left out."""
+    return [
         path
         for path in sorted(root.rglob("*"))
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
     ]
-    return _volumes_among(files)
 
 
 def _read_manifest(path: Path) -> list[VolumeRecord]:
@@ -124,10 +124,8 @@ def find_volumes(data: str | Path) -> list[VolumeRecord]:
     text = str(data)
     if any(ch in text for ch in GLOB_CHARS) and not Path(text).exists():
         matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
-        records = _volumes_among([path for path in matches if path.is_file()])
-        for folder in (path for path in matches if path.is_dir()):
-            records += _scan_folder(folder)
-        records = sorted(set(records), key=lambda r: str(r.image))
+        files = {file for path in matches for file in (_folder_files(path) if path.is_dir() else [path])}
+        records = _volumes_among(sorted(files))
         if not records:
             raise DataError(f"the pattern {text!r} matches no NIfTI file or DICOM folder")
         return records
@@ -145,7 +143,7 @@ def find_volumes(data: str | Path) -> list[VolumeRecord]:
             f"{path}: not a NIfTI file (.nii / .nii.gz) or a manifest (.csv); pass a folder of volumes, a DICOM "
             "series folder, or one of those"
         )
-    records = _scan_folder(path)
+    records = _volumes_among(_folder_files(path))
     if not records:
         raise DataError(f"{path} holds no NIfTI file (.nii, .nii.gz) and no DICOM series")
     return records
