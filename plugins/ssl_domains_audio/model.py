@@ -132,8 +132,11 @@ class SSASTModel(nn.Module):
     def patch_validity(self, lengths: torch.Tensor, frames: int) -> torch.Tensor:
         """``[B, P]``: True for patches that hold at least one frame of audio."""
         rows, cols = self.grid(frames)
-        cols_with_audio = torch.div(lengths + self.patch[1] - 1, self.patch[1], rounding_mode="floor")
-        return valid_mask(cols_with_audio, cols).repeat(1, rows)
+        return valid_mask(self.columns_with_audio(lengths), cols).repeat(1, rows)
+
+    def columns_with_audio(self, lengths: torch.Tensor) -> torch.Tensor:
+        """``[B]``: how many patch columns of each clip hold at least one frame of audio."""
+        return torch.div(lengths + self.patch[1] - 1, self.patch[1], rounding_mode="floor")
 
     def encode(
         self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None = None
@@ -167,8 +170,7 @@ class SSASTModel(nn.Module):
     def embed_positions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(frame_embeddings [B, cols, dim], lengths [B])`` in patch columns (``patch[1]`` frames each: 2 in
         frame mode, 16 in patch mode): what ``ssl-domains embed --per-position`` writes."""
-        lengths = torch.div(batch["length"] + self.patch[1] - 1, self.patch[1], rounding_mode="floor")
-        return self.frame_embeddings(batch), lengths
+        return self.frame_embeddings(batch), self.columns_with_audio(batch["length"])
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One vector per clip: the mean patch-token state over the clip's patches (SSAST's ``ft_avgtok``)."""
