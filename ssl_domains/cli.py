@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--per-position",
         action="store_true",
-        help="one vector per position of each item (audio frames, tokens), where the plugin's model gives them",
+        help="one vector per position of each item (e.g. frames or tokens), where the plugin's model gives them",
     )
 
     p = sub.add_parser("evaluate", help="RankMe; linear probe + kNN when labels exist; or the plugin's protocol")
