@@ -201,6 +201,21 @@ def test_view_batches_are_a_clean_crop_and_two_corrupted_copies(tmp_path):
     assert all(torch.equal(batch[k], again[k]) for k in batch), "crops and corruption follow torch's seed"
 
 
+def test_several_crops_per_volume_sit_side_by_side_at_different_places(tmp_path):
+    dm = MedicalDataModule(_volumes(tmp_path, 3, shape=(60, 64, 56)), _cfg(crops_per_volume=3), mode="views")
+    dm.setup("fit")
+    torch.manual_seed(0)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == batch["view2"].shape == (6, 1, 32, 32, 32)  # 2 volumes x 3 crops
+    volumes = batch["volume"].tolist()
+    assert volumes[:3] == [volumes[0]] * 3 and volumes[3:] == [volumes[3]] * 3
+    crops = batch["image"].flatten(1)
+    for first in (0, 3):  # the crops of one volume are different windows of it
+        assert not torch.equal(crops[first], crops[first + 1]) and not torch.equal(crops[first], crops[first + 2])
+    for view in ("view1", "view2"):  # each view is a corrupted copy of its own crop, not of a sibling
+        assert ((batch[view] != batch["image"]).flatten(1).float().mean(1) < 0.9).all()
+
+
 def test_disk_and_no_cache_give_the_cached_volumes(tmp_path):
     data = _volumes(tmp_path / "data", 2)
     volumes = {}

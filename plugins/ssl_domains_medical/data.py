@@ -36,7 +36,7 @@ import torch
 from monai import transforms as mt
 from monai.data import CacheDataset, PersistentDataset
 from monai.data import Dataset as MonaiDataset
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ssl_domains import DataError
 from ssl_domains.data import eval_loader, train_loader
@@ -161,8 +161,13 @@ def preprocessing(cfg: Any, keys: tuple[str, ...]) -> mt.Compose:
 
 def view_transforms(cfg: Any) -> mt.Compose:
     """contrastive3d's random crop and two independently corrupted views (MONAI ViT SSL recipe)."""
+    roi = [cfg.roi] * 3
+    crops = cfg.crops_per_volume
     steps: list[Any] = [
-        mt.RandSpatialCropd("image", roi_size=[cfg.roi] * 3, random_size=False),
+        # several crops of one volume: the recipe's RandSpatialCropSamplesd; the steps below map over them
+        mt.RandSpatialCropSamplesd("image", roi_size=roi, num_samples=crops, random_size=False)
+        if crops > 1
+        else mt.RandSpatialCropd("image", roi_size=roi, random_size=False),
         mt.CopyItemsd("image", times=2, names=["view1", "view2"]),
     ]
 
@@ -232,21 +237,32 @@ class _ViewCrops(Dataset):
     def __len__(self) -> int:
         return len(self.module.records) * self.module.cfg.samples_per_volume
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> list[dict[str, Any]]:
+        """``crops_per_volume`` items of one volume; :func:`flatten_collate` puts them side by side in a batch."""
         v = index % len(self.module.records)
         self.transform.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
-        out = self.transform({"image": self.module.volume(v)["image"]})
-        if self.jitter is not None:
-            for view in ("view1", "view2"):
-                self.jitter.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
-                out[view] = self.jitter(out[view])
-        return {
-            "image": torch.as_tensor(out["image"]).float(),
-            "view1": torch.as_tensor(out["view1"]).float(),
-            "view2": torch.as_tensor(out["view2"]).float(),
-            "id": index,
-            "volume": v,
-        }
+        samples = self.transform({"image": self.module.volume(v)["image"]})
+        items = []
+        for out in samples if isinstance(samples, list) else [samples]:
+            if self.jitter is not None:
+                for view in ("view1", "view2"):
+                    self.jitter.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
+                    out[view] = self.jitter(out[view])
+            items.append(
+                {
+                    "image": torch.as_tensor(out["image"]).float(),
+                    "view1": torch.as_tensor(out["view1"]).float(),
+                    "view2": torch.as_tensor(out["view2"]).float(),
+                    "id": index,
+                    "volume": v,
+                }
+            )
+        return items
+
+
+def flatten_collate(items: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Batch every crop of every drawn volume: ``batch_size`` volumes x ``crops_per_volume`` crops."""
+    return default_collate([crop for crops in items for crop in crops])
 
 
 _POINT_DRAWS = 8
@@ -408,8 +424,14 @@ class MedicalDataModule(pl.LightningDataModule):
 
     # ---- loaders -------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        dataset = _PairCrops(self) if self.mode == "pairs" else _ViewCrops(self)
-        return train_loader(dataset, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers, drop_last="auto")
+        if self.mode == "pairs":
+            dataset, collate = _PairCrops(self), None
+        else:
+            dataset, collate = _ViewCrops(self), flatten_collate
+        return train_loader(
+            dataset, batch_size=self.cfg.batch_size, collate_fn=collate, num_workers=self.cfg.num_workers,
+            drop_last="auto",
+        )  # fmt: skip
 
     def predict_dataloader(self) -> DataLoader:
         return eval_loader(_Volumes(self), batch_size=1, num_workers=self.cfg.num_workers)

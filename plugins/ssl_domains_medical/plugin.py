@@ -36,7 +36,9 @@ class MedicalConfig:
     intensity_aug: bool = option(
         False, doc="random bias field, gamma and noise on the network's input views (targets stay clean)"
     )
-    batch_size: int = option(2, doc="crops (contrastive3d) or crop pairs (Alice) per batch")
+    batch_size: int = option(
+        2, doc="volumes drawn (contrastive3d; crops_per_volume crops each) or crop pairs (Alice) per batch"
+    )
     num_workers: int = option(0, doc="data-loading worker processes")
     backbone: Literal["vit", "swin"] = option(
         "vit", doc="MONAI UNETR (ViT, patch 16) or SwinUNETR (Swin transformer, patch 2) encoder-decoder"
@@ -69,6 +71,11 @@ class Contrastive3DConfig(MedicalConfig):
     shuffle_prob: float = option(0.8, doc="RandCoarseShuffled probability (recipe: 0.8)")
     shuffle_holes: int = option(10, doc="RandCoarseShuffled holes (recipe: 10)")
     shuffle_size: int = option(8, doc="RandCoarseShuffled hole side (recipe: 8)")
+    crops_per_volume: int = option(
+        1,
+        doc="crops of one volume per drawn volume (MONAI recipe: RandSpatialCropSamplesd, 2); a batch holds"
+        " batch_size x crops_per_volume crops, and crops of one volume are each other's NT-Xent negatives",
+    )
     proj_dim: int = option(512, doc="contrastive projection width (Swin UNETR SSL: 512)")
     temperature: float = option(0.5, doc="NT-Xent temperature (Swin UNETR SSL: 0.5)")
     rotation: bool = option(True, doc="predict a random 0/90/180/270 degree rotation of each view (Swin UNETR SSL)")
