@@ -13,7 +13,7 @@ from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, DataError
 from ssl_domains.config import from_mapping
 from ssl_domains.data import LengthGroupedSampler
 from ssl_domains_audio.data import AudioDataModule
-from ssl_domains_audio.features import kaldi_fbank, log_mel, num_frames
+from ssl_domains_audio.features import band_range, kaldi_fbank, log_mel, num_frames, warp_frequency
 from ssl_domains_audio.formats import find_clips, read_audio
 from ssl_domains_audio.plugin import FSDD_NAMES, SSASTConfig, TERAConfig
 from ssl_domains_audio.synthetic import synthetic_clip, write_example_clips
@@ -211,3 +211,60 @@ def test_f_max_puts_every_band_inside_an_8k_recording(tmp_path: Path):
     assert float(full[:, -1].mean()) < float(full[:, 10].mean()) - 10  # the top band holds the noise floor
     assert float(band_limited[:, 60:].mean()) > float(full[:, 60:].mean()) + 3  # the top bands now hold signal
     assert kaldi_fbank(samples, f_max=4000).shape[1] == 128
+
+
+@pytest.mark.parametrize("kind", ["logmel_global", "fbank"])
+def test_vtlp_moves_a_tone_like_a_shorter_vocal_tract_and_touches_training_crops_only(tmp_path: Path, kind: str):
+    t = np.arange(16000) / 16000
+    tone = {f: np.sin(2 * np.pi * f * t).astype(np.float32) for f in (1000, 1100)}
+
+    def compute(samples: np.ndarray) -> torch.Tensor:
+        return kaldi_fbank(samples, f_max=4000) if kind == "fbank" else log_mel(samples, cmvn=False, f_max=4000)
+
+    peak = {f: int(compute(s).mean(0).argmax()) for f, s in tone.items()}
+    warped = warp_frequency(compute(tone[1000]), 1.1, *band_range(kind, 4000))
+    assert peak[1100] > peak[1000] and int(warped.mean(0).argmax()) == peak[1100]  # 1000 Hz * 1.1 lands at 1100 Hz
+    unwarped = warp_frequency(compute(tone[1000]), 1.0, *band_range(kind, 4000))
+    assert torch.allclose(unwarped, compute(tone[1000]), atol=1e-3)
+
+    root = write_example_clips(tmp_path)
+    plain, perturbed = _module(root, kind), _module(root, kind, vtlp=0.1)
+    torch.manual_seed(0)
+    clean = next(iter(plain.predict_dataloader()))["features"]
+    assert torch.equal(next(iter(perturbed.predict_dataloader()))["features"], clean)  # embed time: no warp
+    index = int(plain.train_indices[0])
+    draws = torch.stack([perturbed.features_of(index, warp=a) for a in (0.9, 1.1)])
+    assert not torch.allclose(draws[0], draws[1]) and torch.allclose(
+        perturbed.features_of(index), plain.features_of(index)
+    )
+    long_crops = _module(root, kind, vtlp=0.1, crop_frames=10_000)  # whole clips: rows comparable to features_of
+    batch = next(iter(long_crops.train_dataloader()))
+    for row, (index, length) in enumerate(zip(batch["id"].tolist(), batch["length"].tolist(), strict=True)):
+        assert not torch.allclose(batch["features"][row, :length], long_crops.features_of(index), atol=1e-3)
+
+
+def test_synthesized_speech_is_unlabelled_16k_and_feeds_pretraining_only(tmp_path: Path):
+    from ssl_domains_audio.tts import DIGITS, synthesize
+
+    paths = synthesize(tmp_path / "tts", clips=4, seed=0)
+    assert [p.suffix for p in paths] == [".flac"] * 4 and not list((tmp_path / "tts").glob("*.partial"))
+    for path in paths:
+        info = soundfile.info(str(path))
+        assert info.samplerate == 16000 and info.channels == 1 and 0.2 < info.duration < 2.0
+    assert all(find_clips(p, FSDD_NAMES)[0].label is None for p in paths)
+    assert synthesize(tmp_path / "again", clips=4, seed=0)[2].name == paths[2].name  # the seed fixes the voices
+    assert len(DIGITS) == 10
+
+    root = write_example_clips(tmp_path)
+    dm = _module(root, test_speakers=["cyd"], unlabelled=[str(tmp_path / "tts")])
+    assert len(dm.clips) == 27 + 4 and dm.num_source_clips == 27
+    extra = np.arange(27, 31)
+    assert set(extra) <= set(dm.train_indices.tolist()) and (dm.label[extra] == -1).all()
+    ids = torch.cat([b["id"] for b in dm.predict_dataloader()])
+    assert sorted(ids.tolist()) == list(range(27))  # embed and the probes see the source clips only
+    cfg = from_mapping(TERAConfig, {"unlabelled": [str(tmp_path / "gone")]}, "audio")
+    at_embed_time = AudioDataModule(root, cfg, kind="logmel")
+    at_embed_time.setup("predict")  # a saved run embeds without its (maybe deleted) pretraining extras
+    assert len(at_embed_time.clips) == 27
+    with pytest.raises(DataError, match="gone does not exist"):
+        AudioDataModule(root, cfg, kind="logmel").setup("fit")

@@ -60,7 +60,9 @@ class _Items(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
         index = int(self.indices[i])
-        feats = self.module.features_of(index)
+        spread = self.module.cfg.vtlp if self.train else 0.0
+        alpha = 1.0 + spread * (2 * float(torch.rand(())) - 1) if spread > 0 else None
+        feats = self.module.features_of(index, warp=alpha)
         limit = self.module.cfg.crop_frames if self.train else self.module.cfg.max_frames
         if feats.shape[0] > limit:
             if self.train:  # a random crop (s3prl's and SSAST's training crops)
@@ -99,9 +101,12 @@ class AudioDataModule(pl.LightningDataModule):
         return len(self.fitted.get("classes", []))
 
     # ---- reading ---------------------------------------------------------------------------------------------
-    def features_of(self, index: int) -> torch.Tensor:
-        """Normalised features ``[T, F]`` of clip ``index`` (cached after the first read when ``cache``)."""
+    def features_of(self, index: int, warp: float | None = None) -> torch.Tensor:
+        """Normalised features ``[T, F]`` of clip ``index`` (cached after the first read when ``cache``), with the
+        spectrum scaled in frequency by ``warp`` first when given (:func:`features.warp_frequency`, VTLP)."""
         feats = self._raw(index)
+        if warp is not None:
+            feats = features.warp_frequency(feats, warp, *features.band_range(self.kind, self.cfg.f_max))
         norm = self.fitted.get("norm")
         if norm is None:
             return feats
@@ -112,6 +117,10 @@ class AudioDataModule(pl.LightningDataModule):
         if self._ready:
             return
         self.clips = find_clips(self.path, self.cfg.label_regex)
+        self.num_source_clips = len(self.clips)  # clips of ``path``: the ones embed and the probes see
+        if stage != "predict":  # unlabelled extras feed pretraining only; embed time needs none of them
+            for folder in self.cfg.unlabelled:
+                self.clips += [Clip(c.path, None, None) for c in find_clips(Path(folder), self.cfg.label_regex)]
         names = [c.speaker or "" for c in self.clips]
         unknown = sorted(set(self.cfg.test_speakers) - set(names))
         if unknown:
@@ -186,8 +195,8 @@ class AudioDataModule(pl.LightningDataModule):
         )
 
     def predict_dataloader(self) -> DataLoader:
-        indices = np.arange(len(self.clips))
-        order = indices[np.argsort(self.lengths, kind="stable")]  # similar lengths together: less padding
+        indices = np.arange(self.num_source_clips)
+        order = indices[np.argsort(self.lengths[indices], kind="stable")]  # similar lengths together: less padding
         return eval_loader(
             _Items(self, order, train=False), batch_size=self.cfg.batch_size, collate_fn=self.collate,
             num_workers=self.cfg.num_workers,

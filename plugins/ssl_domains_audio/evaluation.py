@@ -61,7 +61,7 @@ def pooled_logmel(datamodule: Any, n_mels: int = 80) -> np.ndarray:
     from .formats import read_audio
 
     rows = []
-    for clip in datamodule.clips:
+    for clip in datamodule.clips[: datamodule.num_source_clips]:  # the rows clip_embeddings gives
         feats = log_mel(read_audio(clip.path, SAMPLE_RATE, datamodule.cfg.min_seconds), n_mels, cmvn=False).double()
         rows.append(torch.cat([feats.mean(0), feats.std(0, unbiased=False)]).numpy())
     return np.stack(rows)

@@ -56,6 +56,39 @@ def kaldi_fbank(samples: np.ndarray, n_mels: int = 128, f_max: float | None = No
     )  # fmt: skip
 
 
+def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    return 1127.0 * torch.log1p(f / 700.0)  # HTK, as torchaudio's MelSpectrogram and Kaldi's fbank use
+
+
+def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    return 700.0 * torch.expm1(m / 1127.0)
+
+
+def warp_frequency(feats: torch.Tensor, alpha: float, f_min: float, f_max: float) -> torch.Tensor:
+    """Vocal tract length perturbation (Jaitly & Hinton, ICML 2013 workshop) of mel frames ``[T, F]``.
+
+    The spectrum is scaled in frequency, ``S'(f) = S(f / alpha)``: with ``alpha > 1`` formants move up, as from
+    a shorter vocal tract. Each band of the output reads the input at the band whose centre is ``f / alpha``,
+    linearly interpolated between neighbouring bands on the mel axis (bands spaced evenly in HTK mel between
+    ``f_min`` and ``f_max``); beyond the outermost bands the edge band is repeated. The paper warps the filter
+    bank itself; interpolating the computed bands is the same map up to the filters' widths, and needs no
+    second STFT.
+    """
+    bands = feats.shape[1]
+    edges = torch.linspace(float(_hz_to_mel(torch.tensor(f_min))), float(_hz_to_mel(torch.tensor(f_max))), bands + 2)
+    centres = edges[1:-1].double()
+    source = _hz_to_mel(_mel_to_hz(centres) / alpha)
+    position = ((source - centres[0]) / (edges[1] - edges[0])).clamp(0, bands - 1)
+    low = position.floor().long().clamp(max=bands - 2)
+    frac = (position - low).to(feats.dtype)
+    return feats[:, low] * (1 - frac) + feats[:, low + 1] * frac
+
+
+def band_range(kind: str, f_max: float | None) -> tuple[float, float]:
+    """Lowest and highest mel filter edge (Hz) of feature ``kind``: torchaudio's 0 Hz, Kaldi's default 20 Hz."""
+    return (20.0 if kind == "fbank" else 0.0), float(f_max or SAMPLE_RATE / 2)
+
+
 def num_frames(num_samples: int, kind: str) -> int:
     """Frames that :func:`log_mel` (``center=True``) or :func:`kaldi_fbank` (``snip_edges``) make from a clip."""
     if kind.startswith("logmel"):

@@ -21,6 +21,11 @@ class AudioDataConfig:
     test_speakers: list[str] = option(
         default_factory=list, doc="speakers held out of pretraining and used as the probe's test split"
     )
+    unlabelled: list[str] = option(
+        default_factory=list,
+        doc="folders (or manifests) of extra clips for pretraining only, labels ignored, never embedded or probed"
+        " (e.g. from `ssl-domains run tera synthesize`)",
+    )
     min_seconds: float = option(0.1, doc="shortest clip accepted (shorter clips are an error naming the file)")
     f_max: float | None = option(
         None, doc="highest mel band edge in Hz (null: 8 kHz, the Nyquist rate of 16 kHz; 4000 for 8 kHz recordings)"
@@ -30,6 +35,11 @@ class AudioDataConfig:
     batch_size: int = option(32, doc="clips per batch")
     num_workers: int = option(0, doc="data-loading workers (features are cached in memory: 0 is fine)")
     cache: bool = option(True, doc="compute every clip's features once at setup and keep them in memory")
+    vtlp: float = option(
+        0.0,
+        doc="vocal tract length perturbation of training crops: warp factor drawn from [1-vtlp, 1+vtlp] (0: off;"
+        " Jaitly & Hinton 2013 use 0.1)",
+    )
     eval_cs: list[float] = option(
         default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0], doc="probe C grid (leave-one-speaker-out selection)"
     )
@@ -92,8 +102,14 @@ _AUDIO_FORMATS = (
 _BATCH_KEYS = {"features": "float32", "length": "int64", "label": "int64", "split": "int64", "id": "int64"}
 
 
+_SYNTHESIZE = PluginCommand(
+    "synthesize", "ssl_domains_audio.tts:main", "write unlabelled espeak-ng speech (many voices) for pretraining"
+)
+
+
 class _AudioPlugin(ModalityPlugin):
     extra = "audio"
+    commands = (_SYNTHESIZE,)
     requires = ("torchaudio", "soundfile")
     data_formats = _AUDIO_FORMATS
     batch_keys = _BATCH_KEYS
@@ -169,6 +185,7 @@ class SSASTPlugin(_AudioPlugin):
     )
     commands = (
         PluginCommand("stats", "ssl_domains_audio.stats:main", "print the fbank mean/std of a folder, as config lines"),
+        _SYNTHESIZE,
     )
     # reference: Adam, lr 1e-4 (tiny: 5e-4), betas (0.95, 0.999), weight decay 5e-7, 1k-step warm-up
     run_defaults = {
