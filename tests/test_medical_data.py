@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_domains import ConfigError, DataError
+from ssl_domains import ConfigError, DataError, registry
 from ssl_domains_medical.correspondence import corresponding_point, foreground_box, inside
 from ssl_domains_medical.data import MedicalDataModule, crop_around, preprocessing
 from ssl_domains_medical.formats import find_volumes
@@ -280,6 +280,23 @@ def test_pairs_are_crops_of_two_volumes_at_corresponding_points(tmp_path):
         assert np.allclose(anchor_point, expected, atol=1e-4), "the anchor's point corresponds to the query's"
         assert torch.equal(batch["query"][i], crop_around(dm.volume(a)["image"], query_point, 32).float())
         assert torch.equal(batch["anchor"][i], crop_around(dm.volume(b)["image"], anchor_point, 32).float())
+
+
+def test_corresponding_positives_are_corrupted_crops_of_two_volumes_at_one_point(tmp_path):
+    cfg = _cfg(positives="corresponding")
+    assert registry.load("contrastive3d").datamodule(cfg, tmp_path).mode == "corresponding_views"
+    dm = MedicalDataModule(_volumes(tmp_path, 3), cfg, mode="corresponding_views")
+    dm.setup("fit")
+    torch.manual_seed(0)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == batch["image2"].shape == batch["view2"].shape == (2, 1, 32, 32, 32)
+    assert (batch["volume"] != batch["partner"]).all(), "the positive comes from another volume"
+    for first, second in (("view1", "image"), ("view2", "image2")):  # each view corrupts its own crop
+        changed = (batch[first] != batch[second]).flatten(1).float().mean(1)
+        assert (changed > 0).any() and (changed < 0.9).all()
+    assert not torch.equal(batch["image"], batch["image2"])
+    with pytest.raises(DataError, match="another"):
+        MedicalDataModule(_volumes(tmp_path / "one", 1), cfg, mode="corresponding_views").setup("fit")
 
 
 def test_world_pairs_redraw_points_outside_the_partners_field_of_view(tmp_path):

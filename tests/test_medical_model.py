@@ -222,6 +222,18 @@ def test_contrastive_reconstruction_target_turns_with_its_view():
     assert (torch.randint(0, 4, (8,)) != 0).any(), "the seed turns some views"
 
 
+def test_corresponding_positives_reconstruct_each_view_to_its_own_crop():
+    def echo(views: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"output": views, "z": views.flatten(1)[:, :8], "rotation": torch.zeros(len(views), 4)}
+
+    crop, other = torch.rand(2, 1, 8, 8, 8), torch.rand(2, 1, 8, 8, 8)
+    objective = Contrastive3DObjective(rotation=False)
+    own = objective(echo, {"image": crop, "image2": other, "view1": crop, "view2": other})
+    assert own["recon_l1"].item() == 0.0
+    shared = objective(echo, {"image": crop, "view1": crop, "view2": other})  # no image2: both aim at image
+    assert shared["recon_l1"].item() == pytest.approx(0.5 * (other - crop).abs().mean().item(), rel=1e-5)
+
+
 def test_objectives_run_under_bf16_autocast():
     model, objective, _ = _alice()
     batch = _pairs(torch.rand(2, 1, 32, 32, 32), torch.rand(2, 1, 32, 32, 32))

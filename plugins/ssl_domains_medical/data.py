@@ -170,12 +170,18 @@ def view_transforms(cfg: Any) -> mt.Compose:
         else mt.RandSpatialCropd("image", roi_size=roi, random_size=False),
         mt.CopyItemsd("image", times=2, names=["view1", "view2"]),
     ]
+    return mt.Compose(steps + corruptions(cfg, ("view1", "view2")))
 
-    # the recipe's hole sizes are for 96^3 crops: scaled to the ROI, they hide the same share of a crop
+
+def corruptions(cfg: Any, views: tuple[str, ...]) -> list[Any]:
+    """The recipe's corruption of each key in ``views``, drawn independently: ``OneOf[RandCoarseDropoutd``
+    in-painting | out-painting``]`` then ``RandCoarseShuffled``, hole sizes scaled from 96^3 crops to ``roi``."""
+
     def scaled(size: int) -> int:
         return max(1, round(size * cfg.roi / 96))
 
-    for view in ("view1", "view2"):
+    steps: list[Any] = []
+    for view in views:
         steps += [
             mt.OneOf(
                 [
@@ -201,7 +207,7 @@ def view_transforms(cfg: Any) -> mt.Compose:
                 view, prob=cfg.shuffle_prob, holes=cfg.shuffle_holes, spatial_size=scaled(cfg.shuffle_size)
             ),
         ]
-    return mt.Compose(steps)
+    return steps
 
 
 def intensity_jitter() -> mt.Compose:
@@ -313,6 +319,34 @@ class _PairCrops(Dataset):
         }
 
 
+class _CorrespondingViews(Dataset):
+    """contrastive3d with ``positives: corresponding``: the two views are corrupted crops at corresponding points
+    of two *different* volumes (Alice's pairs, :class:`_PairCrops`), so NT-Xent pulls together the same anatomy
+    of two subjects (the domain-specific positives of Chaitanya et al., NeurIPS 2020) instead of two
+    corruptions of one crop; each view is reconstructed to its own clean crop."""
+
+    def __init__(self, module: MedicalDataModule) -> None:
+        self.pairs = _PairCrops(module)
+        self.corrupt = mt.Compose(corruptions(module.cfg, ("view1", "view2")))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pair = self.pairs[index]
+        self.corrupt.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
+        views = self.corrupt({"view1": pair["query_view"], "view2": pair["anchor_view"]})
+        return {
+            "image": pair["query"],
+            "image2": pair["anchor"],
+            "view1": torch.as_tensor(views["view1"]).float(),
+            "view2": torch.as_tensor(views["view2"]).float(),
+            "id": index,
+            "volume": pair["volume"],
+            "partner": pair["partner"],
+        }
+
+
 class _Volumes(Dataset):
     def __init__(self, module: MedicalDataModule) -> None:
         self.module = module
@@ -333,8 +367,8 @@ class MedicalDataModule(pl.LightningDataModule):
 
     def __init__(self, data: Path, cfg: Any, mode: str) -> None:
         super().__init__()
-        if mode not in ("views", "pairs"):
-            raise ValueError(f"mode must be 'views' or 'pairs', got {mode!r}")
+        if mode not in ("views", "pairs", "corresponding_views"):
+            raise ValueError(f"mode must be 'views', 'pairs' or 'corresponding_views', got {mode!r}")
         self.data, self.cfg, self.mode = data, cfg, mode
         self.records: list[VolumeRecord] = []
         self._volumes: Dataset | None = None
@@ -345,9 +379,9 @@ class MedicalDataModule(pl.LightningDataModule):
         if self._volumes is not None:
             return
         self.records = find_volumes(self.data)
-        if self.mode == "pairs" and len(self.records) < 2:
+        if self.mode != "views" and len(self.records) < 2:
             raise DataError(
-                f"{self.data}: Alice pairs a point of one volume with the same anatomy in *another* volume, and "
+                f"{self.data}: {self.mode} pair a point of one volume with the same anatomy in *another* volume, and "
                 f"only {len(self.records)} volume was found; give at least 2 volumes of the same body region"
             )
         has_label = all(r.label is not None for r in self.records)
@@ -426,6 +460,8 @@ class MedicalDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.mode == "pairs":
             dataset, collate = _PairCrops(self), None
+        elif self.mode == "corresponding_views":
+            dataset, collate = _CorrespondingViews(self), None
         else:
             dataset, collate = _ViewCrops(self), flatten_collate
         return train_loader(

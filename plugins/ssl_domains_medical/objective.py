@@ -21,9 +21,11 @@ class Contrastive3DObjective:
     """``L = w_r * L1(recon, crop) + w_c * NT-Xent(z1, z2) + w_rot * CE(rotation)`` (Tang et al., CVPR 2022, Eq. 1-4).
 
     The two views are independently corrupted copies of one crop (the MONAI ViT recipe's in/out-painting and
-    local shuffling, done by the data module). With ``rotation`` each view is also turned by its own random
-    multiple of 90 degrees and the network predicts it; the reconstruction target is the clean crop turned the
-    same way (Tang's target). Both views go through the network in one batch.
+    local shuffling, done by the data module), or, with ``positives: corresponding``, corrupted crops at
+    corresponding points of two volumes (``image`` and ``image2``, each view's own reconstruction target).
+    With ``rotation`` each view is also turned by its own random multiple of 90 degrees and the network predicts
+    it; the reconstruction target is the clean crop turned the same way (Tang's target). Both views go through
+    the network in one batch.
 
     Choices against the references, on purpose:
 
@@ -46,7 +48,7 @@ class Contrastive3DObjective:
 
     def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         crop, b = batch["image"], batch["image"].shape[0]
-        views, target = torch.cat([batch["view1"], batch["view2"]]), torch.cat([crop, crop])
+        views, target = torch.cat([batch["view1"], batch["view2"]]), torch.cat([crop, batch.get("image2", crop)])
         if self.rotation:
             turns = torch.randint(0, 4, (2 * b,), device=crop.device)
             views, target = rotate90(views, turns), rotate90(target, turns)

@@ -39,6 +39,9 @@ class MedicalConfig:
     batch_size: int = option(
         2, doc="volumes drawn (contrastive3d; crops_per_volume crops each) or crop pairs (Alice) per batch"
     )
+    correspondence: Literal["box", "world"] = option(
+        "box", doc="how the positive's point in another volume is found: foreground-box affine, or world coordinates"
+    )
     num_workers: int = option(0, doc="data-loading worker processes")
     backbone: Literal["vit", "swin"] = option(
         "vit", doc="MONAI UNETR (ViT, patch 16) or SwinUNETR (Swin transformer, patch 2) encoder-decoder"
@@ -71,6 +74,11 @@ class Contrastive3DConfig(MedicalConfig):
     shuffle_prob: float = option(0.8, doc="RandCoarseShuffled probability (recipe: 0.8)")
     shuffle_holes: int = option(10, doc="RandCoarseShuffled holes (recipe: 10)")
     shuffle_size: int = option(8, doc="RandCoarseShuffled hole side (recipe: 8)")
+    positives: Literal["views", "corresponding"] = option(
+        "views",
+        doc="NT-Xent positives: two corrupted copies of one crop (MONAI, Tang), or corrupted crops at corresponding"
+        " points of two different volumes (Chaitanya et al. 2020; the point pairs of alice, see correspondence)",
+    )
     crops_per_volume: int = option(
         1,
         doc="crops of one volume per drawn volume (MONAI recipe: RandSpatialCropSamplesd, 2); a batch holds"
@@ -91,9 +99,6 @@ class AliceConfig(MedicalConfig):
 
     intensity_aug: bool = option(
         True, doc="the student sees crops with a random bias field, gamma and noise (the reference's unused data_aug)"
-    )
-    correspondence: Literal["box", "world"] = option(
-        "box", doc="how the positive's point in another volume is found: foreground-box affine, or world coordinates"
     )
     mask_ratio: float = option(
         0.75, doc="share of (y, z) cells hidden from the student as columns along x (reference: 0.75)"
@@ -150,7 +155,8 @@ class _MedicalPlugin(ModalityPlugin):
         from .data import MedicalDataModule
 
         cfg.validate()
-        return MedicalDataModule(Path(data), cfg, mode=self.mode)
+        mode = "corresponding_views" if getattr(cfg, "positives", "views") == "corresponding" else self.mode
+        return MedicalDataModule(Path(data), cfg, mode=mode)
 
     def make_example_data(self, root: Path) -> Path:
         from .synthetic import write_example_volumes
