@@ -107,10 +107,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.config is None:
         args.config = [f"{args.plugin}-fsdd"]
-    synthetic_dir = tempfile.TemporaryDirectory()
     if args.synthetic:
         from ssl_domains_audio.tts import synthesize
 
+        synthetic_dir = tempfile.TemporaryDirectory()  # lives until the process ends, as every fold reads it
         synthesize(Path(synthetic_dir.name), args.synthetic, seed=0)
         args.set = [f"{args.plugin}.unlabelled={[synthetic_dir.name]}", *args.set]
 

@@ -295,7 +295,9 @@ def test_corresponding_positives_are_corrupted_crops_of_two_volumes_at_one_point
         changed = (batch[first] != batch[second]).flatten(1).float().mean(1)
         assert (changed > 0).any() and (changed < 0.9).all()
     assert not torch.equal(batch["image"], batch["image2"])
-    with pytest.raises(DataError, match="another"):
+    with pytest.raises(ConfigError, match="crops_per_volume: 1"):
+        _cfg(positives="corresponding", crops_per_volume=2)
+    with pytest.raises(DataError, match="positives: corresponding pairs a point"):
         MedicalDataModule(_volumes(tmp_path / "one", 1), cfg, mode="corresponding_views").setup("fit")
 
 

@@ -381,7 +381,8 @@ class MedicalDataModule(pl.LightningDataModule):
         self.records = find_volumes(self.data)
         if self.mode != "views" and len(self.records) < 2:
             raise DataError(
-                f"{self.data}: {self.mode} pair a point of one volume with the same anatomy in *another* volume, and "
+                f"{self.data}: {'Alice' if self.mode == 'pairs' else 'contrastive3d with positives: corresponding'}"
+                " pairs a point of one volume with the same anatomy in *another* volume, and "
                 f"only {len(self.records)} volume was found; give at least 2 volumes of the same body region"
             )
         has_label = all(r.label is not None for r in self.records)

@@ -91,6 +91,15 @@ class Contrastive3DConfig(MedicalConfig):
     contrast_weight: float = option(1.0, doc="weight of NT-Xent (Swin UNETR SSL: 1)")
     rotation_weight: float = option(1.0, doc="weight of the rotation cross-entropy (Swin UNETR SSL: 1)")
 
+    def validate(self) -> None:
+        """Also reject options that exclude each other."""
+        super().validate()
+        if self.positives == "corresponding" and self.crops_per_volume > 1:
+            raise ConfigError(
+                "crops_per_volume > 1 draws several crops of one volume, positives: corresponding one crop per volume"
+                " of a pair; set crops_per_volume: 1 with it"
+            )
+
 
 @dataclass
 class AliceConfig(MedicalConfig):
