@@ -99,7 +99,7 @@ def make_subjects(template: Path, out: Path, seeds: list[int], labelled: bool) -
 
 def preprocess(cfg, subjects: list[dict]) -> list[tuple]:
     """The plugin's own MONAI preprocessing of ``(image, label)`` -> MetaTensors with their affines."""
-    from ssl_domains_medical.data import preprocessing
+    from ssl_domains_medical.transforms import preprocessing
 
     chain = preprocessing(cfg, ("image", "label"))
     return [

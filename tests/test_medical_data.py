@@ -13,10 +13,11 @@ import torch
 
 from ssl_domains import ConfigError, DataError, registry
 from ssl_domains_medical.correspondence import corresponding_point, foreground_box, inside
-from ssl_domains_medical.data import MedicalDataModule, crop_around, preprocessing
+from ssl_domains_medical.data import MedicalDataModule
 from ssl_domains_medical.formats import find_volumes
 from ssl_domains_medical.plugin import AliceConfig, Contrastive3DConfig
 from ssl_domains_medical.synthetic import phantom, write_dicom_series, write_nifti
+from ssl_domains_medical.transforms import crop_around, preprocessing
 
 SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "medical3d"
 

@@ -30,8 +30,8 @@ from monai.transforms import Rand3DElastic, RandCropByPosNegLabeld
 from ssl_domains import ConfigError
 from ssl_domains.evaluation import rankme
 
-from .data import crop_around
 from .model import VolumeNet
+from .transforms import crop_around
 
 WARP = {
     "sigma_range": (5.0, 7.0), "magnitude_range": (100.0, 200.0), "rotate_range": (0.12, 0.12, 0.12),

@@ -1,7 +1,7 @@
 """Finding the volumes a run reads: a folder, a glob, one file, or a manifest CSV; NIfTI files or DICOM series.
 
 Every problem is a :class:`~ssl_domains.DataError` that names the file and says what to do. Reading the voxels
-is MONAI's job (``LoadImaged`` in ``data.py``); this module only decides *which* files are volumes.
+is MONAI's job (``LoadImaged`` in ``transforms.py``); this module only decides *which* files are volumes.
 """
 
 from __future__ import annotations
