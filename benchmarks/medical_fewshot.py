@@ -187,6 +187,9 @@ def main() -> None:
     parser.add_argument(
         "--validation-only", action="store_true", help="pretrain, report the validation pair's landmark errors, stop"
     )
+    parser.add_argument(
+        "--keep-run", type=Path, default=None, help="pretrain into this (new) folder and keep it, to re-evaluate later"
+    )
     parser.add_argument("--config", action="append", default=None, help="plugin preset or YAML (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     args = parser.parse_args()
@@ -215,12 +218,13 @@ def main() -> None:
         layers = [read_yaml(c, plugin) for c in args.config]
         overrides = ["trainer.progress_bar=false", f"trainer.max_minutes={args.pretrain_minutes}", *args.set]
         cfg = resolve_config(plugin, tmp / "pool" / "images", layers, overrides, {"seed": 0})
+        run_dir = args.keep_run or tmp / "run"
         start = time.perf_counter()
-        train(cfg, tmp / "run")
+        train(cfg, run_dir)
         pretrain_minutes = (time.perf_counter() - start) / 60
-        run = load_run(tmp / "run")
+        run = load_run(run_dir)
         method = run.config.method
-        steps = int(torch.load(tmp / "run" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"])
+        steps = int(torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)["global_step"])
         pretrain_rss = peak_rss_gb()
         emit({"stage": "pretrain", "plugin": args.plugin, "minutes": round(pretrain_minutes, 1), "steps": steps,
               "peak_rss_gb": round(pretrain_rss, 2), "config": args.config, "set": args.set})  # fmt: skip

@@ -13,8 +13,15 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import UNETR, SwinUNETR
 
+from ssl_domains import ConfigError
 from ssl_domains.nn import nt_xent
-from ssl_domains_medical.evaluation import dense_landmark_error, landmark_error, sample_map, warp_with_coordinates
+from ssl_domains_medical.evaluation import (
+    dense_landmark_error,
+    landmark_error,
+    point_embeddings,
+    sample_map,
+    warp_with_coordinates,
+)
 from ssl_domains_medical.masking import column_mask, rotate90
 from ssl_domains_medical.model import AliceModel, Contrastive3DModel, VolumeNet
 from ssl_domains_medical.objective import (
@@ -281,13 +288,42 @@ def test_landmark_matching_finds_the_true_counterpart_through_a_known_shift():
     ids = torch.arange(1, 12**3 + 1, dtype=torch.float32).reshape(1, 12, 12, 12)  # every voxel unique
     net = _VoxelIdNet(12**3)
     same = landmark_error(net, ids, ids, lambda p: p, (2.0, 2.0, 2.0), points=50, stride=1)
-    assert same["landmark_mm"] == 0.0 and same["landmark_points"] == 50
+    assert same["landmark_mm"] == 0.0 and same["landmark_points"] == 50 and same["landmark_floor_mm"] == 0.0
+    # on a 3-voxel candidate grid (centres 1, 4, 7, 10 per axis) no match can beat the nearest candidate
+    coarse = landmark_error(net, ids, ids, lambda p: p, (2.0, 2.0, 2.0), points=50, stride=3)
+    assert 0.0 < coarse["landmark_floor_mm"] <= coarse["landmark_mm"]
+    assert coarse["landmark_floor_mm"] <= 2.0 * math.sqrt(3 * 1.5**2)  # half a cell's diagonal at 2 mm voxels
     shifted = torch.roll(ids, shifts=2, dims=1)  # B's voxel (x, y, z) is A's (x - 2, y, z)
     result = landmark_error(net, ids, shifted, lambda p: p - [2.0, 0.0, 0.0], (2.0, 2.0, 2.0), points=50, stride=1)
     assert result["landmark_mm"] == 0.0
     wrong = landmark_error(net, ids, shifted, lambda p: p, (2.0, 2.0, 2.0), points=50, stride=1)
     # scored against the wrong truth every match is 2 voxels (4 mm) off, or 10 voxels where the roll wrapped round
     assert wrong["landmark_mm"] >= 4.0
+
+
+def test_point_read_outs_are_the_token_pieces_they_name():
+    torch.manual_seed(0)
+    net = VolumeNet("vit", roi=64, feature_size=4, hidden_size=48, num_heads=2).eval()
+    image = torch.rand(1, 70, 70, 70)
+    centres = np.array([[35, 35, 35], [33, 36, 37]])  # crops inside the volume, so no padding
+    crops = torch.stack(
+        [image[:, c[0] - 32 : c[0] + 32, c[1] - 32 : c[1] + 32, c[2] - 32 : c[2] + 32] for c in centres]
+    )
+    with torch.no_grad():
+        tokens, states = net.encode(crops)
+        grid = tokens.transpose(1, 2).reshape(2, 48, 4, 4, 4)
+        patches = net.net.vit.patch_embedding(crops)
+    read = {
+        r: point_embeddings(net, image, centres, read_out=r) for r in ("mean", "centre", "grid", "block:0", "block:12")
+    }
+    assert torch.allclose(read["mean"], tokens.mean(1), atol=1e-5)
+    assert torch.allclose(read["centre"], grid[..., 1:3, 1:3, 1:3].flatten(2).mean(-1), atol=1e-5)  # 8 of 64 tokens
+    assert not torch.allclose(read["centre"], read["mean"], atol=1e-3)
+    assert read["grid"].shape == (2, 64 * 48) and torch.allclose(read["grid"], grid.flatten(1), atol=1e-5)
+    assert torch.allclose(read["block:0"], patches.mean(1), atol=1e-5)
+    assert torch.allclose(read["block:12"], states[11].mean(1), atol=1e-5)  # before the final LayerNorm
+    with pytest.raises(ConfigError, match="unknown point read-out"):
+        point_embeddings(net, image, centres, read_out="cls")
 
 
 class _CellIdNet:
