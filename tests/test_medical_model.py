@@ -324,6 +324,8 @@ def test_point_read_outs_are_the_token_pieces_they_name():
     assert torch.allclose(read["block:12"], states[11].mean(1), atol=1e-5)  # before the final LayerNorm
     with pytest.raises(ConfigError, match="unknown point read-out"):
         point_embeddings(net, image, centres, read_out="cls")
+    with pytest.raises(ConfigError, match="from 0 to 12"):
+        point_embeddings(net, image, centres, read_out="block:13")
 
 
 class _CellIdNet:

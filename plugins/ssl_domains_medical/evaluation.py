@@ -131,7 +131,11 @@ def _read_out(net: VolumeNet, crops: torch.Tensor, read_out: str) -> torch.Tenso
         lo, hi = (side - 1) // 2, side // 2 + 1
         return grid[..., lo:hi, lo:hi, lo:hi].flatten(2).mean(-1)
     if read_out.startswith("block:"):
-        block = int(read_out.split(":", 1)[1])
+        depth = len(net.net.vit.blocks) if net.backbone == "vit" else 4
+        text = read_out.split(":", 1)[1]
+        if not text.isdigit() or int(text) > depth:
+            raise ConfigError(f"read-out {read_out!r}: K must be a whole number from 0 to {depth} for this network")
+        block = int(text)
         if net.backbone == "vit" and block == 0:
             return net.net.vit.patch_embedding(crops).mean(1)
         state = net.encode(crops)[1][block - 1 if net.backbone == "vit" else block]
