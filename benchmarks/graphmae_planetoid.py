@@ -7,7 +7,8 @@ DIR holds NAME/raw/ind.name.* (e.g. a copy of ../shared/datasets/planetoid). The
 encoder is pretrained through ``ssl_domains.run.train``, then a logistic-regression layer is trained on the
 frozen embeddings over the public train split; the test accuracy is read at the epoch with the best
 validation accuracy. Prints one JSON line per seed and a final line with ``test_acc_mean`` and ``test_acc_std``
-(population std over seeds, as the reference scripts print).
+(population std over seeds, as the reference scripts print). ``--first-seed K`` runs seeds K .. K + seeds - 1, to
+extend a study without repeating the seeds already run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--root", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--set", action="append", default=[], help="extra config overrides (key=value)")
     parser.add_argument("--precision", default=None)
     args = parser.parse_args()
@@ -40,7 +42,8 @@ def main() -> None:
     layers = [read_yaml(preset, plugin)] if preset in plugin.presets() else []
     flags = {"precision": args.precision} if args.precision else {}
     accs, vals, finals, secs = [], [], [], []
-    for seed in range(args.seeds):
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    for seed in seeds:
         metrics, seconds, epochs = pretrain_and_evaluate("graphmae", str(data), layers, args.set, seed, flags)
         accs.append(metrics["test_acc"])
         vals.append(metrics["val_acc"])
@@ -54,6 +57,7 @@ def main() -> None:
             "preset": preset if layers else None,
             "overrides": args.set,
             "seeds": args.seeds,
+            "seed_list": seeds,
             "test_acc_mean": float(np.mean(accs)),
             "test_acc_std": float(np.std(accs)),
             "val_acc_mean": float(np.mean(vals)),
