@@ -4,7 +4,9 @@
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py ... --batch-size B/2 --ddp
 
 Trains through ``ssl_domains.run.train`` (the product path) and writes each rank's training losses to
-``OUT/losses_rank{R}.json``; rank 0 also writes the run's ``model.safetensors``.
+``OUT/losses_rank{R}.json`` and the gradients it stepped with (after DDP's all-reduce, before the optimiser) to
+``OUT/grads_rank{R}.safetensors`` (keys ``"<step>/<parameter>"``); rank 0 also writes the run's
+``model.safetensors``.
 
 Masks and views that a plugin draws on the device are independent per rank by design (each rank seeds its own
 stream), so a 2-process run cannot draw the masks of a 1-process run. For T-JEPA the masks are therefore made a
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from ssl_domains import registry
 from ssl_domains.run import resolve_config, train
@@ -73,6 +76,18 @@ def _recording(plugin: Any, losses: list[torch.Tensor]) -> Any:
     return plugin
 
 
+def _record_gradients(grads: dict[str, torch.Tensor]) -> None:
+    """Record every parameter's gradient at each optimiser step, as the optimiser sees it."""
+    from ssl_domains.module import SSLModule
+
+    def on_before_optimizer_step(self: SSLModule, optimizer: Any) -> None:
+        for name, param in self.model.named_parameters():
+            if param.grad is not None:
+                grads[f"{self.global_step}/{name}"] = param.grad.detach().double().contiguous().clone()
+
+    SSLModule.on_before_optimizer_step = on_before_optimizer_step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("plugin")
@@ -98,6 +113,8 @@ def main() -> None:
         objective.sample_set_sizes = fixed_sizes
 
     losses: list[torch.Tensor] = []
+    grads: dict[str, torch.Tensor] = {}
+    _record_gradients(grads)
     plugin = _recording(registry.load(args.plugin), losses)
     section = plugin.name
     overrides = [
@@ -114,6 +131,7 @@ def main() -> None:
     train(cfg, args.out / "run")
     rank = int(os.environ.get("RANK", 0))
     (args.out / f"losses_rank{rank}.json").write_text(json.dumps([float(v) for v in losses]))
+    save_file(grads, str(args.out / f"grads_rank{rank}.safetensors"))
 
 
 if __name__ == "__main__":

@@ -32,10 +32,11 @@ def tile_starts(size: int, patch: int, stride: int) -> list[int]:
 @torch.no_grad()
 def _normalised_outputs(model: MerlinUNet, tiles: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     outs = []
+    dtype = model.dec1.weight.dtype  # float32 weights usually; float64 after a 64-true run
     for start in range(0, tiles.shape[0], batch):
         chunk = tiles[start : start + batch]
         x = torch.cat((chunk.real, chunk.imag), dim=0)[:, None]
-        outs.append(model(model.normalize(x)).float()[:, 0].reshape(2, -1, *x.shape[-2:]))
+        outs.append(model(model.normalize(x).to(dtype)).float()[:, 0].reshape(2, -1, *x.shape[-2:]))
     out = torch.cat(outs, dim=1)
     return out[0], out[1]
 

@@ -23,6 +23,11 @@ def _conv(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
 
 
+
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least float32: bf16/fp16 activations are widened for the log-domain maths, float64 stays."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
 class MerlinUNet(nn.Module):
     """U-Net on one SLC component; ``forward`` works on normalised log-amplitudes ``[B, 1, H, W]``.
 
@@ -52,14 +57,14 @@ class MerlinUNet(nn.Module):
     def normalize(self, component: torch.Tensor) -> torch.Tensor:
         """``(log(a^2 + 1e-3) - 2m) / (2(M - m))``, computed in float32 whatever the autocast dtype."""
         # 0-d tensor arithmetic on the buffers' device: float(buffer) would be a host sync per call on a GPU
-        m, span = self.log_min.float(), (self.log_max - self.log_min).float()
+        m, span = wide(self.log_min), wide(self.log_max - self.log_min)
         with torch.autocast(component.device.type, enabled=False):
-            return (torch.log(component.float().square() + LOG_OFFSET) - 2 * m) / (2 * span)
+            return (torch.log(wide(component).square() + LOG_OFFSET) - 2 * m) / (2 * span)
 
     def log_reflectivity(self, out: torch.Tensor) -> torch.Tensor:
         """``log R = 2 (out (M - m) + m)``: the network output as a log-intensity (loss_function's ``log_hat_R``)."""
-        m, span = self.log_min.float(), (self.log_max - self.log_min).float()
-        return 2.0 * (out.float() * span + m)
+        m, span = wide(self.log_min), wide(self.log_max - self.log_min)
+        return 2.0 * (wide(out) * span + m)
 
     # ---- network -----------------------------------------------------------------------------------------------
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from .masking import component_views
+from .model import wide
 
 
 def merlin_nll(log_reflectivity: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``mean(1/2 log R + b^2 / R)`` in float32; ``b^2 / R`` as ``b^2 exp(-log R)``, so no division overflows."""
+    """``mean(1/2 log R + b^2 / R)`` in at least float32; ``b^2 / R`` as ``b^2 exp(-log R)`` (no overflow)."""
     with torch.autocast(target.device.type, enabled=False):
-        log_r = log_reflectivity.float()
-        return (0.5 * log_r + target.float().square() * torch.exp(-log_r)).mean()
+        log_r = wide(log_reflectivity)
+        return (0.5 * log_r + wide(target).square() * torch.exp(-log_r)).mean()
 
 
 class MerlinObjective:
@@ -33,5 +34,5 @@ class MerlinObjective:
         log_r = core.log_reflectivity(out)
         loss = merlin_nll(log_r, targets)
         with torch.no_grad():  # E[b^2] = R/2: this ratio's mean is 1 for a calibrated estimate (a monitor)
-            ratio = (2 * targets.float().square() * torch.exp(-log_r)).mean()
+            ratio = (2 * wide(targets).square() * torch.exp(-log_r)).mean()
         return {"loss": loss, "ratio_mean": ratio}

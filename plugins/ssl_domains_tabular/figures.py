@@ -25,7 +25,7 @@ def feature_prediction_errors(model: Any, datamodule: Any, rounds: int = 8, max_
     torch.manual_seed(0)
     for _ in range(rounds):
         predictions, targets, features = objective.predict(model, batch)
-        error = ((predictions - targets) ** 2).mean(-1).flatten()
+        error = ((predictions - targets) ** 2).mean(-1).flatten().to(total.dtype)  # a float64 run: float32 sums
         total.scatter_add_(0, features.flatten(), error)
         count.scatter_add_(0, features.flatten(), torch.ones_like(error))
     torch.set_rng_state(generator_state)
