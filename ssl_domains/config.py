@@ -29,6 +29,7 @@ __all__ = [
     "option",
     "parse_overrides",
     "to_mapping",
+    "validate",
 ]
 
 T = TypeVar("T")
@@ -65,6 +66,30 @@ class TrainerConfig:
     limit_train_batches: int | float = option(1.0, doc="fraction (float) or number (int) of batches")
     check_val_every_n_epoch: int = option(1, doc="run the validation loop every N epochs, if there is one")
     checkpoint_every_n_epochs: int = option(1, doc="write last.ckpt every N epochs (resume restarts from it)")
+    checkpoint_every_n_steps: int = option(
+        0, doc="also write a step checkpoint every N optimiser steps, mid-epoch included (0: off)"
+    )
+    checkpoint_every_n_minutes: float = option(
+        30.0, doc="also write a step checkpoint when this much wall time passed since the last one (0: off)"
+    )
+    keep_checkpoints: int = option(2, doc="step checkpoints kept in checkpoints/ (the newest N; last.ckpt is extra)")
+    on_data_error: Literal["stop", "skip"] = option(
+        "stop",
+        doc="an unreadable item met while training: stop (checkpoint, name the file, exit) or skip it (counted"
+        " in the logs as train/skipped_items)",
+    )
+
+    def validate(self) -> None:
+        """Cross-field checks (the core calls this on every resolved config)."""
+        for name in ("checkpoint_every_n_epochs", "keep_checkpoints", "log_every_n_steps", "accumulate_grad_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every_n_steps < 0 or self.checkpoint_every_n_minutes < 0:
+            raise ConfigError("trainer.checkpoint_every_n_steps and checkpoint_every_n_minutes must be >= 0 (0: off)")
+        if self.max_epochs < 1 and self.max_epochs != -1:
+            raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 with max_steps), got {self.max_epochs}")
+        if self.max_epochs == -1 and self.max_steps < 1 and self.max_minutes is None:
+            raise ConfigError("trainer.max_epochs -1 trains forever: set trainer.max_steps or trainer.max_minutes")
 
 
 @dataclass
@@ -85,6 +110,15 @@ class OptimConfig:
     )
     min_lr_ratio: float = option(0.0, doc="cosine floor as a fraction of lr")
     gradient_clip_val: float | None = option(None, doc="clip the gradient norm to this value (null: off)")
+
+    def validate(self) -> None:
+        """Cross-field checks (the core calls this on every resolved config)."""
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if isinstance(self.warmup_steps, float) and not 0 <= self.warmup_steps < 1:
+            raise ConfigError(f"optim.warmup_steps as a float is a fraction in [0, 1), got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -170,9 +204,26 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str = "") 
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], _join(where, name))
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or 'config'}: {exc}") from None
+    validate(obj)
+    return obj
+
+
+def validate(cfg: Any) -> None:
+    """Run a config's cross-field checks: its ``validate()`` method, if it defines one.
+
+    The contract: ``validate()`` raises :class:`ConfigError` naming the keys and the fix, and never changes the
+    config (a derived value is a property, so that what ``config.yaml`` holds is what the run used). The core calls
+    it on every config it builds, before any data are read or any file is written.
+    """
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ValueError as exc:  # a plain check written with ValueError still reads as config input
+            raise ConfigError(str(exc)) from None
 
 
 def _join(where: str, key: Any) -> str:

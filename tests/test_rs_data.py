@@ -24,7 +24,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "sentinel_s1s2"
 
 def _croma_cfg(**kw) -> CROMAConfig:
     cfg = CROMAConfig(chip=16, batch_size=4, **kw)
-    cfg.validate(8)
+    cfg.validate()
     return cfg
 
 
@@ -87,7 +87,7 @@ def test_holdout_quadrant_is_disjoint_from_training_and_tiled_without_overlap():
 def test_temporal_mode_pairs_two_dates_of_one_location(tmp_path: Path):
     root = write_example_pairs(tmp_path)
     cfg = SSL4EOConfig(chip=16, batch_size=4, single_date="skip")
-    cfg.validate(8)
+    cfg.validate()
     dm = RSDataModule(root, cfg, mode="temporal")
     dm.setup("fit")
     assert len(dm.scenes) == 2 and all(len(s.views) == 2 for s in dm.scenes)
@@ -128,11 +128,11 @@ def test_wrong_band_count_names_the_file_and_the_bands_expected(tmp_path: Path):
         find_acquisitions(tmp_path / "chips")
     l2a = _multiband(tmp_path / "l2a" / "chip.tif", 12)
     cfg = SSL4EOConfig(chip=16, s2_level="L1C")
-    cfg.validate(8)
+    cfg.validate()
     with pytest.raises(DataError, match=r"chip\.tif has 12 bands.*expects 13 .*Set s2_level"):
         RSDataModule(l2a.parent, cfg, mode="temporal").setup("fit")
     with pytest.raises(ConfigError, match=r"B99"):
-        SSL4EOConfig(s2_bands=["B02", "B99"]).validate(8)
+        SSL4EOConfig(s2_bands=["B02", "B99"]).validate()
     assert bad.exists()
 
 
@@ -227,7 +227,7 @@ def test_knn_probe_uses_class_folders_and_leaves_each_location_out(tmp_path: Pat
             with rasterio.open(chip, "r+") as dst:  # separate footprints: each chip is its own location
                 dst.transform = Affine(10, 0, 500000 + 1000 * i + (5000 if cls == "Forest" else 0), 0, -10, 5000000)
     cfg = SSL4EOConfig(chip=16, s2_level="L1C")
-    cfg.validate(8)
+    cfg.validate()
     dm = RSDataModule(tmp_path / "eurosat", cfg, mode="temporal")
     dm.setup("predict")
     assert sorted(s.label for s in dm.scenes) == ["Forest"] * 3 + ["SeaLake"] * 3

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ssl_domains import ModalityPlugin, PluginCommand, option
+from ssl_domains import ConfigError, ModalityPlugin, PluginCommand, option
 
 FSDD_NAMES = r"(?P<label>[^_]+)_(?P<speaker>[^_]+)_\d+\.(?:wav|flac|ogg)"
 
@@ -45,6 +45,11 @@ class AudioDataConfig:
     )
 
 
+def _check_heads(dim: int, heads: int, section: str) -> None:
+    if heads < 1 or dim % heads:
+        raise ConfigError(f"{section}.dim {dim} is not divisible by {section}.heads {heads}")
+
+
 @dataclass
 class TERAConfig(AudioDataConfig):
     """TERA (Liu et al. 2021). Defaults are a CPU-sized model; ``--config base`` is the paper's 3 × 768."""
@@ -65,6 +70,10 @@ class TERAConfig(AudioDataConfig):
     noise_prob: float = option(0.0, doc="probability of magnitude noise per batch (logMelBase-T-F-M: 0.15)")
     embedding: Literal["last", "layer_mean"] = option("last", doc="embed: last layer, or the mean of all layers")
     pooling: Literal["mean", "mean_std"] = option("mean", doc="pool a clip's frames: mean, or mean and std")
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on sizes the transformer cannot take."""
+        _check_heads(self.dim, self.heads, "tera")
 
 
 @dataclass
@@ -94,6 +103,16 @@ class SSASTConfig(AudioDataConfig):
         """The patch shape (frequency bins, frames)."""
         return (16, 16) if self.mode == "patch" else (self.num_mel_bins, 2)
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` when the patches do not tile the spectrogram, or the width the heads."""
+        _check_heads(self.dim, self.heads, "ssast")
+        bins, frames = self.patch()
+        if self.num_mel_bins % bins or self.max_frames % frames:
+            raise ConfigError(
+                f"ssast.mode {self.mode!r} cuts {bins} x {frames} patches, which must tile num_mel_bins "
+                f"{self.num_mel_bins} and max_frames {self.max_frames}; pick multiples of {bins} and {frames}"
+            )
+
 
 _AUDIO_FORMATS = (
     "a folder of WAV, FLAC or OGG files, searched recursively (decoded with soundfile, any rate, downmixed)",
@@ -110,7 +129,7 @@ _SYNTHESIZE = PluginCommand(
 class _AudioPlugin(ModalityPlugin):
     extra = "audio"
     commands = (_SYNTHESIZE,)
-    requires = ("torchaudio", "soundfile")
+    requires = ("torchaudio", "soundfile", "matplotlib")
     data_formats = _AUDIO_FORMATS
     batch_keys = _BATCH_KEYS
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ssl_domains import ModalityPlugin, option
+from ssl_domains import ConfigError, ModalityPlugin, option
 
 
 @dataclass
@@ -58,6 +58,14 @@ class GraphMAEConfig:
     weight_decay_f: float = option(1e-4, doc="probe weight decay")
     max_epoch_f: int = option(300, doc="probe epochs; the test accuracy is read at the best validation epoch")
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on sizes the encoder cannot take."""
+        if self.encoder == "gat" and (self.num_heads < 1 or self.num_hidden % self.num_heads):
+            raise ConfigError(
+                f"graphmae.num_hidden {self.num_hidden} must be divisible by graphmae.num_heads {self.num_heads} "
+                "(GAT's width is summed over heads)"
+            )
+
 
 class GraphMAEPlugin(ModalityPlugin):
     """GraphMAE: masked graph autoencoder with scaled cosine error (Hou et al., KDD 2022)."""
@@ -69,7 +77,7 @@ class GraphMAEPlugin(ModalityPlugin):
         "https://arxiv.org/abs/2205.10803"
     )
     extra = "graph"
-    requires = ("torch_geometric", "scipy", "pandas")
+    requires = ("torch_geometric", "scipy", "pandas", "matplotlib")
     data_formats = (
         "a PyG Planetoid folder (NAME/raw/ind.name.{x,tx,allx,y,ty,ally,graph,test.index}); public split kept",
         "a PyG TUDataset folder (NAME/raw/NAME_A.txt, NAME_graph_indicator.txt, ...); graph-level",

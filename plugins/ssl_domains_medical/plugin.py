@@ -144,6 +144,8 @@ class AliceConfig(MedicalConfig):
                 f"mask_patch {self.mask_patch} must be a multiple of the {self.backbone} patch ({patch}) and divide "
                 f"roi {self.roi}"
             )
+        if self.align_heads < 1 or self.align_dim % self.align_heads:
+            raise ConfigError(f"alice.align_dim {self.align_dim} is not divisible by alice.align_heads {self.align_heads}")
 
 
 _FORMATS = (
@@ -155,7 +157,7 @@ _FORMATS = (
 
 class _MedicalPlugin(ModalityPlugin):
     extra = "medical"
-    requires = ("monai", "nibabel", "einops")
+    requires = ("monai", "nibabel", "einops", "pydicom", "scipy", "matplotlib")
     data_formats = _FORMATS
     shared_presets = True  # alice and contrastive3d share configs/
     mode: ClassVar[str]  # the data module's crops: "views" (contrastive3d) or "pairs" (Alice)
@@ -163,7 +165,6 @@ class _MedicalPlugin(ModalityPlugin):
     def datamodule(self, cfg: Any, data: Path) -> Any:
         from .data import MedicalDataModule
 
-        cfg.validate()
         mode = "corresponding_views" if getattr(cfg, "positives", "views") == "corresponding" else self.mode
         return MedicalDataModule(Path(data), cfg, mode=mode)
 

@@ -245,7 +245,7 @@ class RSDataModule(pl.LightningDataModule):
         return 1.0 - window.mean() <= self.cfg.max_invalid
 
     def _index(self) -> None:
-        chip, stride = self.cfg.chip, self.cfg.train_stride
+        chip, stride = self.cfg.chip, self.cfg.stride
         train, test = [], []
         for s, scene in enumerate(self.scenes):
             h, w = scene.valid.shape

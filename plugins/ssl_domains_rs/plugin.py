@@ -30,20 +30,26 @@ class RSDataConfig:
     batch_size: int = option(32, doc="chips per batch")
     num_workers: int = option(0, doc="data-loading workers (scenes are held in memory: 0 is fine)")
 
-    def validate(self, patch: int) -> None:
-        """Raise :class:`ConfigError` on inconsistent sizes."""
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on inconsistent sizes (called by the core on every resolved config)."""
+        patch = int(getattr(self, "patch", 1))
         if self.chip % patch:
             raise ConfigError(
-                f"chip {self.chip} is not a multiple of patch {patch}; pick e.g. {self.chip // patch * patch}"
+                f"chip {self.chip} is not a multiple of patch {patch}; pick e.g. {max(self.chip // patch, 1) * patch}"
             )
+        if self.train_stride < 0:
+            raise ConfigError(f"train_stride must be >= 0 (0: chip // 2), got {self.train_stride}")
         if not -1 <= self.holdout_quadrant <= 3:
             raise ConfigError(f"holdout_quadrant must be -1 or 0..3, got {self.holdout_quadrant}")
         known = {"B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"}
         unknown = [b for b in self.s2_bands if b not in known]
         if unknown:
             raise ConfigError(f"s2_bands {unknown} are not Sentinel-2 bands; use names from {sorted(known)}")
-        if self.train_stride == 0:
-            self.train_stride = max(self.chip // 2, 1)
+
+    @property
+    def stride(self) -> int:
+        """The stride between training windows: ``train_stride``, or half a chip when it is 0."""
+        return self.train_stride or max(self.chip // 2, 1)
 
 
 @dataclass
@@ -103,7 +109,7 @@ _FORMATS = (
 
 class _RSPlugin(ModalityPlugin):
     extra = "remote-sensing"
-    requires = ("rasterio",)
+    requires = ("rasterio", "matplotlib")
     data_formats = _FORMATS
     commands = (
         PluginCommand(
@@ -119,7 +125,6 @@ class _RSPlugin(ModalityPlugin):
     def datamodule(self, cfg: Any, data: Path) -> Any:
         from .data import RSDataModule
 
-        cfg.validate(cfg.patch)
         return RSDataModule(Path(data), cfg, mode=self.mode)
 
     def make_example_data(self, root: Path) -> Path:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssl_domains import ModalityPlugin, PluginCommand, option
+from ssl_domains import ConfigError, ModalityPlugin, PluginCommand, option
 
 
 @dataclass
@@ -32,6 +32,13 @@ class MerlinConfig:
     )
     num_workers: int = option(0, doc="data-loading worker processes")
 
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on a patch the U-Net cannot take or sensor constants in the wrong order."""
+        if self.patch_size < 32 or self.patch_size % 32:
+            raise ConfigError(f"merlin.patch_size {self.patch_size} must be a multiple of 32 (five 2x poolings)")
+        if self.log_max is not None and self.log_min is not None and self.log_max <= self.log_min:
+            raise ConfigError(f"merlin.log_max ({self.log_max}) must exceed merlin.log_min ({self.log_min})")
+
 
 class MerlinPlugin(ModalityPlugin):
     """MERLIN: self-supervised despeckling of single-look complex SAR images (Dalsasso et al., TGRS 2021)."""
@@ -45,7 +52,7 @@ class MerlinPlugin(ModalityPlugin):
         "MERLIN. IEEE TGRS 60, 2021. https://doi.org/10.1109/TGRS.2021.3128621"
     )
     extra = "sar"
-    requires = ("rasterio",)
+    requires = ("rasterio", "scipy", "matplotlib")
     data_formats = (
         "a complex GeoTIFF (CInt16, CFloat32, ...) or a two-band GeoTIFF (real, imaginary), read with rasterio",
         "a complex .npy [H, W], or a real .npy [H, W, 2] (real, imaginary)",
