@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,9 +34,27 @@ from . import registry
 from .config import from_mapping, merge, to_mapping
 from .plugin import ModalityPlugin
 
-__all__ = ["CHECKS", "check_plugin", "parametrize_with_checks"]
+__all__ = ["CHECKS", "PluginCheckError", "check_plugin", "parametrize_with_checks"]
 
 Check = Callable[[ModalityPlugin, Path], None]
+
+
+class PluginCheckError(AssertionError):
+    """A conformance check failed; the message names the check and what to change.
+
+    A real exception rather than ``assert``, so that ``python -O`` (which strips asserts) cannot pass a plugin.
+    It subclasses ``AssertionError`` so that pytest reports it as a failed check, as it would an assert.
+    """
+
+
+def _require(condition: Any, message: str) -> None:
+    """Raise :class:`PluginCheckError` naming the calling check when ``condition`` is false."""
+    if not condition:
+        frame, check = sys._getframe(1), None
+        while frame is not None and check is None:  # the check itself, also when a helper of it failed
+            check = frame.f_code.co_name if frame.f_code.co_name.startswith("check_") else None
+            frame = frame.f_back
+        raise PluginCheckError(f"{check or 'check'}: {message}")
 
 
 def _overrides(plugin: ModalityPlugin) -> list[str]:
@@ -69,7 +88,7 @@ def _built(plugin: ModalityPlugin, tmp_path: Path) -> tuple[Any, Any, Any]:
 
 def _first_batch(loader: Any) -> dict[str, Any]:
     batch = next(iter(loader))
-    assert isinstance(batch, dict), f"batches must be dicts, got {type(batch).__name__}"
+    _require(isinstance(batch, dict), f"batches must be dicts, got {type(batch).__name__}")
     return batch
 
 
@@ -89,7 +108,7 @@ def _cli(plugin: ModalityPlugin, *argv: str) -> None:
 
     with _discoverable(plugin):
         code = main(list(argv))
-    assert code == 0, f"`ssl-domains {' '.join(argv)}` exited with {code}"
+    _require(code == 0, f"`ssl-domains {' '.join(argv)}` exited with {code}")
 
 
 # -------------------------------------------------------------------------------------------------- checks
@@ -99,23 +118,23 @@ def check_metadata(plugin: ModalityPlugin, tmp_path: Path) -> None:
     """name, description, paper, data_formats and batch_keys (with ``id``) are declared."""
     for attr in ("name", "description", "paper"):
         value = getattr(plugin, attr, None)
-        assert isinstance(value, str) and value.strip(), f"{attr} must be a non-empty string"
-    assert plugin.name.replace("-", "_").replace("_", "a").isalnum(), "name must be alphanumeric, '-' or '_'"
-    assert plugin.extra is None or isinstance(plugin.extra, str), "extra must be a string or None"
-    assert all(isinstance(r, str) for r in plugin.requires), "requires lists import names (strings)"
-    assert plugin.data_formats, "data_formats must describe at least one accepted input"
-    assert plugin.batch_keys.get("id") == "int64", "batch_keys must declare 'id': 'int64'"
+        _require(isinstance(value, str) and value.strip(), f"{attr} must be a non-empty string")
+    _require(plugin.name.replace("-", "_").replace("_", "a").isalnum(), "name must be alphanumeric, '-' or '_'")
+    _require(plugin.extra is None or isinstance(plugin.extra, str), "extra must be a string or None")
+    _require(all(isinstance(r, str) for r in plugin.requires), "requires lists import names (strings)")
+    _require(plugin.data_formats, "data_formats must describe at least one accepted input")
+    _require(plugin.batch_keys.get("id") == "int64", "batch_keys must declare 'id': 'int64'")
 
 
 def check_config_yaml_roundtrip(plugin: ModalityPlugin, tmp_path: Path) -> None:
     """The default config survives YAML dump and load unchanged."""
     cfg = plugin.default_config()
-    assert dataclasses.is_dataclass(cfg), "default_config() must return a dataclass instance"
+    _require(dataclasses.is_dataclass(cfg), "default_config() must return a dataclass instance")
     text = yaml.safe_dump(to_mapping(cfg))
     again = from_mapping(type(cfg), yaml.safe_load(text), plugin.config_section())
-    assert again == cfg, "default config changed through YAML"
+    _require(again == cfg, "default config changed through YAML")
     merged = merge(to_mapping(cfg), yaml.safe_load(text))
-    assert merged == to_mapping(cfg)
+    _require(merged == to_mapping(cfg), "check failed")
 
 
 def check_datamodule_batches(plugin: ModalityPlugin, tmp_path: Path) -> None:
@@ -123,10 +142,10 @@ def check_datamodule_batches(plugin: ModalityPlugin, tmp_path: Path) -> None:
     _, dm, _ = _built(plugin, tmp_path)
     batch = _first_batch(dm.train_dataloader())
     for key, dtype in plugin.batch_keys.items():
-        assert key in batch, f"batch lacks declared key {key!r} (has {sorted(batch)})"
+        _require(key in batch, f"batch lacks declared key {key!r} (has {sorted(batch)})")
         got = str(batch[key].dtype).replace("torch.", "")
-        assert got == dtype, f"batch[{key!r}] has dtype {got}, declared {dtype}"
-    assert batch["id"].ndim == 1 and len(batch["id"]) > 0
+        _require(got == dtype, f"batch[{key!r}] has dtype {got}, declared {dtype}")
+    _require(batch["id"].ndim == 1 and len(batch["id"]) > 0, "check failed")
 
 
 def check_masking_deterministic(plugin: ModalityPlugin, tmp_path: Path) -> None:
@@ -143,11 +162,11 @@ def check_masking_deterministic(plugin: ModalityPlugin, tmp_path: Path) -> None:
         torch.manual_seed(seed)
         with torch.no_grad():
             losses.append(objective(model, batch)["loss"])
-    assert torch.equal(losses[0], losses[1]), f"same seed, different losses: {losses[0]} vs {losses[1]}"
+    _require(torch.equal(losses[0], losses[1]), f"same seed, different losses: {losses[0]} vs {losses[1]}")
     if plugin.stochastic_objective:
-        assert not torch.equal(losses[0], losses[2]), "a different seed gave the same loss: is the masking random?"
+        _require(not torch.equal(losses[0], losses[2]), "a different seed gave the same loss: is the masking random?")
     else:
-        assert torch.equal(losses[0], losses[2]), "stochastic_objective is False, yet the seed changed the loss"
+        _require(torch.equal(losses[0], losses[2]), "stochastic_objective is False, yet the seed changed the loss")
 
 
 def check_objective_finite_and_differentiable(plugin: ModalityPlugin, tmp_path: Path) -> None:
@@ -156,14 +175,14 @@ def check_objective_finite_and_differentiable(plugin: ModalityPlugin, tmp_path: 
 
     cfg, dm, model = _built(plugin, tmp_path)
     out = plugin.objective(cfg.method)(model.train(), _first_batch(dm.train_dataloader()))
-    assert "loss" in out, "the objective must return {'loss': ...}"
+    _require("loss" in out, "the objective must return {'loss': ...}")
     loss = out["loss"]
-    assert loss.ndim == 0 and torch.isfinite(loss), f"loss must be a finite scalar, got {loss}"
+    _require(loss.ndim == 0 and torch.isfinite(loss), f"loss must be a finite scalar, got {loss}")
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
-    assert grads, "no parameter received a gradient"
-    assert all(torch.isfinite(g).all() for g in grads), "non-finite gradient"
-    assert any(g.abs().sum() > 0 for g in grads), "all gradients are zero"
+    _require(grads, "no parameter received a gradient")
+    _require(all(torch.isfinite(g).all() for g in grads), "non-finite gradient")
+    _require(any(g.abs().sum() > 0 for g in grads), "all gradients are zero")
 
 
 def check_overfits_one_batch(plugin: ModalityPlugin, tmp_path: Path, steps: int = 40) -> None:
@@ -184,7 +203,7 @@ def check_overfits_one_batch(plugin: ModalityPlugin, tmp_path: Path, steps: int 
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < 0.9 * losses[0], f"loss did not fall when overfitting: {losses[0]:.4f} -> {losses[-1]:.4f}"
+    _require(losses[-1] < 0.9 * losses[0], f"loss did not fall when overfitting: {losses[0]:.4f} -> {losses[-1]:.4f}")
 
 
 def check_fast_dev_run_cli(plugin: ModalityPlugin, tmp_path: Path) -> None:
@@ -207,7 +226,7 @@ def check_fast_dev_run_cli(plugin: ModalityPlugin, tmp_path: Path) -> None:
         *sets,
     )
     for name in ("config.yaml", "model.safetensors"):
-        assert (out / name).is_file(), f"the run directory lacks {name}"
+        _require((out / name).is_file(), f"the run directory lacks {name}")
 
 
 def check_checkpoint_roundtrip(plugin: ModalityPlugin, tmp_path: Path) -> None:
@@ -235,20 +254,22 @@ def check_checkpoint_roundtrip(plugin: ModalityPlugin, tmp_path: Path) -> None:
         *sets,
     )
     ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt.get("finished_epochs") == 1, (
-        f"after one epoch the checkpoint should count 1 finished epoch, not {ckpt.get('finished_epochs')}"
+    _require(
+        ckpt.get("finished_epochs") == 1,
+        f"after one epoch the checkpoint should count 1 finished epoch, not {ckpt.get('finished_epochs')}",
     )
     state = ckpt["state_dict"]
-    assert state and all(k.startswith("model.") for k in state), "checkpoint keys must be model.*"
-    assert not any("_orig_mod." in k for k in state), "checkpoint holds torch.compile prefixes"
+    _require(state and all(k.startswith("model.") for k in state), "checkpoint keys must be model.*")
+    _require(not any("_orig_mod." in k for k in state), "checkpoint holds torch.compile prefixes")
     _cfg, _dm, model = _built(plugin, tmp_path / "rebuild")
     load_weights(model, out / "model.safetensors")
     for key, value in model.state_dict().items():
-        assert torch.equal(value, state[f"model.{key}"]), f"model.safetensors and last.ckpt differ at {key}"
+        _require(torch.equal(value, state[f"model.{key}"]), f"model.safetensors and last.ckpt differ at {key}")
     _cli(plugin, "train", "--resume", str(out), "--max-epochs", "2")
     again = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
-    assert again.get("finished_epochs") == 2, (
-        f"the resumed run should end with 2 finished epochs, not {again.get('finished_epochs')}"
+    _require(
+        again.get("finished_epochs") == 2,
+        f"the resumed run should end with 2 finished epochs, not {again.get('finished_epochs')}",
     )
 
 
@@ -259,11 +280,11 @@ def check_embed_shape(plugin: ModalityPlugin, tmp_path: Path) -> None:
     _, dm, model = _built(plugin, tmp_path)
     dm.setup("predict")
     batch = _first_batch(dm.predict_dataloader())
-    assert isinstance(getattr(model, "embed_dim", None), int), "the model must define embed_dim: int"
+    _require(isinstance(getattr(model, "embed_dim", None), int), "the model must define embed_dim: int")
     with torch.no_grad():
         z = model.eval().embed(batch)
-    assert tuple(z.shape) == (len(batch["id"]), model.embed_dim), f"embed shape {tuple(z.shape)}"
-    assert torch.isfinite(z).all(), "embed returned NaN or inf"
+    _require(tuple(z.shape) == (len(batch["id"]), model.embed_dim), f"embed shape {tuple(z.shape)}")
+    _require(torch.isfinite(z).all(), "embed returned NaN or inf")
 
 
 CHECKS: tuple[Check, ...] = (
@@ -280,17 +301,19 @@ CHECKS: tuple[Check, ...] = (
 
 
 def check_plugin(plugin: ModalityPlugin, tmp_path: Path | None = None) -> None:
-    """Run every check; raise ``AssertionError`` listing each failing check and why."""
+    """Run every check; raise :class:`PluginCheckError` listing each failing check and why."""
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp_path or tmp)
         for check in CHECKS:
             try:
                 check(plugin, root / check.__name__)
-            except AssertionError as exc:
+            except PluginCheckError as exc:
+                failures.append(str(exc))
+            except AssertionError as exc:  # an assert inside the plugin's own code
                 failures.append(f"{check.__name__}: {exc}")
     if failures:
-        raise AssertionError(f"plugin {plugin.name!r} fails {len(failures)} check(s):\n" + "\n".join(failures))
+        raise PluginCheckError(f"plugin {plugin.name!r} fails {len(failures)} check(s):\n" + "\n".join(failures))
 
 
 def parametrize_with_checks(plugins: list[ModalityPlugin]) -> Any:
