@@ -23,7 +23,7 @@ def _field(rng: np.random.Generator, size: int) -> np.ndarray:
 def write_tif(path: Path, array: np.ndarray, lon: float, lat: float, res_deg: float) -> None:
     """Write ``[H, W]`` as a one-band GeoTIFF in EPSG:4326 at (``lon``, ``lat``) top-left."""
     import rasterio
-    from affine import Affine
+    from rasterio.transform import Affine
 
     path.parent.mkdir(parents=True, exist_ok=True)
     transform = Affine(res_deg, 0, lon, 0, -res_deg, lat)

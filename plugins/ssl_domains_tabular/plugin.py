@@ -68,7 +68,7 @@ class TJEPAPlugin(ModalityPlugin):
         "for tabular data. arXiv:2410.05016, 2024 (ICLR 2025). https://arxiv.org/abs/2410.05016"
     )
     extra = "tabular"
-    requires = ("pandas", "pyarrow")
+    requires = ("pandas", "pyarrow", "matplotlib")
     data_formats = (
         "a CSV, TSV or Parquet file with a header row (pandas / pyarrow)",
         "a folder with train.csv|parquet and optional val.* and test.* (the official test split)",
