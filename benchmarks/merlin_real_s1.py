@@ -26,7 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "datasets" / "sar_slc" / "sentinel1_iw_vv")
-    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "merlin_s1_sentinel_tops.png")
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "tmp" / "merlin_real_s1" / "merlin_s1_sentinel_tops.png",
+        help="where the figure goes (default: an ignored folder; the one in docs/figures comes from"
+        " --figure docs/figures/merlin_s1_sentinel_tops.png on the default data)",
+    )
     args = parser.parse_args()
 
     from ssl_domains_sar.evaluation import boxcar, enl, homogeneous_windows, lee, ratio_statistics

@@ -92,7 +92,13 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/merlin_sim"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results/tmp/merlin_sim"),
+        help="where the run, the log and the figures go (default: an ignored folder; the committed figures of record"
+        " come from --out benchmarks/results/merlin_sim on the default data, seed 0)",
+    )
     parser.add_argument("--set", action="append", default=[], help="extra config overrides (key=value)")
     args = parser.parse_args()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,26 +14,76 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .errors import UserError
+from .errors import CheckpointWriteError, UserError
 
-__all__ = ["AtomicCheckpointIO", "atomic_write", "load_data_state", "load_weights", "save_data_state", "save_weights"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "atomic_write",
+    "link_or_copy",
+    "load_data_state",
+    "load_weights",
+    "save_data_state",
+    "save_weights",
+]
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _is_full_disk(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    # torch.save's zip writer reports a failed write(2) as a RuntimeError without the errno
+    return isinstance(exc, RuntimeError) and "write" in str(exc).lower() and "fail" in str(exc).lower()
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free"
+    except OSError:
+        return "free space unknown"
 
 
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename.
 
-    A crash (even ``kill -9``) leaves either the old file or the new one, never a truncated file.
+    A crash (even ``kill -9``) leaves either the old file or the new one, never a truncated file. A full disk
+    (or quota, or a read-only filesystem) removes the partial temporary file, keeps the old ``path`` and raises
+    :class:`CheckpointWriteError` naming the file and the free space.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise CheckpointWriteError(f"cannot write {path}: {exc.strerror} ({_free_space(path.parent)})") from exc
+        raise
     os.close(fd)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if _is_full_disk(exc):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the disk is full"
+            kept = "the previous version is intact" if path.exists() else "nothing was left behind"
+            raise CheckpointWriteError(
+                f"cannot write {path}: {reason} ({_free_space(path.parent)} on that filesystem); {kept}"
+            ) from exc
         raise
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make ``target`` the same file as ``source`` atomically: a hard link where the filesystem allows, else a copy."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        atomic_write(target, lambda t: shutil.copyfile(source, t))
+        return
+    os.replace(tmp, target)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,7 +1,9 @@
 """``ssl-domains``: list | info | train | embed | evaluate | run.
 
 ``list``, ``info`` and ``--help`` never import torch. Every user error (unknown plugin, bad ``--set`` key, missing
-data path, wrong type in a YAML file, missing extra) ends as one ``error: ...`` line and exit code 2.
+data path, wrong type in a YAML file, missing extra, unreadable data) ends as one ``error: ...`` line and exit
+code 2. A failed run (NaN loss, a checkpoint that cannot be written) exits 1; a preempted run (SIGTERM, SIGUSR1,
+Ctrl-C), after writing a checkpoint at its current step, exits 75 (``EX_TEMPFAIL``).
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, registry
-from .errors import ConfigError, NonFiniteLossError, UserError
+from .errors import CheckpointWriteError, ConfigError, NonFiniteLossError, Preempted, UserError
 
 __all__ = ["main"]
 
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", help="run directory (default: runs/PLUGIN/TIMESTAMP)")
     p.add_argument("--resume", metavar="DIR|last", help="continue a run from its last.ckpt")
+    p.add_argument(
+        "--resume-if-exists",
+        action="store_true",
+        help="with --output DIR: continue DIR if it holds a checkpoint of this config, else start it (requeued jobs)",
+    )
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, ...")
     p.add_argument("--devices", type=_devices)
@@ -162,27 +168,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latest_run(plugin: str | None) -> Path:
-    from .run import LAST_CKPT
-
-    root = Path("runs")
-    pattern = f"{plugin}/*/{LAST_CKPT}" if plugin else f"*/*/{LAST_CKPT}"
-    candidates = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise UserError(f"--resume last: no run with a {LAST_CKPT} under {root.resolve()}")
-    return candidates[-1].parent
-
-
-def _default_run_dir(plugin: str) -> Path:
-    base = Path("runs") / plugin / time.strftime("%Y%m%d-%H%M%S")
-    run_dir, n = base, 1
-    while run_dir.exists():
-        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return run_dir
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .run import CONFIG_FILE, RUN_DIR_ENV, is_worker_process, read_yaml, resolve_config, train
+    from .rundir import (
+        clear_unstarted,
+        config_differences,
+        default_run_dir,
+        has_checkpoint,
+        latest_run,
+        refuse_existing,
+    )
 
     flags: dict[str, Any] = {
         "max_epochs": args.max_epochs,
@@ -194,10 +189,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
+    worker = is_worker_process()
+    resume = bool(args.resume)
+    if args.resume and args.resume_if_exists:
+        raise UserError("--resume DIR and --resume-if-exists exclude each other; give one")
     if args.resume:
         if args.config or args.set:
             raise UserError("--resume keeps the run's config; --config and --set are not allowed with it")
-        run_dir = _latest_run(args.plugin) if args.resume == "last" else Path(args.resume)
+        run_dir = latest_run(args.plugin) if args.resume == "last" else Path(args.resume)
         if not (run_dir / CONFIG_FILE).is_file():
             raise UserError(f"--resume {args.resume}: {run_dir} has no {CONFIG_FILE}; is it a run directory?")
         raw = read_yaml(str(run_dir / CONFIG_FILE))
@@ -215,7 +214,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         plugin = registry.load(name)
         layers = [read_yaml(c, plugin) for c in args.config]
         cfg = resolve_config(plugin, args.data, layers, args.set, flags)
-        run_dir = Path(args.output) if args.output else _default_run_dir(plugin.name)
+        if args.resume_if_exists and not args.output:
+            raise UserError("--resume-if-exists needs --output DIR: the run that a re-run of this command continues")
+        run_dir = Path(args.output) if args.output else default_run_dir(plugin.name)
     if args.print_config:
         import yaml
 
@@ -229,14 +230,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     if externally_launched and not args.output and not args.resume:
         # torchrun / srun start every rank at once: a timestamped default directory could differ between them
         raise UserError("every rank must write the same run: pass --output DIR when launching with torchrun or srun")
-    if is_worker_process() and os.environ.get(RUN_DIR_ENV):
+    if worker and os.environ.get(RUN_DIR_ENV):
         run_dir = Path(os.environ[RUN_DIR_ENV])
-    elif is_worker_process():
-        pass  # rank 0 of this launch owns the directory (it may already have written its config there)
-    elif not args.resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"{run_dir} already holds files; pick another --output or continue it with --resume {run_dir}")
-    train(cfg, run_dir, resume=bool(args.resume), fast_dev_run=args.fast_dev_run)
-    if not is_worker_process():
+    if args.resume_if_exists:
+        # a requeued job re-runs its command: continue the run if it has a checkpoint, else (re)start it
+        resume = run_dir.is_dir() and has_checkpoint(run_dir)
+        if resume and not worker:
+            saved = read_yaml(str(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else {}
+            differences = config_differences(saved, cfg.to_mapping())
+            if differences:
+                raise UserError(
+                    f"--resume-if-exists: {run_dir} is a run of another config ({'; '.join(differences[:3])}); "
+                    "pick another --output, or continue that run with --resume DIR"
+                )
+        elif not resume and not worker and run_dir.is_dir() and any(run_dir.iterdir()):
+            clear_unstarted(run_dir)  # it saved no checkpoint: nothing is lost by starting over
+    elif not worker and not resume and run_dir.exists() and any(run_dir.iterdir()):
+        refuse_existing(run_dir)
+    train(cfg, run_dir, resume=resume, fast_dev_run=args.fast_dev_run)
+    if not worker:
         print(f"run directory: {run_dir}")
     return 0
 
@@ -321,8 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, CheckpointWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Preempted as exc:
+        print(f"preempted: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

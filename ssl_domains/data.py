@@ -61,10 +61,15 @@ class EpochShuffleSampler(DistributedSampler):
         self.seed = int(seed)
         self.shuffle = shuffle
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation for ``epoch``."""
         self.epoch = int(epoch)
+
+    def skip_next(self, items: int) -> None:
+        """Make the next iteration start ``items`` positions into this rank's share (a mid-epoch resume)."""
+        self._skip = max(int(items), 0)
 
     def order(self) -> list[int]:
         """This epoch's order of all items, before sharding (subclasses may regroup it)."""
@@ -81,7 +86,8 @@ class EpochShuffleSampler(DistributedSampler):
             padding = self.total_size - len(order)
             order += (order * (padding // len(order) + 1))[:padding]
             order = order[self.rank : self.total_size : self.num_replicas]
-        yield from order
+        skip, self._skip = self._skip, 0
+        yield from order[skip:]
 
     def __len__(self) -> int:
         return self.num_samples
@@ -131,24 +137,31 @@ def train_loader(
     drop_last: bool | str = False,
     shuffle: bool = True,
     lengths: Sequence[int] | None = None,
+    sampler: EpochShuffleSampler | None = None,
 ) -> DataLoader:
-    """A training DataLoader with a resumable, seeded order (:class:`EpochShuffleSampler`).
+    """A training DataLoader with a seeded order (:class:`EpochShuffleSampler`) that resumes mid-epoch.
 
     ``seed`` defaults to the run's global seed (``trainer.seed``, exported by ``seed_everything``).
     ``drop_last="auto"`` drops the last partial batch only when this rank's share of the data holds more than
     one batch (under DDP each rank gets ``1/W`` of the items). With ``lengths`` (one per item), batches group
-    items of similar length (:class:`LengthGroupedSampler`).
+    items of similar length (:class:`LengthGroupedSampler`); ``sampler`` replaces the default order with another
+    :class:`EpochShuffleSampler`. The loader is a :class:`ssl_domains.loader.ResumableDataLoader`: checkpoints
+    hold its position and RNG streams, and a :class:`~ssl_domains.errors.DataError` raised for one item follows
+    ``trainer.on_data_error``.
     """
+    from .loader import ResumableDataLoader
+
     if seed is None:
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-    if lengths is not None and shuffle:
-        sampler: EpochShuffleSampler = LengthGroupedSampler(lengths, batch_size, seed)
-    else:
+    if sampler is None and lengths is not None and shuffle:
+        sampler = LengthGroupedSampler(lengths, batch_size, seed)
+    elif sampler is None:
         sampler = EpochShuffleSampler(len(dataset), seed, shuffle=shuffle)  # type: ignore[arg-type]
     if drop_last == "auto":  # drop a partial last batch only when this rank's share holds a full one
         drop_last = len(sampler) > batch_size
-    return DataLoader(
+    return ResumableDataLoader(
         dataset,
+        seed=seed,
         batch_size=batch_size,
         sampler=sampler,
         collate_fn=collate_fn,

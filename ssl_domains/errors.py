@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "NonFiniteLossError", "PluginError", "UserError"]
+__all__ = [
+    "CheckpointWriteError",
+    "ConfigError",
+    "DataError",
+    "NonFiniteLossError",
+    "PluginError",
+    "Preempted",
+    "UserError",
+]
+
+PREEMPTED_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry"
 
 
 class UserError(Exception):
@@ -30,3 +40,22 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or inf loss; the message names the step. Exit code 1."""
 
     exit_code = 1
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint or weights file could not be written (disk full, quota, read-only filesystem).
+
+    The message names the file, the free space and the intact previous checkpoint. Exit code 1.
+    """
+
+    exit_code = 1
+
+
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM, SIGUSR1) and wrote a checkpoint at the current step.
+
+    Exit code 75 (``EX_TEMPFAIL``): the run is incomplete by request, and the same command with
+    ``--resume-if-exists`` (or ``--resume DIR``) continues it.
+    """
+
+    exit_code = PREEMPTED_EXIT_CODE

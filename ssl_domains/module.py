@@ -17,7 +17,7 @@ from .data import mix_seed
 from .errors import NonFiniteLossError
 from .plugin import ModalityPlugin
 
-__all__ = ["EpochCheckpoint", "FiniteLossGuard", "SSLModule", "build_optimizer", "compile_objective", "warmup_cosine"]
+__all__ = ["FiniteLossGuard", "SSLModule", "build_optimizer", "compile_objective", "warmup_cosine"]
 
 
 def compile_objective(objective: Callable[[nn.Module, dict[str, Any]], dict[str, Any]]) -> Callable:
@@ -181,8 +181,8 @@ class FiniteLossGuard(pl.Callback):
     """Stops the run when the loss becomes NaN or inf, naming the first bad step.
 
     The check is kept on the device (no host sync per step): the first non-finite step and its value are
-    recorded in tensors, and read on the host every ``check_every`` steps and at the end of each epoch,
-    before the epoch's checkpoint is written, so a checkpoint never holds weights trained on a NaN loss.
+    recorded in tensors, and read on the host every ``check_every`` steps, at the end of each epoch and before
+    every checkpoint (:meth:`check`), so a checkpoint never holds weights trained on a NaN loss.
     """
 
     def __init__(self, check_every: int) -> None:
@@ -208,12 +208,13 @@ class FiniteLossGuard(pl.Callback):
         self._first_bad = torch.where(newly_bad, self._counter, self._first_bad)
         self._bad_value = torch.where(newly_bad, loss, self._bad_value)
         if trainer.global_step % self.check_every == 0:
-            self._raise_if_bad(trainer)
+            self.check(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._raise_if_bad(trainer)
+        self.check(trainer)
 
-    def _raise_if_bad(self, trainer: pl.Trainer) -> None:
+    def check(self, trainer: pl.Trainer) -> None:
+        """Raise :class:`NonFiniteLossError` if any step so far had a non-finite loss (one host sync)."""
         if self._first_bad is None:
             return
         step = int(self._first_bad)
@@ -224,31 +225,3 @@ class FiniteLossGuard(pl.Callback):
                 "training stopped and no checkpoint was written after it. Lower optim.lr, set "
                 "optim.gradient_clip_val, or check the data for NaN/inf values."
             )
-
-
-class EpochCheckpoint(pl.Callback):
-    """Writes ``last.ckpt`` every ``every_n_epochs`` epochs and after the final epoch.
-
-    (Lightning's ModelCheckpoint writes ``last`` only alongside a top-k checkpoint or when training ends,
-    which leaves nothing to resume from after a crash.) Register it after :class:`FiniteLossGuard`, so a
-    NaN epoch is never saved. Writing goes through the trainer's checkpoint IO (atomic) on rank 0.
-    """
-
-    def __init__(self, path: str, every_n_epochs: int = 1) -> None:
-        self.path = path
-        self.every_n_epochs = max(int(every_n_epochs), 1)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.fast_dev_run or trainer.sanity_checking:
-            return
-        finished = trainer.current_epoch + 1
-        last_epoch = trainer.max_epochs is not None and finished >= trainer.max_epochs
-        if finished % self.every_n_epochs == 0 or last_epoch:
-            for logger in trainer.loggers:  # metrics up to the checkpoint reach the disk with it
-                logger.save()
-            trainer.save_checkpoint(self.path)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # a run stopped by max_steps ends mid-epoch: keep its final state too
-        if not trainer.fast_dev_run and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
-            trainer.save_checkpoint(self.path)

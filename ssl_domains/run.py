@@ -3,18 +3,21 @@
 A run directory holds everything needed to continue, reuse or audit a run::
 
     config.yaml         the fully resolved config (every default written out)
-    last.ckpt           Lightning checkpoint of the last finished epoch (resume from it)
+    last.ckpt           the newest checkpoint (a hard link into checkpoints/): what --resume continues from
+    checkpoints/        the newest trainer.keep_checkpoints checkpoints: epoch ends, step and wall-time ones
     metrics.csv         per-step and per-epoch metrics
     tensorboard/        TensorBoard event files
     model.safetensors   the trained model's weights (what ``embed`` and ``evaluate`` load)
     data_state.pt       what the datamodule fitted on the training data (normalisation, vocabularies, sizes)
     figures/            the plugin's figures, if it draws any
+    skipped_items.txt   the unreadable items skipped with trainer.on_data_error=skip, if any
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +29,11 @@ from . import registry
 from .config import OptimConfig, TrainerConfig, from_mapping, merge, parse_overrides, to_mapping
 from .errors import ConfigError, UserError
 from .plugin import ModalityPlugin
+from .rundir import LAST_CKPT
 
 __all__ = ["LoadedRun", "ResolvedConfig", "load_run", "read_yaml", "resolve_config", "train"]
 
 CONFIG_FILE = "config.yaml"
-LAST_CKPT = "last.ckpt"
 WEIGHTS_FILE = "model.safetensors"
 DATA_STATE_FILE = "data_state.pt"
 METRICS_FILE = "metrics.csv"
@@ -133,15 +136,26 @@ def is_worker_process() -> bool:
     return any(os.environ.get(key, "0") != "0" for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
-def _trim_metrics(run_dir: Path, resume_epoch: int) -> None:
-    """Drop metric rows logged after the checkpoint we resume from, so no step appears twice."""
+def _trim_metrics(run_dir: Path, resume_step: int, finished_epochs: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from, so that no step appears twice.
+
+    A row logged at step ``resume_step`` or later is replayed by the resumed run; so is an epoch's summary row
+    (no ``*_step`` value in it) of an epoch the checkpoint had not finished.
+    """
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return
+
+    def kept(row: dict[str, str]) -> bool:
+        if row.get("step", "") != "" and int(float(row["step"])) >= resume_step:
+            return False
+        summary = not any(value != "" for key, value in row.items() if key.endswith("_step"))
+        return not (summary and row.get("epoch", "") != "" and int(float(row["epoch"])) >= finished_epochs)
+
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         fields = reader.fieldnames or []
-        rows = [r for r in reader if r.get("epoch", "") == "" or int(float(r["epoch"])) < resume_epoch]
+        rows = [r for r in reader if kept(r)]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -161,31 +175,34 @@ def _quiet_known_warnings() -> None:
 
 
 def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run: bool = False) -> Path:
-    """Train ``cfg`` into ``run_dir`` (continuing from its ``last.ckpt`` when ``resume``); return ``run_dir``."""
+    """Train ``cfg`` into ``run_dir`` (continuing from its ``last.ckpt`` when ``resume``); return ``run_dir``.
+
+    Everything that reads or checks input (the data module's ``setup``, the model) runs before the run directory
+    is created, so bad input leaves nothing behind. A run that then fails before its first checkpoint removes
+    what it created; one that has a checkpoint keeps it (``--resume`` continues). See :mod:`ssl_domains.rundir`
+    and ``docs/reliability.md`` for every fault.
+    """
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    from .checkpoint import AtomicCheckpointIO, save_data_state, save_weights
+    from .checkpoint import AtomicCheckpointIO, atomic_write, save_data_state, save_weights
+    from .checkpointing import RunCheckpoints
     from .csv_logger import ResumableCSVLogger
-    from .module import FINISHED_EPOCHS, EpochCheckpoint, FiniteLossGuard, SSLModule
+    from .module import FINISHED_EPOCHS, FiniteLossGuard, SSLModule
+    from .rundir import CreatedRun, has_checkpoint
 
     _quiet_known_warnings()
     worker = is_worker_process()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not worker:
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_mapping(), sort_keys=False))
-    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
-
-    ckpt_path = None
+    run_dir = Path(run_dir)
+    ckpt_path, resumed_step = None, 0
     if resume:
         ckpt_path = run_dir / LAST_CKPT
         if not ckpt_path.is_file():
-            raise UserError(f"cannot resume: {ckpt_path} does not exist (the run finished no epoch)")
-        # the number of finished epochs is the index of the epoch we resume at
-        epoch = int(torch.load(ckpt_path, map_location="cpu", weights_only=True).get(FINISHED_EPOCHS, 0))
-        if not worker:
-            _trim_metrics(run_dir, epoch)
+            raise UserError(f"cannot resume: {ckpt_path} does not exist (the run wrote no checkpoint)")
+        meta = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        resumed_step, finished = int(meta.get("global_step", 0)), int(meta.get(FINISHED_EPOCHS, 0))
+        del meta
 
     tc = cfg.trainer
     pl.seed_everything(tc.seed, workers=True, verbose=False)
@@ -194,15 +211,32 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
     model = cfg.plugin.model(cfg.method, datamodule)
     module = SSLModule(cfg.plugin, cfg.method, model, cfg.optim, tc.seed, compile=tc.compile)
 
-    callbacks: list[pl.Callback] = [
-        FiniteLossGuard(tc.log_every_n_steps),
-        EpochCheckpoint(str(run_dir / LAST_CKPT), tc.checkpoint_every_n_epochs),
-    ]
+    # Only now, with the config, the data and the model built, does the run directory come into being.
+    created = None
+    if not worker:
+        created = None if resume else CreatedRun.create(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(cfg.to_mapping(), sort_keys=False)
+        atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+        if resume:
+            _trim_metrics(run_dir, resumed_step, finished)
+    previous_env = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # read by the DDP processes Lightning starts inside fit()
+
+    guard = FiniteLossGuard(tc.log_every_n_steps)
+    checkpoints = RunCheckpoints(run_dir, tc, guard)
+    callbacks: list[pl.Callback] = [guard, checkpoints]
     if tc.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(tc.log_every_n_steps, 20))))
     loggers = [
         ResumableCSVLogger(save_dir=str(run_dir), name="", version=""),
-        pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
+        pl.loggers.TensorBoardLogger(
+            save_dir=str(run_dir),
+            name="tensorboard",
+            version="",
+            default_hp_metric=False,
+            **({"purge_step": resumed_step} if resume else {}),  # events after the checkpoint are replayed
+        ),
     ]
     trainer = pl.Trainer(
         max_epochs=tc.max_epochs,
@@ -225,19 +259,68 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
         limit_train_batches=tc.limit_train_batches,
         check_val_every_n_epoch=tc.check_val_every_n_epoch,
         plugins=[AtomicCheckpointIO()],
-        enable_checkpointing=False,  # EpochCheckpoint writes last.ckpt
+        enable_checkpointing=False,  # RunCheckpoints writes every checkpoint
         default_root_dir=str(run_dir),
         fast_dev_run=fast_dev_run,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except BaseException as exc:
+        kept = has_checkpoint(run_dir)
+        if created is not None and not kept:
+            created.remove()  # nothing worth keeping: the same command can run again
+        raise _explained(exc, run_dir, checkpoints, kept) from exc
+    finally:
+        if previous_env is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous_env
     if trainer.is_global_zero:
         save_weights(model, run_dir / WEIGHTS_FILE)
         save_data_state(datamodule.state_dict(), run_dir / DATA_STATE_FILE)
+        _write_skipped(trainer, run_dir)
         model.eval()
         with torch.no_grad():
             cfg.plugin.visualize(model, datamodule, run_dir / "figures")
     return run_dir
+
+
+def _explained(exc: BaseException, run_dir: Path, checkpoints: Any, kept: bool) -> BaseException:
+    """The exception a failed run raises, with what was kept and how to continue where the user needs it."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from .errors import CheckpointWriteError, DataError, Preempted
+
+    step = checkpoints.saved_step
+    where = f"{run_dir / LAST_CKPT} (step {step})" if checkpoints.last_path is not None else f"{run_dir / LAST_CKPT}"
+    resume = f"ssl-domains train --resume {run_dir}"
+    if isinstance(exc, (Preempted, SIGTERMException)):
+        reason = exc.args[0] if isinstance(exc, Preempted) and exc.args else "SIGTERM"
+        return Preempted(f"stopped by {reason}; checkpoint written: {where}. Continue with `{resume}`")
+    if isinstance(exc, DataError) and kept:
+        return DataError(
+            f"{exc}. Training stopped; checkpoint written: {where}. Fix or remove the file and continue with "
+            f"`{resume}`, or set trainer.on_data_error=skip"
+        )
+    if isinstance(exc, CheckpointWriteError):
+        before = f"the last good checkpoint is {run_dir / LAST_CKPT}" if kept else "no checkpoint was written yet"
+        return CheckpointWriteError(f"{exc}. Training stopped; {before}. Free space, then `{resume}`")
+    if kept and not isinstance(exc, (UserError, KeyboardInterrupt)):
+        print(f"the run failed; its checkpoints are kept in {run_dir}: continue with `{resume}`", file=sys.stderr)
+    return exc
+
+
+def _write_skipped(trainer: Any, run_dir: Path) -> None:
+    """List the unreadable items this rank skipped in ``skipped_items.txt`` (nothing when none was)."""
+    from .checkpoint import atomic_write
+    from .checkpointing import train_loaders
+
+    messages = [m for loader in train_loaders(trainer) for m in loader.skipped_messages]
+    total = sum(loader.skipped for loader in train_loaders(trainer))
+    if total:
+        atomic_write(run_dir / "skipped_items.txt", lambda tmp: tmp.write_text("\n".join(messages) + "\n"))
+        print(f"skipped {total} unreadable items (trainer.on_data_error=skip): {run_dir / 'skipped_items.txt'}")
 
 
 @dataclass

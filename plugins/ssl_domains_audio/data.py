@@ -168,7 +168,13 @@ class AudioDataModule(pl.LightningDataModule):
             return int(cached.shape[0])
         import soundfile
 
-        info = soundfile.info(str(self.clips[index].path))
+        path = self.clips[index].path
+        try:
+            info = soundfile.info(str(path))
+        except (RuntimeError, soundfile.LibsndfileError) as exc:  # the header alone is unreadable
+            raise DataError(
+                f"{path}: cannot be read ({exc}); the file is corrupt or not WAV/FLAC/OGG: re-export or remove it"
+            ) from exc
         return features.num_frames(int(info.frames * features.SAMPLE_RATE / info.samplerate), self.kind)
 
     # ---- batches ---------------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ssl_domains import DataError
-from ssl_domains.data import EpochShuffleSampler, eval_loader, mix_seed
+from ssl_domains.data import EpochShuffleSampler, eval_loader, mix_seed, train_loader
 
 from .formats import find_slc_files, open_slc, write_complex_geotiff
 from .model import DOWNSAMPLING, LOG_OFFSET
@@ -158,13 +158,13 @@ class SLCDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> Any:
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         patches = RandomPatches(self.images, self.cfg.patch_size, self.cfg.patches_per_epoch, seed)
-        return DataLoader(
+        return train_loader(
             patches,
             batch_size=self.cfg.batch_size,
+            seed=seed,
             sampler=_PatchSampler(len(patches), seed),  # Lightning calls set_epoch on it
             collate_fn=_collate,
             num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
         )
 
     def predict_dataloader(self) -> Any:

@@ -68,4 +68,6 @@ class DenoisingAutoencoderPlugin(ModalityPlugin):
     def make_example_data(self, root: Path) -> Path:
         from .data import write_example_data
 
-        return write_example_data(Path(root))
+        # 2,048 rows (200 kB): a few seconds of training, with enough steps per epoch that the kit and the CI
+        # can stop a run mid-epoch and resume it
+        return write_example_data(Path(root), rows=2048)
