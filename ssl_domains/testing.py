@@ -185,6 +185,23 @@ def check_objective_finite_and_differentiable(plugin: ModalityPlugin, tmp_path: 
     _require(any(g.abs().sum() > 0 for g in grads), "all gradients are zero")
 
 
+def check_every_parameter_gets_a_gradient(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """Every trainable parameter takes part in the loss.
+
+    A parameter that never gets a gradient wastes optimiser state, and under DDP it stops training: PyTorch's
+    reducer waits for its gradient, so the first step's gradients are not averaged across ranks and the second
+    step fails ("parameters that were not used in producing the loss"). Freeze what the objective does not use
+    (``requires_grad_(False)``; the weights stay in the state dict) or do not build it.
+    """
+    import torch
+
+    cfg, dm, model = _built(plugin, tmp_path)
+    torch.manual_seed(0)
+    plugin.objective(cfg.method)(model.train(), _first_batch(dm.train_dataloader()))["loss"].backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    _require(not unused, f"{len(unused)} trainable parameters get no gradient (first: {unused[:4]}); freeze them")
+
+
 def check_overfits_one_batch(plugin: ModalityPlugin, tmp_path: Path, steps: int = 40) -> None:
     """With the masking fixed (same seed every step), Adam drives the loss on one batch down by >= 10%."""
     import torch
@@ -293,6 +310,7 @@ CHECKS: tuple[Check, ...] = (
     check_datamodule_batches,
     check_masking_deterministic,
     check_objective_finite_and_differentiable,
+    check_every_parameter_gets_a_gradient,
     check_overfits_one_batch,
     check_fast_dev_run_cli,
     check_checkpoint_roundtrip,

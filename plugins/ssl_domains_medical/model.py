@@ -55,6 +55,10 @@ class VolumeNet(nn.Module):
                              res_block=True)  # fmt: skip
             for block in self.net.vit.blocks:
                 block.attn.use_flash_attention = True
+                # MONAI builds a cross-attention norm in every block even without cross-attention; it never
+                # takes part in the loss, so it is frozen (kept for MONAI's state dict; DDP needs every
+                # trainable parameter to get a gradient)
+                block.norm_cross_attn.requires_grad_(False)
             self.patch, self.token_dim, embedding_dim = 16, hidden_size, hidden_size
             self.pyramid_dims = (hidden_size, 8 * feature_size, 4 * feature_size, 2 * feature_size)
         elif backbone == "swin":
@@ -246,6 +250,7 @@ class Contrastive3DModel(nn.Module):
     def __init__(self, net: VolumeNet, proj_dim: int = 512, rotation: bool = True) -> None:
         super().__init__()
         self.net, self.embed_dim = net, net.embed_dim
+        net.mask_token.requires_grad_(False)  # the recipe corrupts voxels; it never hides tokens
         self.projector = _mlp_head(net.token_dim, proj_dim)
         self.rotation_head = _mlp_head(net.token_dim, 4) if rotation else None
 

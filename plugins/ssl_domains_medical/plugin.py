@@ -145,7 +145,9 @@ class AliceConfig(MedicalConfig):
                 f"roi {self.roi}"
             )
         if self.align_heads < 1 or self.align_dim % self.align_heads:
-            raise ConfigError(f"alice.align_dim {self.align_dim} is not divisible by alice.align_heads {self.align_heads}")
+            raise ConfigError(
+                f"alice.align_dim {self.align_dim} is not divisible by alice.align_heads {self.align_heads}"
+            )
 
 
 _FORMATS = (

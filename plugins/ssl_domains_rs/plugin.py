@@ -210,6 +210,10 @@ class SSL4EOPlugin(_RSPlugin):
             len(datamodule.bands), cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.proj_dim, cfg.hidden_dim,
             cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.pooling,
         )  # fmt: skip
+        # The heads of the other objective stay in the state dict (one layout for both variants) but are frozen:
+        # a trainable parameter without a gradient stalls DDP's reducer and costs optimiser state.
+        unused = model.decoder if cfg.objective == "moco" else nn.ModuleList([model.projector, model.predictor])
+        unused.requires_grad_(False)
         if cfg.objective == "moco":
             model.key_encoder = EMATeacher(nn.ModuleList([model.backbone, model.projector]), cfg.momentum, 1.0)
         return model

@@ -37,6 +37,14 @@ class FeatureTokenizer(nn.Module):
         offsets = torch.tensor([0, *cardinalities[:-1]], dtype=torch.long).cumsum(0) if cardinalities else None
         self.register_buffer("cat_offsets", offsets if offsets is not None else torch.zeros(0, dtype=torch.long))
         self.feature_embedding = nn.Parameter(torch.randn(num_numeric + len(cardinalities), dim) * 0.02)
+        # a table without numeric (or categorical) columns never uses those weights: frozen, so that DDP's reducer
+        # does not wait for their gradients
+        if not num_numeric:
+            self.num_weight.requires_grad_(False)
+            self.num_bias.requires_grad_(False)
+        if not cardinalities:
+            self.cat_embedding.requires_grad_(False)
+            self.cat_bias.requires_grad_(False)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         tokens = []
