@@ -5,7 +5,7 @@ evaluation and the conformance kit live in submodules that import torch when use
 """
 
 from .config import OptimConfig, TrainerConfig, option
-from .errors import ConfigError, DataError, NonFiniteLossError, PluginError, UserError
+from .errors import CheckpointWriteError, ConfigError, DataError, NonFiniteLossError, PluginError, Preempted, UserError
 from .plugin import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, ModalityPlugin, PluginCommand
 
 __version__ = "0.1.0"
@@ -14,6 +14,7 @@ __all__ = [
     "SPLIT_TEST",
     "SPLIT_TRAIN",
     "SPLIT_VAL",
+    "CheckpointWriteError",
     "ConfigError",
     "DataError",
     "ModalityPlugin",
@@ -21,6 +22,7 @@ __all__ = [
     "OptimConfig",
     "PluginCommand",
     "PluginError",
+    "Preempted",
     "TrainerConfig",
     "UserError",
     "__version__",
