@@ -49,6 +49,16 @@ def test_manifest_csv_lists_clips_relative_to_itself(tmp_path: Path):
     ]
 
 
+def test_bad_manifests_name_the_file_and_line(tmp_path: Path):
+    write_example_clips(tmp_path)
+    (tmp_path / "short.csv").write_text("path,label\nclips/0_ann_0.wav,zero\n\n,one\n")
+    with pytest.raises(DataError, match=r"short\.csv, line 4: no 'path' value"):
+        find_clips(tmp_path / "short.csv", FSDD_NAMES)
+    (tmp_path / "latin1.csv").write_bytes("path,label\nclips/0_ann_0.wav,z\xe9ro\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.csv: cannot be read as a UTF-8 CSV manifest"):
+        find_clips(tmp_path / "latin1.csv", FSDD_NAMES)
+
+
 def test_decoding_resamples_to_16k_and_downmixes(tmp_path: Path):
     stereo = np.stack([synthetic_clip(0, 0, 0), np.zeros_like(synthetic_clip(0, 0, 0))], axis=1)
     soundfile.write(str(tmp_path / "s.wav"), stereo, 8000)

@@ -136,6 +136,14 @@ def test_wrong_band_count_names_the_file_and_the_bands_expected(tmp_path: Path):
     assert bad.exists()
 
 
+def test_a_truncated_geotiff_whose_header_opens_is_named(tmp_path: Path):
+    chip = _multiband(tmp_path / "l2a" / "chip.tif", 12, size=64)
+    chip.write_bytes(chip.read_bytes()[: chip.stat().st_size // 2])  # the header survives, the pixels do not
+    cfg = SSL4EOConfig(chip=16)
+    with pytest.raises(DataError, match=r"chip\.tif: the pixel data cannot be read .*truncated or corrupt"):
+        RSDataModule(chip.parent, cfg, mode="temporal").setup("fit")
+
+
 def test_s1_s2_grid_mismatch_is_refused(tmp_path: Path):
     root = write_example_pairs(tmp_path, size=48, locations=1)
     for path in [*root.rglob("VV.tif"), *root.rglob("VH.tif")]:  # S1 at 20 m: same footprint, half the pixels

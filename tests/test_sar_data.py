@@ -79,6 +79,22 @@ def test_corrupt_and_wrong_shaped_files_get_one_clear_error(tmp_path: Path):
         open_slc(tmp_path / "rgb.tif")
 
 
+def test_a_truncated_geotiff_and_a_constant_image_are_named(tmp_path: Path):
+    write_complex_geotiff(tmp_path / "cut.tif", _slc((256, 256)), CRS.from_epsg(32631), from_origin(0, 0, 10, 10))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # the header opens, the rows are gone
+    with pytest.raises(DataError, match=r"cut\.tif: rows .* cannot be read .*truncated or corrupt"):
+        open_slc(cut).read()
+    from ssl_domains_sar.data import SLCDataModule
+    from ssl_domains_sar.plugin import MerlinConfig
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    np.save(flat / "flat.npy", np.zeros((64, 64), dtype=np.complex64))  # an all-zero (empty) acquisition
+    with pytest.raises(DataError, match=r"flat: every pixel has the same amplitude"):
+        SLCDataModule(flat, MerlinConfig(patch_size=32)).setup("fit")
+
+
 def test_simulated_speckle_is_single_look_correlated_and_unbiased():
     reflectivity = np.full((256, 256), 50.0)
     z = simulate_slc(reflectivity, np.random.default_rng(1))

@@ -62,12 +62,18 @@ def compile_label_regex(label_regex: str) -> re.Pattern[str]:
 
 
 def _read_manifest(path: Path, pattern: re.Pattern[str]) -> list[Clip]:
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "path" not in rows[0]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = [(reader.line_num, row) for row in reader]  # line numbers as an editor shows them
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot be read as a UTF-8 CSV manifest ({exc}); re-save it as UTF-8 CSV") from exc
+    if not rows or "path" not in rows[0][1]:
         raise DataError(f"{path}: a manifest needs a header row with a 'path' column (optional: label, speaker)")
     clips = []
-    for row in rows:
+    for line, row in rows:
+        if not row.get("path"):
+            raise DataError(f"{path}, line {line}: no 'path' value; give every row a clip path or remove it")
         clip_path = Path(row["path"])
         if not clip_path.is_absolute():
             clip_path = path.parent / clip_path

@@ -238,8 +238,9 @@ class MedicalDataModule(pl.LightningDataModule):
                 root = inner
                 while root.__cause__ is not None:
                     root = root.__cause__  # type: ignore[assignment]
+                files = item["image"] + (f" or its label map {item['label']}" if item.get("label") else "")
                 return DataError(
-                    f"{item['image']}: cannot be read as a volume ({type(root).__name__}: {root}); check that the "
+                    f"{files}: cannot be read as a volume ({type(root).__name__}: {root}); check that the "
                     "file is a complete NIfTI file or DICOM series"
                 )
         return exc

@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -200,6 +201,19 @@ def find_acquisitions(root: Path, eurosat_13: bool = True) -> list[Acquisition]:
     return found
 
 
+def _read(src: Any, path: Path, index: int, shape: tuple[int, int], resampling: Any) -> np.ndarray:
+    """One band resampled to ``shape``; a header that opens over truncated or corrupt pixel data is a DataError."""
+    import rasterio
+
+    try:
+        return src.read(index, out_shape=shape, resampling=resampling, masked=False)
+    except rasterio.errors.RasterioError as exc:
+        raise DataError(
+            f"{path}: the pixel data cannot be read ({exc}); the file is truncated or corrupt: re-export it"
+            " (gdal_translate) or remove it"
+        ) from exc
+
+
 def read_bands(acq: Acquisition, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``(image, valid)``: float32 ``[C, H, W]`` on the 10 m grid in ``bands`` order, and a bool ``[H, W]`` mask.
 
@@ -221,7 +235,7 @@ def read_bands(acq: Acquisition, bands: tuple[str, ...]) -> tuple[np.ndarray, np
         path = acq.bands[band]
         with _open(path) as src:
             index = acq.band_index.get(band, 1)
-            data = src.read(index, out_shape=(height, width), resampling=Resampling.bilinear, masked=False)
+            data = _read(src, path, index, (height, width), Resampling.bilinear)
             nodata = src.nodatavals[index - 1]
         data = data.astype(np.float32)
         bad = ~np.isfinite(data)
@@ -233,6 +247,6 @@ def read_bands(acq: Acquisition, bands: tuple[str, ...]) -> tuple[np.ndarray, np
         invalid |= (image == 0).all(axis=0)
     if acq.cloud_mask is not None:
         with _open(acq.cloud_mask) as src:
-            cloud = src.read(1, out_shape=(height, width), resampling=Resampling.nearest)
+            cloud = _read(src, acq.cloud_mask, 1, (height, width), Resampling.nearest)
         invalid |= cloud != 0
     return image, ~invalid

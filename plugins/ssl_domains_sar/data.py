@@ -152,6 +152,11 @@ class SLCDataModule(pl.LightningDataModule):
                 big_m, m = self.cfg.log_max, self.cfg.log_min
             else:
                 big_m, m = estimate_log_bounds(self.images)
+                if not big_m > m:
+                    raise DataError(
+                        f"{self.data}: every pixel has the same amplitude, so the data carry no speckle to learn "
+                        "from (the estimated M and m are equal); check the files, or set merlin.log_max/log_min"
+                    )
                 log.info("estimated normalisation constants from the training data: M=%.4f, m=%.4f", big_m, m)
             self.fitted.update(log_max=float(big_m), log_min=float(m))
 

@@ -44,8 +44,14 @@ class SLCSource:
             import rasterio
             from rasterio.windows import Window
 
-            with _quiet_geo_warnings(), rasterio.open(self.path) as ds:
-                raw = ds.read(window=Window(0, start, self.width, stop - start))
+            try:
+                with _quiet_geo_warnings(), rasterio.open(self.path) as ds:
+                    raw = ds.read(window=Window(0, start, self.width, stop - start))
+            except rasterio.errors.RasterioError as exc:
+                raise DataError(
+                    f"{self.path}: rows {start}-{stop} cannot be read ({exc}); the file is truncated or corrupt:"
+                    " re-export it or remove it"
+                ) from exc
             block = raw[0] if raw.shape[0] == 1 else raw[0] + 1j * raw[1]
             block = np.asarray(block, dtype=np.complex64)
         if not np.isfinite(block).all():

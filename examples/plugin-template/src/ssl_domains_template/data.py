@@ -37,7 +37,10 @@ def read_matrix(data: Path) -> tuple[np.ndarray, np.ndarray | None]:
     labels = None
     labels_path = data / "labels.npy" if data.is_dir() else None
     if labels_path is not None and labels_path.is_file():
-        labels = np.load(labels_path, allow_pickle=False).astype(np.int64).reshape(-1)
+        try:
+            labels = np.load(labels_path, allow_pickle=False).astype(np.int64).reshape(-1)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{labels_path}: not a readable .npy of integer labels ({exc}); re-save it") from None
         if len(labels) != len(x):
             raise DataError(f"{labels_path}: {len(labels)} labels for {len(x)} rows; give one label per row")
     return x, labels
