@@ -213,6 +213,8 @@ class RunCheckpoints(pl.Callback):
         trainer.save_checkpoint(path, weights_only=False)  # the full state: optimiser, schedule, loops
         if trainer.is_global_zero:
             link_or_copy(path, self.run_dir / LAST_CKPT)
+            if name.startswith("epoch-"):  # a step checkpoint of this same step is superseded by this one
+                (self.folder / f"step-{trainer.global_step:09d}.ckpt").unlink(missing_ok=True)
             kept = sorted(self.folder.glob("*.ckpt"), key=_order)
             for old in kept[: -self.cfg.keep_checkpoints]:
                 old.unlink(missing_ok=True)

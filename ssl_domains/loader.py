@@ -245,7 +245,11 @@ class ResumableDataLoader(DataLoader):
 
     def _batches(self, inner: Iterator[_Collated]) -> Iterator[Any]:
         while True:
-            self._boundary_rng, self._failed_fetch = capture_rng(), True
+            # With num_workers=0 a fetch runs the dataset in this process and may draw from its RNG, so a fetch that
+            # fails needs the state from before it (~60 us, small beside reading items in this process). Workers
+            # leave this process's RNG alone: the state at checkpoint time is the boundary's.
+            self._boundary_rng = capture_rng() if self.num_workers == 0 else None
+            self._failed_fetch = True
             try:
                 collated = next(inner)
             except StopIteration:
