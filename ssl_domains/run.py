@@ -297,6 +297,10 @@ def _explained(exc: BaseException, run_dir: Path, checkpoints: Any, kept: bool) 
     resume = f"ssl-domains train --resume {run_dir}"
     if isinstance(exc, (Preempted, SIGTERMException)):
         reason = exc.args[0] if isinstance(exc, Preempted) and exc.args else "SIGTERM"
+        if checkpoints.last_path is None and not kept:  # stopped while Lightning was still starting up
+            return Preempted(f"stopped by {reason} before the first training step; nothing was kept, run it again")
+        if checkpoints.last_path is None:
+            return Preempted(f"stopped by {reason}; the run's checkpoints are kept. Continue with `{resume}`")
         return Preempted(f"stopped by {reason}; checkpoint written: {where}. Continue with `{resume}`")
     if isinstance(exc, DataError) and kept:
         return DataError(
