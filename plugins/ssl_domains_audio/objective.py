@@ -18,6 +18,10 @@ Choices, stated as the issue asks:
 - *Forward passes*: the reference's joint pretraining runs the encoder twice with independent masks, one pass
   per loss. We run it once and apply both heads to the same masked patches (``forward_passes=1``, half the cost);
   ``forward_passes=2`` reproduces the reference.
+- *Under DDP*: every mean over masked positions (TERA's L1, SSAST's InfoNCE and MSE) divides by the count of the
+  global batch (:func:`ssl_domains.nn.global_mean`), not the rank's own, so a 2-GPU step equals the 1-GPU step
+  on the same clips even when their lengths, and so their counts, differ between ranks. On one process this is
+  the reference's mean.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import math
 from typing import Any
 
 import torch
+
+from ssl_domains.nn import global_mean
 
 from .masking import patch_mask, tera_alter
 from .model import SSASTModel, TERAModel
@@ -50,7 +56,8 @@ class TERAObjective:
         altered, predict = self.alter(x, lengths)
         reconstruction = model(altered, lengths).float()
         weights = predict.float()
-        loss = ((reconstruction - x).abs() * weights).sum() / weights.sum().clamp(min=1.0)
+        # over the global batch's altered positions: a rank's own count would reweigh positions under DDP
+        loss = global_mean(((reconstruction - x).abs() * weights).sum(), weights.sum())
         return {"loss": loss, "altered_share": weights.mean().detach()}
 
 
@@ -100,7 +107,7 @@ class SSASTObjective:
             logits.masked_fill(~slot_valid[:, :, None], 0.0), dim=2
         )
         weights = slot_valid.float()
-        nce = -(log_prob.masked_fill(~slot_valid, 0.0) * weights).sum() / weights.sum()
+        nce = global_mean(-(log_prob.masked_fill(~slot_valid, 0.0) * weights).sum(), weights.sum())
         correct = (logits.argmax(dim=2) == torch.arange(logits.shape[1], device=logits.device)).float()
         return nce, (correct * weights).sum() / weights.sum()
 
@@ -110,6 +117,8 @@ class SSASTObjective:
         if self.cfg.forward_passes == 2:  # the reference: a second pass with an independent mask for the MSE
             _, targets, _, generative, slot_valid = self.heads(model, batch)
         weights = slot_valid.float()[:, :, None]
-        mse = ((generative.float() - targets.float()).pow(2) * weights).sum() / (weights.sum() * targets.shape[-1])
+        mse = global_mean(
+            ((generative.float() - targets.float()).pow(2) * weights).sum(), weights.sum() * targets.shape[-1]
+        )
         loss = nce + self.cfg.mse_weight * mse
         return {"loss": loss, "nce": nce.detach(), "mse": mse.detach(), "masked_acc": accuracy.detach()}

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_domains.nn import global_mean
+
 from .masking import drop_edges, mask_node_features
 
 
@@ -50,7 +52,7 @@ class GraphMAEObjective:
         num_seeds = batch["id"].shape[0]
         if model.level == "node" and num_seeds < x.shape[0]:
             weight = (mask_nodes < num_seeds).float()
-            loss = (per_node * weight).sum() / weight.sum().clamp_min(1.0)
-        else:
-            loss = per_node.mean()
+            loss = global_mean((per_node * weight).sum(), weight.sum())
+        else:  # over the masked nodes of the global batch (a rank's own count would reweigh them under DDP)
+            loss = global_mean(per_node.sum(), per_node.shape[0])
         return {"loss": loss}

@@ -23,10 +23,10 @@ def _conv(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
 
 
-
 def wide(x: torch.Tensor) -> torch.Tensor:
     """``x`` in at least float32: bf16/fp16 activations are widened for the log-domain maths, float64 stays."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
 
 class MerlinUNet(nn.Module):
     """U-Net on one SLC component; ``forward`` works on normalised log-amplitudes ``[B, 1, H, W]``.

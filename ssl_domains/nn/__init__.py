@@ -3,6 +3,7 @@
 from .contrastive import gather_with_grad, info_nce, nt_xent
 from .ema import EMATeacher, momentum_at
 from .masking import per_sample_mask, random_subset
+from .reduction import global_mean
 from .transformer import TransformerBlock, attention_mask, sincos_positions, sincos_positions_2d
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "TransformerBlock",
     "attention_mask",
     "gather_with_grad",
+    "global_mean",
     "info_nce",
     "momentum_at",
     "nt_xent",
