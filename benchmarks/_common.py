@@ -68,5 +68,5 @@ def pretrain_and_evaluate(
         seconds = time.perf_counter() - start
         run = load_run(Path(tmp) / "run")
         torch.manual_seed(seed)  # as `ssl-domains evaluate --seed` does: the probe's draws follow the run's seed
-        metrics = plugin.evaluate(run.model, run.datamodule, run.config.method) or {}
+        metrics = plugin.evaluate(run.model, run.datamodule, run.config.method, torch.device("cpu")) or {}
     return metrics, seconds, cfg.trainer.max_epochs

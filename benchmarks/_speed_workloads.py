@@ -66,7 +66,7 @@ def _tjepa_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
     if preset == "base":
         layers.append(read_yaml("paper", plugin))
     elif preset == "tiny":
-        layers.append({"tjepa": dict(plugin.test_overrides.get("tjepa", {}))})
+        layers.append({"tjepa": dict(plugin.example_overrides().get("tjepa", {}))})
     return layers
 
 

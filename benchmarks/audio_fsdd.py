@@ -74,11 +74,11 @@ def run_fold(args: argparse.Namespace, test_speakers: list[str], seed: int) -> d
         seconds = time.perf_counter() - start
         run = load_run(Path(tmp) / "run")
         datamodule = run.datamodule
-        vectors, labels, speakers, splits = clip_embeddings(run.model, datamodule)
+        vectors, labels, speakers, splits = clip_embeddings(run.model, datamodule, "cpu")
         ssl = speaker_probe(vectors, labels, speakers, splits, cs)
         torch.manual_seed(seed)
         untrained = plugin.model(run.config.method, datamodule)
-        random = speaker_probe(*clip_embeddings(untrained.eval(), datamodule), cs)
+        random = speaker_probe(*clip_embeddings(untrained.eval(), datamodule, "cpu"), cs)
         logmel = speaker_probe(pooled_logmel(datamodule), labels, speakers, splits, cs)
         train_clips = len(datamodule.train_indices) + args.synthetic  # a loaded run reads its source clips only
     epochs = cfg.trainer.max_epochs

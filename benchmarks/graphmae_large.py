@@ -115,7 +115,7 @@ def main() -> None:
         train_seconds = time.perf_counter() - start
         run = load_run(run_dir)
         start = time.perf_counter()
-        metrics = plugin.evaluate(run.model, run.datamodule, run.config.method) or {}
+        metrics = plugin.evaluate(run.model, run.datamodule, run.config.method, "cpu") or {}
         embed_seconds = time.perf_counter() - start
     raw = node_linear_probe(graph.x.numpy(), graph.y.numpy(), graph.split.numpy(), 0.01, 1e-4, 200)
     emit(

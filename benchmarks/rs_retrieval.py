@@ -15,7 +15,7 @@ the model and the chip size. For each fold:
 - ``recall1_2x`` and ``recall1_240``: the held-out chips resized (bilinear) to twice the training size and to
   240², and embedded by the same encoder (ALiBi / sin-cos positions extrapolate to the larger grid). The paired
   scenes here are 120² and 264², so no held-out area holds native 240² pairs; a model trained on native 120²
-  chips embedding 240² chips is checked in ``tests/test_rs_model.py``.
+  chips embedding 240² chips is checked in ``tests/plugins/rs/test_rs_model.py``.
 
 Each figure is the mean over folds (± std). ``chance`` is the mean of 1/N. Prints a JSON line per fold and a final
 line with ``recall1_mean``, ``recall5_mean``, ``recall1_random_mean``, ``chance`` and the pretraining minutes.
@@ -53,12 +53,12 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict:
         run = load_run(Path(tmp) / "run")
         datamodule = run.datamodule
         chip = run.config.method.chip
-        trained = evaluate_retrieval(run.model, datamodule)
-        trained_2x = evaluate_retrieval(run.model, datamodule, size=2 * chip)
-        trained_240 = evaluate_retrieval(run.model, datamodule, size=240)
+        trained = evaluate_retrieval(run.model, datamodule, "cpu")
+        trained_2x = evaluate_retrieval(run.model, datamodule, "cpu", size=2 * chip)
+        trained_240 = evaluate_retrieval(run.model, datamodule, "cpu", size=240)
         torch.manual_seed(fold)
         untrained = plugin.model(run.config.method, datamodule)
-        random = evaluate_retrieval(untrained, datamodule)
+        random = evaluate_retrieval(untrained, datamodule, "cpu")
         train_chips = len(datamodule.train_items)
     return {
         "fold": fold, "seed": fold, "chip": chip,

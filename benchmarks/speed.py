@@ -167,7 +167,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        plugin.on_train_batch_end(model, batch, 0.5)
+        if hasattr(model, "after_step"):  # the teacher's update is part of a step
+            model.after_step(0.5)
 
     def train_step(batch: dict[str, Any] | None = None) -> None:
         batch = next(cycle) if batch is None else batch

@@ -65,7 +65,7 @@ def untrained_control(plugin, run, seeds: int) -> dict:
     dm, cfg = run.datamodule, run.config.method
     torch.manual_seed(0)
     fresh = plugin.model(cfg, dm).eval()
-    vectors = table_embeddings(fresh, dm)
+    vectors = table_embeddings(fresh, dm, "cpu")
     y, split = dm.target.numpy(), dm.split.numpy()
     epochs, patience = cfg.head_epochs, cfg.head_patience
     tests = [fit_selected_head("mlp", vectors, y, split, dm.task, s, epochs, patience)[1] for s in range(seeds)]
@@ -129,7 +129,7 @@ def main() -> None:
         run = load_run(Path(tmp) / "run")
         torch.manual_seed(args.seed)
         start = time.perf_counter()
-        metrics = plugin.evaluate(run.model, run.datamodule, run.config.method)
+        metrics = plugin.evaluate(run.model, run.datamodule, run.config.method, "cpu")
         if metrics is None:
             raise SystemExit("no evaluation: the table needs a target with train, validation and test rows")
         control = untrained_control(plugin, run, args.seeds)

@@ -1,12 +1,25 @@
 """ssl-domains: self-supervised pretraining on scientific data.
 
-The public API is small and importable without torch: the plugin contract and the config helpers. The trainer,
-evaluation and the conformance kit live in submodules that import torch when used.
+The public API is small and importable without torch: the plugin contract and the config helpers. The names
+that need torch (``load_encoder``, ``load_run``, ``resolve_config``, ``atomic_write``, ``save_weights``,
+``FittedDataModule``) are imported on first use; the trainer, evaluation and the conformance kit live in
+submodules.
 """
+
+from typing import Any
 
 from .config import OptimConfig, TrainerConfig, option
 from .errors import CheckpointWriteError, ConfigError, DataError, NonFiniteLossError, PluginError, Preempted, UserError
-from .plugin import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, ModalityPlugin, PluginCommand
+from .plugin import (
+    SPLIT_TEST,
+    SPLIT_TRAIN,
+    SPLIT_VAL,
+    ModalityPlugin,
+    Objective,
+    PluginCommand,
+    SSLDataModule,
+    SSLModel,
+)
 
 __version__ = "0.1.0"
 
@@ -17,14 +30,41 @@ __all__ = [
     "CheckpointWriteError",
     "ConfigError",
     "DataError",
+    "FittedDataModule",
     "ModalityPlugin",
     "NonFiniteLossError",
+    "Objective",
     "OptimConfig",
     "PluginCommand",
     "PluginError",
     "Preempted",
+    "SSLDataModule",
+    "SSLModel",
     "TrainerConfig",
     "UserError",
     "__version__",
+    "atomic_write",
+    "load_encoder",
+    "load_run",
     "option",
+    "resolve_config",
+    "save_weights",
 ]
+
+# name -> module: imported when first used, so that `import ssl_domains` does not import torch
+_LAZY = {
+    "FittedDataModule": "ssl_domains.datamodule",
+    "atomic_write": "ssl_domains.checkpoint",
+    "load_encoder": "ssl_domains.run",
+    "load_run": "ssl_domains.run",
+    "resolve_config": "ssl_domains.run",
+    "save_weights": "ssl_domains.checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ssl_domains' has no attribute {name!r}")

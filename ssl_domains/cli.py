@@ -147,6 +147,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("data formats accepted by --data:")
     for fmt in plugin.data_formats:
         print(f"  - {fmt}")
+    if plugin.input_spec:
+        print("input the weights expect (each run saves its values as input_spec.yaml):")
+        for key, meaning in plugin.input_spec.items():
+            print(f"  {key}: {meaning}")
     presets = plugin.presets()
     if presets:
         print(f"presets (--config NAME): {', '.join(presets)}")
@@ -157,7 +161,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("config (--set SECTION.KEY=VALUE):")
     defaults = plugin.run_defaults
     sections = [
-        (plugin.config_section(), type(plugin.default_config()), {}),
+        (plugin.name, plugin.config, {}),
         ("trainer", TrainerConfig, defaults.get("trainer", {})),
         ("optim", OptimConfig, defaults.get("optim", {})),
     ]
@@ -169,15 +173,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .run import CONFIG_FILE, RUN_DIR_ENV, is_worker_process, read_yaml, resolve_config, train
-    from .rundir import (
-        clear_unstarted,
-        config_differences,
-        default_run_dir,
-        has_checkpoint,
-        latest_run,
-        refuse_existing,
-    )
+    from .run import CONFIG_FILE, is_worker_process, read_yaml, resolve_config, train
+    from .rundir import default_run_dir, latest_run, plan_run_dir
 
     flags: dict[str, Any] = {
         "max_epochs": args.max_epochs,
@@ -189,7 +186,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
-    worker = is_worker_process()
     resume = bool(args.resume)
     if args.resume and args.resume_if_exists:
         raise UserError("--resume DIR and --resume-if-exists exclude each other; give one")
@@ -224,31 +220,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not cfg.data.exists():
         raise UserError(f"data path {cfg.data} does not exist")
-    # srun sets SLURM_STEP_NUM_TASKS for the tasks it starts; a plain shell inside salloc or sbatch does not
-    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
-    externally_launched = world > 1 and not os.environ.get(RUN_DIR_ENV)
-    if externally_launched and not args.output and not args.resume:
-        # torchrun / srun start every rank at once: a timestamped default directory could differ between them
-        raise UserError("every rank must write the same run: pass --output DIR when launching with torchrun or srun")
-    if worker and os.environ.get(RUN_DIR_ENV):
-        run_dir = Path(os.environ[RUN_DIR_ENV])
-    if args.resume_if_exists:
-        # a requeued job re-runs its command: continue the run if it has a checkpoint, else (re)start it
-        resume = run_dir.is_dir() and has_checkpoint(run_dir)
-        if resume and not worker:
-            saved = read_yaml(str(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else {}
-            differences = config_differences(saved, cfg.to_mapping())
-            if differences:
-                raise UserError(
-                    f"--resume-if-exists: {run_dir} is a run of another config ({'; '.join(differences[:3])}); "
-                    "pick another --output, or continue that run with --resume DIR"
-                )
-        elif not resume and not worker and run_dir.is_dir() and any(run_dir.iterdir()):
-            clear_unstarted(run_dir)  # it saved no checkpoint: nothing is lost by starting over
-    elif not worker and not resume and run_dir.exists() and any(run_dir.iterdir()):
-        refuse_existing(run_dir)
+    run_dir, resume = plan_run_dir(
+        run_dir, cfg.to_mapping(), resume=resume, resume_if_exists=args.resume_if_exists,
+        output_given=bool(args.output),
+    )  # fmt: skip
     train(cfg, run_dir, resume=resume, fast_dev_run=args.fast_dev_run)
-    if not worker:
+    if not is_worker_process():
         print(f"run directory: {run_dir}")
     return 0
 
@@ -283,16 +260,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .evaluation import collect_embeddings, evaluate_embeddings, rankme
+    from .evaluation import embeddings_once, evaluate_embeddings, predict_embeddings, rankme
     from .run import load_run
 
     if args.data is not None and not Path(args.data).exists():
         raise UserError(f"data path {args.data} does not exist")
     run = load_run(Path(args.run), args.data)
-    device = _device(args.device)
+    device = torch.device(_device(args.device))
     torch.manual_seed(args.seed)
-    plugin_metrics = run.config.plugin.evaluate(run.model.to(device), run.datamodule, run.config.method)
-    emb = collect_embeddings(run.model, run.datamodule.predict_dataloader(), device)
+    model = run.model.to(device).eval()
+    with embeddings_once():  # the plugin's protocol and the core's figures read the same embeddings
+        plugin_metrics = run.config.plugin.evaluate(model, run.datamodule, run.config.method, device)
+        emb = predict_embeddings(model, run.datamodule, device)
     if plugin_metrics is None:
         metrics = evaluate_embeddings(emb, seed=args.seed)
     else:

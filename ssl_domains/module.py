@@ -15,7 +15,7 @@ from torch import nn
 from .config import OptimConfig
 from .data import mix_seed
 from .errors import NonFiniteLossError
-from .plugin import ModalityPlugin
+from .plugin import Objective
 
 __all__ = ["FiniteLossGuard", "SSLModule", "build_optimizer", "compile_objective", "warmup_cosine"]
 
@@ -74,7 +74,12 @@ FINISHED_EPOCHS = "finished_epochs"
 
 
 class SSLModule(pl.LightningModule):
-    """Calls a plugin's objective on each dict batch and owns everything around it.
+    """Calls an objective on each dict batch and owns everything around it.
+
+    It knows no plugin: it receives the ``objective`` (``(model, batch) -> {"loss", **logs}``) and the ``model``.
+    After every optimiser step (not every micro-batch, so gradient accumulation does not speed up an EMA) it
+    calls ``model.after_step(progress)`` when the model defines it: the one place where teachers move, DINO
+    centres update and anything else that follows the optimiser happens (``progress`` runs from 0 to 1).
 
     The model is a registered submodule (``self.model``), so checkpoints hold plain ``model.*`` keys. With
     ``compile=True`` the whole step, ``objective(model, batch)``, is compiled (:func:`compile_objective`): masking,
@@ -84,20 +89,17 @@ class SSLModule(pl.LightningModule):
 
     def __init__(
         self,
-        plugin: ModalityPlugin,
-        plugin_cfg: Any,
+        objective: Objective,
         model: nn.Module,
         optim: OptimConfig,
         seed: int,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.plugin = plugin
-        self.plugin_cfg = plugin_cfg
         self.model = model
         self.optim_cfg = optim
         self.seed = seed
-        self.objective = plugin.objective(plugin_cfg)
+        self.objective = objective
         self.compile = compile
         # compiled on first use and kept in a tuple: the module stays picklable (ddp_spawn) and an objective that
         # is an nn.Module is not registered a second time
@@ -158,13 +160,15 @@ class SSLModule(pl.LightningModule):
         self._hooked_step = self.global_step
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        # The plugin's hook follows optimiser steps, not batches: with gradient accumulation an EMA teacher that
-        # moved on every micro-batch would run at momentum m**k.
-        if self.global_step == getattr(self, "_hooked_step", -1):
+        # after_step follows optimiser steps, not batches: with gradient accumulation an EMA teacher that moved
+        # on every micro-batch would run at momentum m**k. Every DDP rank calls it on its replica with the same
+        # (all-reduced) weights, so the teachers stay identical without communication.
+        after_step = getattr(self.model, "after_step", None)
+        if after_step is None or self.global_step == getattr(self, "_hooked_step", -1):
             return
         self._hooked_step = self.global_step
         total = getattr(self, "_total_steps", 1)
-        self.plugin.on_train_batch_end(self.model, batch, min(self.global_step / total, 1.0))
+        after_step(min(self.global_step / total, 1.0))
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import PluginError
-from .plugin import ModalityPlugin
+from .plugin import ModalityPlugin, contract_problems
 
 __all__ = ["GROUP", "PluginRecord", "PluginReport", "discover", "load", "report", "temporary_plugins"]
 
@@ -52,6 +52,13 @@ class PluginRecord:
             raise TypeError(
                 f"entry point {self.name!r} points to a plugin named {getattr(plugin, 'name', None)!r}; "
                 "the entry-point name and the plugin's `name` must match"
+            )
+        problems = contract_problems(type(plugin))
+        if problems:
+            raise TypeError(
+                f"{self.target} is written for the first plugin contract; change: "
+                + "; ".join(problems)
+                + " (docs/plugin-authoring.md, 'Migrating from the first contract')"
             )
         return plugin
 

@@ -3,6 +3,7 @@
 A run directory holds everything needed to continue, reuse or audit a run::
 
     config.yaml         the fully resolved config (every default written out)
+    input_spec.yaml     the input the weights expect (sample rate, bands and statistics, spacing, schema, ...)
     last.ckpt           the newest checkpoint (a hard link into checkpoints/): what --resume continues from
     checkpoints/        the newest trainer.keep_checkpoints checkpoints: epoch ends, step and wall-time ones
     metrics.csv         per-step and per-epoch metrics
@@ -34,6 +35,7 @@ from .rundir import LAST_CKPT
 __all__ = ["LoadedRun", "ResolvedConfig", "load_run", "read_yaml", "resolve_config", "train"]
 
 CONFIG_FILE = "config.yaml"
+INPUT_SPEC_FILE = "input_spec.yaml"
 WEIGHTS_FILE = "model.safetensors"
 DATA_STATE_FILE = "data_state.pt"
 METRICS_FILE = "metrics.csv"
@@ -57,7 +59,7 @@ class ResolvedConfig:
             "data": str(self.data),
             "trainer": to_mapping(self.trainer),
             "optim": to_mapping(self.optim),
-            self.plugin.config_section(): to_mapping(self.method),
+            self.plugin.name: to_mapping(self.method),
         }
 
 
@@ -97,7 +99,7 @@ def resolve_config(
 ) -> ResolvedConfig:
     """Merge, in increasing priority: core defaults, ``plugin.run_defaults``, ``layers`` (YAML files),
     ``--set`` overrides and explicit trainer flags; then validate every key and type."""
-    section = plugin.config_section()
+    section = plugin.name
     merged: dict[str, Any] = {
         "trainer": to_mapping(TrainerConfig()),
         "optim": to_mapping(OptimConfig()),
@@ -123,7 +125,7 @@ def resolve_config(
         data=Path(data),
         trainer=from_mapping(TrainerConfig, merged["trainer"], "trainer"),
         optim=from_mapping(OptimConfig, merged["optim"], "optim"),
-        method=from_mapping(type(plugin.default_config()), merged[section], section),
+        method=from_mapping(plugin.config, merged[section], section),
     )
 
 
@@ -209,7 +211,8 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
     datamodule = cfg.plugin.datamodule(cfg.method, cfg.data)
     datamodule.setup("fit")
     model = cfg.plugin.model(cfg.method, datamodule)
-    module = SSLModule(cfg.plugin, cfg.method, model, cfg.optim, tc.seed, compile=tc.compile)
+    module = SSLModule(cfg.plugin.objective(cfg.method), model, cfg.optim, tc.seed, compile=tc.compile)
+    input_spec = yaml.safe_dump(datamodule.input_spec(), sort_keys=False)  # the preprocessing the weights need
 
     # Only now, with the config, the data and the model built, does the run directory come into being.
     created = None
@@ -218,6 +221,8 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
         run_dir.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(cfg.to_mapping(), sort_keys=False)
         atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+        if not resume:
+            atomic_write(run_dir / INPUT_SPEC_FILE, lambda tmp: tmp.write_text(input_spec))
         if resume:
             _trim_metrics(run_dir, resumed_step, finished)
     previous_env = os.environ.get(RUN_DIR_ENV)
@@ -281,8 +286,8 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
         save_data_state(datamodule.state_dict(), run_dir / DATA_STATE_FILE)
         _write_skipped(trainer, run_dir)
         model.eval()
-        with torch.no_grad():
-            cfg.plugin.visualize(model, datamodule, run_dir / "figures")
+        with torch.no_grad():  # on the host: Lightning's teardown has moved the model back from the accelerator
+            cfg.plugin.visualize(model, datamodule, cfg.method, run_dir / "figures", torch.device("cpu"))
     return run_dir
 
 
@@ -357,3 +362,12 @@ def load_run(run_dir: Path, data: str | Path | None = None) -> LoadedRun:
     load_weights(model, run_dir / WEIGHTS_FILE)
     model.eval()
     return LoadedRun(cfg, datamodule, model, run_dir)
+
+
+def load_encoder(run_dir: Path, data: str | Path | None = None) -> tuple[Any, Any]:
+    """``(model, datamodule)`` of a trained run, ready to embed: the model with its trained weights, in eval
+    mode on the host, and the datamodule set up on ``data`` (default: the training data) with the run's fitted
+    state, so new data is preprocessed exactly as the training data was. ``model.embed(batch)`` over
+    ``datamodule.predict_dataloader()`` gives the embeddings ``ssl-domains embed`` writes."""
+    run = load_run(run_dir, data)
+    return run.model, run.datamodule

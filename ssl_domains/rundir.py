@@ -31,13 +31,16 @@ __all__ = [
     "default_run_dir",
     "has_checkpoint",
     "latest_run",
+    "plan_run_dir",
     "refuse_existing",
 ]
 
 LAST_CKPT = "last.ckpt"
 CHECKPOINT_DIR = "checkpoints"
 # what a run writes before its first checkpoint; a folder holding only these can be started over
-RUN_FILES = frozenset({"config.yaml", "metrics.csv", "hparams.yaml", "tensorboard", CHECKPOINT_DIR, "figures"})
+RUN_FILES = frozenset(
+    {"config.yaml", "input_spec.yaml", "metrics.csv", "hparams.yaml", "tensorboard", CHECKPOINT_DIR, "figures"}
+)
 # trainer settings a continued run may change: how long, on what hardware, how it reports and checkpoints
 RESUMABLE_KEYS = frozenset(
     {
@@ -103,6 +106,46 @@ def config_differences(saved: Mapping[str, Any], new: Mapping[str, Any], prefix:
         elif a != b and not (prefix == "trainer." and key in RESUMABLE_KEYS):
             out.append(f"{dotted}: the run has {a!r}, the command {b!r}")
     return out
+
+
+def plan_run_dir(
+    run_dir: Path, config: Mapping[str, Any], *, resume: bool, resume_if_exists: bool, output_given: bool
+) -> tuple[Path, bool]:
+    """``(run directory, continue from its checkpoint?)`` for ``ssl-domains train``: the policy above.
+
+    ``run_dir`` is ``--output`` (``output_given``), ``--resume DIR`` (``resume``) or the default; ``config`` the
+    command's resolved config. Under torchrun or srun every rank gets here; only the launching process (not a
+    rank Lightning started for it) checks and clears the directory.
+    """
+    import os
+
+    from .run import CONFIG_FILE, RUN_DIR_ENV, is_worker_process, read_yaml
+
+    worker = is_worker_process()
+    # srun sets SLURM_STEP_NUM_TASKS for the tasks it starts; a plain shell inside salloc or sbatch does not
+    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
+    if world > 1 and not os.environ.get(RUN_DIR_ENV) and not output_given and not resume:
+        # torchrun / srun start every rank at once: a timestamped default directory could differ between them
+        raise UserError("every rank must write the same run: pass --output DIR when launching with torchrun or srun")
+    if worker and os.environ.get(RUN_DIR_ENV):
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+    holds_files = run_dir.is_dir() and any(run_dir.iterdir())
+    if resume_if_exists:
+        # a requeued job re-runs its command: continue the run if it has a checkpoint, else (re)start it
+        resume = run_dir.is_dir() and has_checkpoint(run_dir)
+        if resume and not worker:
+            saved = read_yaml(str(run_dir / CONFIG_FILE)) if (run_dir / CONFIG_FILE).is_file() else {}
+            differences = config_differences(saved, config)
+            if differences:
+                raise UserError(
+                    f"--resume-if-exists: {run_dir} is a run of another config ({'; '.join(differences[:3])}); "
+                    "pick another --output, or continue that run with --resume DIR"
+                )
+        elif not resume and not worker and holds_files:
+            clear_unstarted(run_dir)  # it saved no checkpoint: nothing is lost by starting over
+    elif not worker and not resume and holds_files:
+        refuse_existing(run_dir)
+    return run_dir, resume
 
 
 def latest_run(plugin: str | None, root: Path = Path("runs")) -> Path:

@@ -13,8 +13,8 @@ or get one pytest test per check, in your own CI::
     def test_conformance(plugin, check, tmp_path):
         check(plugin, tmp_path)
 
-The checks use the plugin's own ``make_example_data`` and its default config, with ``test_overrides`` applied
-(a plugin can shrink its model there so the kit runs in seconds).
+The checks use the plugin's own ``make_example_data`` and its default config, with ``example_overrides()``
+applied (a plugin can shrink its model there so the kit runs in seconds).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _overrides(plugin: ModalityPlugin) -> list[str]:
         else:
             yield f"{prefix}={json.dumps(node)}"
 
-    return list(flatten("", getattr(plugin, "test_overrides", {})))
+    return list(flatten("", plugin.example_overrides()))
 
 
 def _config(plugin: ModalityPlugin, data: Path) -> Any:
@@ -115,7 +115,12 @@ def _cli(plugin: ModalityPlugin, *argv: str) -> None:
 
 
 def check_metadata(plugin: ModalityPlugin, tmp_path: Path) -> None:
-    """name, description, paper, data_formats and batch_keys (with ``id``) are declared."""
+    """name, description, paper, config, data_formats and batch_keys (with ``id``) are declared, and nothing
+    of the first contract is left."""
+    from .plugin import contract_problems
+
+    problems = contract_problems(type(plugin))
+    _require(not problems, "written for the first plugin contract; change: " + "; ".join(problems))
     for attr in ("name", "description", "paper"):
         value = getattr(plugin, attr, None)
         _require(isinstance(value, str) and value.strip(), f"{attr} must be a non-empty string")
@@ -126,12 +131,27 @@ def check_metadata(plugin: ModalityPlugin, tmp_path: Path) -> None:
     _require(plugin.batch_keys.get("id") == "int64", "batch_keys must declare 'id': 'int64'")
 
 
+def check_input_spec(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """The plugin declares its input spec, and the datamodule's ``input_spec()`` on the example data gives a value
+    for every declared key (and no other), as plain YAML."""
+    _require(plugin.input_spec, "declare input_spec: what an input must be for the weights (rate, bands, ...)")
+    _, dm, _ = _built(plugin, tmp_path)
+    spec = dm.input_spec()
+    _require(
+        set(spec) == set(plugin.input_spec), f"input_spec() keys {sorted(spec)} != declared {sorted(plugin.input_spec)}"
+    )
+    try:
+        yaml.safe_dump(spec)
+    except yaml.YAMLError as exc:
+        raise PluginCheckError(f"check_input_spec: input_spec() must hold plain YAML values ({exc})") from None
+
+
 def check_config_yaml_roundtrip(plugin: ModalityPlugin, tmp_path: Path) -> None:
     """The default config survives YAML dump and load unchanged."""
     cfg = plugin.default_config()
-    _require(dataclasses.is_dataclass(cfg), "default_config() must return a dataclass instance")
+    _require(dataclasses.is_dataclass(cfg), "config must be a dataclass (declared with config.option fields)")
     text = yaml.safe_dump(to_mapping(cfg))
-    again = from_mapping(type(cfg), yaml.safe_load(text), plugin.config_section())
+    again = from_mapping(type(cfg), yaml.safe_load(text), plugin.name)
     _require(again == cfg, "default config changed through YAML")
     merged = merge(to_mapping(cfg), yaml.safe_load(text))
     _require(merged == to_mapping(cfg), "check failed")
@@ -150,7 +170,7 @@ def check_datamodule_batches(plugin: ModalityPlugin, tmp_path: Path) -> None:
 
 def check_masking_deterministic(plugin: ModalityPlugin, tmp_path: Path) -> None:
     """Under one seed the objective (masking included) gives the same loss; under another seed it differs
-    (or, for a plugin declaring ``stochastic_objective = False``, stays the same)."""
+    (or, for an objective whose class sets ``stochastic = False``, stays the same)."""
     import torch
 
     cfg, dm, model = _built(plugin, tmp_path)
@@ -163,10 +183,12 @@ def check_masking_deterministic(plugin: ModalityPlugin, tmp_path: Path) -> None:
         with torch.no_grad():
             losses.append(objective(model, batch)["loss"])
     _require(torch.equal(losses[0], losses[1]), f"same seed, different losses: {losses[0]} vs {losses[1]}")
-    if plugin.stochastic_objective:
+    if getattr(objective, "stochastic", True):
         _require(not torch.equal(losses[0], losses[2]), "a different seed gave the same loss: is the masking random?")
     else:
-        _require(torch.equal(losses[0], losses[2]), "stochastic_objective is False, yet the seed changed the loss")
+        _require(
+            torch.equal(losses[0], losses[2]), "the objective sets stochastic = False, yet the seed changed the loss"
+        )
 
 
 def check_objective_finite_and_differentiable(plugin: ModalityPlugin, tmp_path: Path) -> None:
@@ -183,6 +205,22 @@ def check_objective_finite_and_differentiable(plugin: ModalityPlugin, tmp_path: 
     _require(grads, "no parameter received a gradient")
     _require(all(torch.isfinite(g).all() for g in grads), "non-finite gradient")
     _require(any(g.abs().sum() > 0 for g in grads), "all gradients are zero")
+
+
+def check_objective_under_bf16_autocast(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """Under ``torch.autocast(bfloat16)`` (``--precision bf16-mixed``) the loss is a finite float32 scalar and the
+    gradients are finite: losses that need the precision are computed in float32."""
+    import torch
+
+    cfg, dm, model = _built(plugin, tmp_path)
+    batch = _first_batch(dm.train_dataloader())
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = plugin.objective(cfg.method)(model.train(), batch)["loss"]
+    _require(loss.dtype == torch.float32, f"under bf16 autocast the loss is {loss.dtype}; compute it in float32")
+    _require(torch.isfinite(loss), f"under bf16 autocast the loss is {loss}")
+    loss.backward()
+    _require(all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), "non-finite grad")
 
 
 def check_every_parameter_gets_a_gradient(plugin: ModalityPlugin, tmp_path: Path) -> None:
@@ -223,53 +261,36 @@ def check_overfits_one_batch(plugin: ModalityPlugin, tmp_path: Path, steps: int 
     _require(losses[-1] < 0.9 * losses[0], f"loss did not fall when overfitting: {losses[0]:.4f} -> {losses[-1]:.4f}")
 
 
-def check_fast_dev_run_cli(plugin: ModalityPlugin, tmp_path: Path) -> None:
-    """``ssl-domains train --fast-dev-run`` succeeds through the real CLI and writes the run directory."""
+def _train_cli(plugin: ModalityPlugin, tmp_path: Path, *flags: str) -> tuple[Path, Path]:
+    """``ssl-domains train`` on the example data with the example overrides; ``(data, run directory)``."""
     data = plugin.make_example_data(tmp_path / "data")
     out = tmp_path / "run"
-    sets = [a for o in _overrides(plugin) for a in ("--set", o)]
-    _cli(
-        plugin,
-        "train",
-        "--plugin",
-        plugin.name,
-        "--data",
-        str(data),
-        "--output",
-        str(out),
-        "--fast-dev-run",
-        "--set",
-        "trainer.progress_bar=false",
-        *sets,
-    )
+    sets = [a for o in ["trainer.progress_bar=false", *_overrides(plugin)] for a in ("--set", o)]
+    _cli(plugin, "train", "--plugin", plugin.name, "--data", str(data), "--output", str(out), *flags, *sets)
+    return data, out
+
+
+def check_fast_dev_run_cli(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """``ssl-domains train --fast-dev-run`` succeeds through the real CLI and writes the run directory."""
+    _, out = _train_cli(plugin, tmp_path, "--fast-dev-run")
     for name in ("config.yaml", "model.safetensors"):
         _require((out / name).is_file(), f"the run directory lacks {name}")
 
 
-def check_checkpoint_roundtrip(plugin: ModalityPlugin, tmp_path: Path) -> None:
-    """``last.ckpt`` loads with ``weights_only=True``, matches ``model.safetensors``, and ``--resume`` continues."""
+def check_cli_round_trip(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """Through the real CLI: ``train`` writes a ``last.ckpt`` that loads with ``weights_only=True`` and equals
+    ``model.safetensors``; ``--resume`` continues it; ``evaluate --json`` prints finite metrics; ``embed`` writes
+    one ``embed_dim`` row per item, with unique ids."""
+    import io
+    import math
+    from contextlib import redirect_stdout
+
+    import pyarrow.parquet as pq
     import torch
 
     from .checkpoint import load_weights
 
-    data = plugin.make_example_data(tmp_path / "data")
-    out = tmp_path / "run"
-    sets = [a for o in _overrides(plugin) for a in ("--set", o)]
-    common = ("--set", "trainer.progress_bar=false", "--set", "trainer.limit_train_batches=2")
-    _cli(
-        plugin,
-        "train",
-        "--plugin",
-        plugin.name,
-        "--data",
-        str(data),
-        "--output",
-        str(out),
-        "--max-epochs",
-        "1",
-        *common,
-        *sets,
-    )
+    data, out = _train_cli(plugin, tmp_path, "--max-epochs", "1", "--set", "trainer.limit_train_batches=2")
     ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     _require(
         ckpt.get("finished_epochs") == 1,
@@ -288,6 +309,20 @@ def check_checkpoint_roundtrip(plugin: ModalityPlugin, tmp_path: Path) -> None:
         again.get("finished_epochs") == 2,
         f"the resumed run should end with 2 finished epochs, not {again.get('finished_epochs')}",
     )
+    saved = yaml.safe_load((out / "input_spec.yaml").read_text())
+    _require(set(saved) == set(plugin.input_spec), "the run's input_spec.yaml lacks declared keys")
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        _cli(plugin, "evaluate", "--run", str(out), "--json")
+    metrics = json.loads(printed.getvalue().strip().splitlines()[-1])
+    _require(metrics.get("plugin") == plugin.name, f"evaluate printed no metrics of {plugin.name}: {metrics}")
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    _require(not bad, f"evaluate gave non-finite metrics: {bad}")
+    with redirect_stdout(io.StringIO()):
+        _cli(plugin, "embed", "--run", str(out), "--data", str(data), "--out", str(tmp_path / "emb.parquet"))
+    table = pq.read_table(tmp_path / "emb.parquet").to_pandas()
+    _require(len(table) > 0 and table["id"].is_unique, "embed must write one row per item, with unique ids")
+    _require(len(table["embedding"].iloc[0]) == model.embed_dim, "embed rows must have embed_dim values")
 
 
 def check_embed_shape(plugin: ModalityPlugin, tmp_path: Path) -> None:
@@ -306,14 +341,16 @@ def check_embed_shape(plugin: ModalityPlugin, tmp_path: Path) -> None:
 
 CHECKS: tuple[Check, ...] = (
     check_metadata,
+    check_input_spec,
     check_config_yaml_roundtrip,
     check_datamodule_batches,
     check_masking_deterministic,
     check_objective_finite_and_differentiable,
     check_every_parameter_gets_a_gradient,
+    check_objective_under_bf16_autocast,
     check_overfits_one_batch,
     check_fast_dev_run_cli,
-    check_checkpoint_roundtrip,
+    check_cli_round_trip,
     check_embed_shape,
 )
 

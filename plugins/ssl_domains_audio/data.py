@@ -19,13 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, DataError
 from ssl_domains.data import eval_loader, train_loader
+from ssl_domains.datamodule import FittedDataModule
 
 from . import features
 from .formats import Clip, find_clips, read_audio
@@ -73,7 +73,7 @@ class _Items(Dataset):
         return index, feats
 
 
-class AudioDataModule(pl.LightningDataModule):
+class AudioDataModule(FittedDataModule):
     """Reads a folder or manifest of clips, computes ``kind`` features, serves batches.
 
     ``kind``: "logmel" (per-utterance CMVN), "logmel_global" (log-mel normalised per band with training-set
@@ -83,18 +83,30 @@ class AudioDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, path: Path, cfg: Any, kind: str, pad_multiple: int = 1) -> None:
-        super().__init__()
-        self.path, self.cfg, self.kind, self.pad_multiple = Path(path), cfg, kind, pad_multiple
+        super().__init__(path, cfg)
+        self.kind, self.pad_multiple = kind, pad_multiple
         self.std_factor = 2.0 if kind == "fbank" else 1.0  # SSAST divides by 2 std
-        self.fitted: dict[str, Any] = {}
-        self._ready = False
         self._cache: dict[int, torch.Tensor] = {}
 
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.fitted)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fitted = dict(state)
+    def input_spec(self) -> dict[str, Any]:
+        """Sample rate, the feature pipeline (:mod:`.features`) and the normalisation the run fitted."""
+        norm = self.fitted.get("norm")
+        if self.kind == "logmel":
+            normalisation: Any = "per-utterance CMVN (each band's mean and std over the clip's frames)"
+        else:
+            mean, std = norm
+            normalisation = {"mean": mean, "std": std, "formula": f"(x - mean) / ({self.std_factor:g} * std)"}
+        return {
+            "sample_rate": features.SAMPLE_RATE,
+            "channels": "mono",
+            "features": "Kaldi fbank (torchaudio.compliance.kaldi, Hanning, no dither)"
+            if self.kind == "fbank"
+            else "log-mel (torchaudio MelSpectrogram, HTK, power 2, log(x + 1e-10), waveform RMS at -25 dB)",
+            "mel_bins": int(self.cfg.num_mel_bins),
+            "window": f"{features.WINDOW} samples (25 ms), hop {features.HOP} (10 ms)",
+            "f_max": self.cfg.f_max,
+            "normalisation": normalisation,
+        }
 
     @property
     def num_classes(self) -> int:
@@ -113,10 +125,8 @@ class AudioDataModule(pl.LightningDataModule):
         mean, std = torch.as_tensor(norm[0], dtype=feats.dtype), torch.as_tensor(norm[1], dtype=feats.dtype)
         return (feats - mean) / (self.std_factor * std)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self._ready:
-            return
-        self.clips = find_clips(self.path, self.cfg.label_regex)
+    def read(self, stage: str | None) -> None:
+        self.clips = find_clips(self.data, self.cfg.label_regex)
         self.num_source_clips = len(self.clips)  # clips of ``path``: the ones embed and the probes see
         if stage != "predict":  # unlabelled extras feed pretraining only; embed time needs none of them
             for folder in self.cfg.unlabelled:
@@ -125,25 +135,24 @@ class AudioDataModule(pl.LightningDataModule):
         unknown = sorted(set(self.cfg.test_speakers) - set(names))
         if unknown:
             raise DataError(
-                f"{self.path}: test_speakers {unknown} match no clip; speakers found: {sorted(set(names) - {''})}"
+                f"{self.data}: test_speakers {unknown} match no clip; speakers found: {sorted(set(names) - {''})}"
             )
         self.speakers = speakers = np.array(names)
         test = np.isin(speakers, list(self.cfg.test_speakers))
         self.split = torch.as_tensor(np.where(test, SPLIT_TEST, SPLIT_TRAIN), dtype=torch.long)
-        if "classes" not in self.fitted:
-            self.fitted["classes"] = sorted({c.label for c in self.clips if c.label is not None}, key=_natural)
-        index = {name: i for i, name in enumerate(self.fitted["classes"])}
+        labels = {c.label for c in self.clips if c.label is not None}
+        classes = self.fit("classes", lambda: sorted(labels, key=_natural))
+        index = {name: i for i, name in enumerate(classes)}
         self.label = torch.as_tensor([index.get(c.label, -1) for c in self.clips], dtype=torch.long)
         self.train_indices = np.flatnonzero(~test)
         if len(self.train_indices) == 0:
-            raise DataError(f"{self.path}: every clip belongs to test_speakers; nothing is left to pretrain on")
+            raise DataError(f"{self.data}: every clip belongs to test_speakers; nothing is left to pretrain on")
         if self.cfg.cache:  # decode everything once: errors surface before training starts
             for i in range(len(self.clips)):
                 self.features_of(i)
-        if self.kind in ("fbank", "logmel_global") and "norm" not in self.fitted:
-            self.fitted["norm"] = self._normalisation()
+        if self.kind in ("fbank", "logmel_global"):
+            self.fit("norm", self._normalisation)
         self.lengths = np.array([self._length(i) for i in range(len(self.clips))])
-        self._ready = True
 
     def _normalisation(self) -> list[Any]:
         if getattr(self.cfg, "norm_mean", None) is not None and getattr(self.cfg, "norm_std", None) is not None:

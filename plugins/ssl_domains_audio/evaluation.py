@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN
-from ssl_domains.evaluation import collect_embeddings, group_disjoint_probe, rankme
+from ssl_domains.evaluation import group_disjoint_probe, predict_embeddings, rankme
 
 
 def speaker_probe(
@@ -36,20 +36,21 @@ def speaker_probe(
 
 
 @torch.no_grad()
-def clip_embeddings(model: Any, datamodule: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def clip_embeddings(
+    model: Any, datamodule: Any, device: torch.device | str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(vectors, labels, speakers, splits)`` of every clip, ordered by clip id."""
-    device = str(next(model.parameters()).device)
-    emb = collect_embeddings(model, datamodule.predict_dataloader(), device=device)
+    emb = predict_embeddings(model, datamodule, device)
     order = np.argsort(emb.ids)
     ids = emb.ids[order]
     assert emb.labels is not None and emb.splits is not None
     return emb.vectors[order], emb.labels[order], datamodule.speakers[ids], emb.splits[order]
 
 
-def evaluate_clips(model: Any, datamodule: Any, cfg: Any) -> dict[str, float]:
+def evaluate_clips(model: Any, datamodule: Any, cfg: Any, device: torch.device | str) -> dict[str, float]:
     """RankMe of all clip embeddings, and the speaker-disjoint probe when the clips carry labels and speakers."""
     datamodule.setup("predict")
-    vectors, labels, speakers, splits = clip_embeddings(model, datamodule)
+    vectors, labels, speakers, splits = clip_embeddings(model, datamodule, device)
     metrics: dict[str, float] = {"num_clips": float(len(vectors)), "rankme": rankme(vectors)}
     metrics.update(speaker_probe(vectors, labels, speakers, splits, list(cfg.eval_cs)))
     return metrics

@@ -8,8 +8,7 @@ from typing import Any
 import torch
 
 
-def _example_batch(model: Any, datamodule: Any) -> dict[str, torch.Tensor]:
-    device = next(model.parameters()).device
+def _example_batch(datamodule: Any, device: torch.device | str) -> dict[str, torch.Tensor]:
     loader = datamodule.predict_dataloader()  # ordered by length: the middle batch holds typical clips
     batch = next(b for i, b in enumerate(loader) if i >= len(loader) // 2)
     longest = int(batch["length"].argmax())
@@ -36,16 +35,16 @@ def _save(panels: list[tuple[str, torch.Tensor]], out: Path) -> Path:
 
 
 @torch.no_grad()
-def plot_tera(model: Any, datamodule: Any, out: Path) -> Path:
+def plot_tera(model: Any, datamodule: Any, cfg: Any, out: Path, device: torch.device | str) -> Path:
     """Input log-mel, TERA's altered version, and the reconstruction, for the longest clip of the first batch."""
     from .objective import TERAObjective
 
     was_training = model.training
     model.eval()
-    batch = _example_batch(model, datamodule)
+    batch = _example_batch(datamodule, device)
     torch.manual_seed(0)
     x, lengths = batch["features"], batch["length"]
-    altered, _ = TERAObjective(datamodule.cfg).alter(x, lengths)
+    altered, _ = TERAObjective(cfg).alter(x, lengths)
     reconstruction = model(altered, lengths)
     model.train(was_training)
     n = int(lengths[0])
@@ -53,16 +52,16 @@ def plot_tera(model: Any, datamodule: Any, out: Path) -> Path:
 
 
 @torch.no_grad()
-def plot_ssast(model: Any, datamodule: Any, out: Path) -> Path:
+def plot_ssast(model: Any, datamodule: Any, cfg: Any, out: Path, device: torch.device | str) -> Path:
     """Input fbank, its masked patches (blanked), and the generative head's patches in their place."""
     from .objective import SSASTObjective
 
     was_training = model.training
     model.eval()
-    batch = _example_batch(model, datamodule)
+    batch = _example_batch(datamodule, device)
     torch.manual_seed(0)
     x, lengths = batch["features"], batch["length"]
-    objective = SSASTObjective(datamodule.cfg)
+    objective = SSASTObjective(cfg)
     valid = model.patch_validity(lengths, x.shape[1])
     mask = objective.mask(model, valid, x.shape[1])
     layers, _ = model.encode(x, lengths, mask)

@@ -27,16 +27,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssl_domains.nn import lowest_ranks
+
 
 def valid_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     """``[B, size]`` True where position < length."""
     return torch.arange(size, device=lengths.device) < lengths[:, None]
-
-
-def lowest_ranks(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of the ``counts[b]`` lowest ``scores`` in each row."""
-    ranks = scores.argsort(dim=1).argsort(dim=1)
-    return ranks < counts[:, None]
 
 
 def tera_time_blocks(lengths: torch.Tensor, size: int, ratio: float, width: int) -> torch.Tensor:

@@ -20,15 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_domains.nn import TransformerBlock, attention_mask, sincos_positions
+from ssl_domains.nn import TransformerBlock, attention_mask, masked_mean, sincos_positions
 
 from .masking import valid_mask
-
-
-def masked_mean(states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of ``states`` ``[B, N, D]`` over the positions where ``valid`` ``[B, N]`` holds."""
-    weights = valid.to(states.dtype)[:, :, None]
-    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 def _pool(layers: list[torch.Tensor], valid: torch.Tensor, embedding: str, pooling: str) -> torch.Tensor:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ssl_domains import ConfigError, ModalityPlugin, PluginCommand, option
+from ssl_domains import ConfigError, ModalityPlugin, Objective, PluginCommand, SSLDataModule, SSLModel, option
+
+if TYPE_CHECKING:  # annotations only: this module must not import torch
+    import torch
 
 FSDD_NAMES = r"(?P<label>[^_]+)_(?P<speaker>[^_]+)_\d+\.(?:wav|flac|ogg)"
 
@@ -132,24 +135,38 @@ class _AudioPlugin(ModalityPlugin):
     requires = ("torchaudio", "soundfile", "matplotlib")
     data_formats = _AUDIO_FORMATS
     batch_keys = _BATCH_KEYS
+    input_spec = {
+        "sample_rate": "Hz the audio is resampled to",
+        "channels": "channels are averaged to one",
+        "features": "the spectral features and how they are computed",
+        "mel_bins": "mel bands per frame",
+        "window": "analysis window and hop",
+        "f_max": "highest mel filter frequency in Hz (null: Nyquist)",
+        "normalisation": "how features are normalised, with the training-set statistics where fitted",
+    }
 
-    shared_presets = True  # TERA and SSAST share configs/
+    def presets(self) -> dict[str, Path]:
+        # TERA and SSAST share configs/: each keeps the files named after it
+        return {k: v for k, v in super().presets().items() if k.startswith(f"{self.name}-")}
 
     def make_example_data(self, root: Path) -> Path:
         from .synthetic import write_example_clips
 
         return write_example_clips(Path(root))
 
-    def evaluate(self, model: Any, datamodule: Any, cfg: Any) -> dict[str, float] | None:
+    def evaluate(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: Any, device: torch.device
+    ) -> dict[str, float] | None:
         from .evaluation import evaluate_clips
 
-        return evaluate_clips(model, datamodule, cfg)
+        return evaluate_clips(model, datamodule, cfg, device)
 
 
 class TERAPlugin(_AudioPlugin):
     """TERA: reconstruction of time-, frequency- and magnitude-altered log-mel frames."""
 
     name = "tera"
+    config = TERAConfig
     description = "TERA masked acoustic modelling (time/frequency/magnitude alteration) on log-mel speech features"
     paper = (
         "Liu, Li, Lee. TERA: Self-Supervised Learning of Transformer Encoder Representation for Speech. "
@@ -161,20 +178,19 @@ class TERAPlugin(_AudioPlugin):
                   "gradient_clip_val": 5.0},
         "trainer": {"max_epochs": 100},
     }  # fmt: skip
-    test_overrides = {
-        "tera": {"dim": 32, "depth": 1, "heads": 2, "ff_dim": 64, "batch_size": 8, "dropout": 0.0},
-        "trainer": {"max_epochs": 2},
-    }  # fmt: skip
 
-    def default_config(self) -> TERAConfig:
-        return TERAConfig()
+    def example_overrides(self) -> dict[str, Any]:
+        return {
+            "tera": {"dim": 32, "depth": 1, "heads": 2, "ff_dim": 64, "batch_size": 8, "dropout": 0.0},
+            "trainer": {"max_epochs": 2},
+        }  # fmt: skip
 
-    def datamodule(self, cfg: TERAConfig, data: Path) -> Any:
+    def datamodule(self, cfg: TERAConfig, data: Path) -> SSLDataModule:
         from .data import AudioDataModule
 
         return AudioDataModule(Path(data), cfg, kind="logmel" if cfg.cmvn == "utterance" else "logmel_global")
 
-    def model(self, cfg: TERAConfig, datamodule: Any) -> Any:
+    def model(self, cfg: TERAConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import TERAModel
 
         return TERAModel(
@@ -182,21 +198,24 @@ class TERAPlugin(_AudioPlugin):
             max_frames=cfg.max_frames, embedding=cfg.embedding, pooling=cfg.pooling,
         )  # fmt: skip
 
-    def objective(self, cfg: TERAConfig) -> Any:
+    def objective(self, cfg: TERAConfig) -> Objective:
         from .objective import TERAObjective
 
         return TERAObjective(cfg)
 
-    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+    def visualize(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: TERAConfig, out_dir: Path, device: torch.device
+    ) -> list[Path]:
         from .figures import plot_tera
 
-        return [plot_tera(model, datamodule, out_dir / "tera_reconstruction.png")]
+        return [plot_tera(model, datamodule, cfg, out_dir / "tera_reconstruction.png", device)]
 
 
 class SSASTPlugin(_AudioPlugin):
     """SSAST: joint discriminative and generative masked spectrogram patch modelling."""
 
     name = "ssast"
+    config = SSASTConfig
     description = "SSAST masked spectrogram patch modelling (InfoNCE + MSE) on Kaldi fbank, ViT with SDPA"
     paper = (
         "Gong, Lai, Chung, Glass. SSAST: Self-Supervised Audio Spectrogram Transformer. AAAI 2022. "
@@ -211,20 +230,19 @@ class SSASTPlugin(_AudioPlugin):
         "optim": {"name": "adam", "lr": 5e-4, "betas": [0.95, 0.999], "weight_decay": 5e-7, "warmup_steps": 0.05},
         "trainer": {"max_epochs": 100},
     }
-    test_overrides = {
-        "ssast": {"dim": 32, "depth": 1, "heads": 2, "ff_dim": 64, "batch_size": 8, "max_frames": 256},
-        "trainer": {"max_epochs": 2},
-    }  # fmt: skip
 
-    def default_config(self) -> SSASTConfig:
-        return SSASTConfig()
+    def example_overrides(self) -> dict[str, Any]:
+        return {
+            "ssast": {"dim": 32, "depth": 1, "heads": 2, "ff_dim": 64, "batch_size": 8, "max_frames": 256},
+            "trainer": {"max_epochs": 2},
+        }  # fmt: skip
 
-    def datamodule(self, cfg: SSASTConfig, data: Path) -> Any:
+    def datamodule(self, cfg: SSASTConfig, data: Path) -> SSLDataModule:
         from .data import AudioDataModule
 
         return AudioDataModule(Path(data), cfg, kind="fbank", pad_multiple=cfg.patch()[1])
 
-    def model(self, cfg: SSASTConfig, datamodule: Any) -> Any:
+    def model(self, cfg: SSASTConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import SSASTModel
 
         return SSASTModel(
@@ -233,12 +251,14 @@ class SSASTPlugin(_AudioPlugin):
             pooling=cfg.pooling,
         )  # fmt: skip
 
-    def objective(self, cfg: SSASTConfig) -> Any:
+    def objective(self, cfg: SSASTConfig) -> Objective:
         from .objective import SSASTObjective
 
         return SSASTObjective(cfg)
 
-    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+    def visualize(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: SSASTConfig, out_dir: Path, device: torch.device
+    ) -> list[Path]:
         from .figures import plot_ssast
 
-        return [plot_ssast(model, datamodule, out_dir / "ssast_reconstruction.png")]
+        return [plot_ssast(model, datamodule, cfg, out_dir / "ssast_reconstruction.png", device)]

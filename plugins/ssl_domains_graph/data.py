@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -20,6 +19,7 @@ from torch_geometric.utils import add_self_loops, degree, remove_self_loops
 
 from ssl_domains import DataError
 from ssl_domains.data import eval_loader, train_loader
+from ssl_domains.datamodule import FittedDataModule
 
 from .formats import GraphSource, read_graph_source, validate_graph
 from .sampling import NeighborSampler
@@ -59,21 +59,26 @@ class _Indices(Dataset):
         return i
 
 
-class GraphDataModule(pl.LightningDataModule):
+class GraphDataModule(FittedDataModule):
     """Reads any accepted graph format; serves full graphs, neighbour-sampled subgraphs or graph mini-batches."""
 
-    def __init__(self, path: Path, cfg: Any) -> None:
-        super().__init__()
-        self.path, self.cfg = Path(path), cfg
-        self.fitted: dict[str, Any] = {}
-        self._ready = False
-
-    # ---- state saved with the run, so new data is prepared exactly like the training data
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.fitted)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fitted = dict(state)
+    def input_spec(self) -> dict[str, Any]:
+        """The node features the encoder reads: width, source, normalisation (with its statistics) and edges."""
+        norm: Any = {"row": "each node's features divided by their sum (torch_geometric NormalizeFeatures)",
+                     "none": "none"}.get(self.cfg.feature_norm)  # fmt: skip
+        if norm is None:
+            norm = {"standardize": "(x - mean) / std", "mean": self.fitted["mean"].tolist(),
+                    "std": self.fitted["std"].tolist()}  # fmt: skip
+        width = self.fitted.get("degree_width")
+        return {
+            "level": self.level,
+            "num_node_features": self.num_features,
+            "node_features": f"one-hot node degree, degrees >= {width - 1} in the last slot"
+            if width is not None
+            else "the graph's own node features (PyG Data.x)",
+            "feature_norm": norm,
+            "edges": "self-loops removed, then one per node added" if self.cfg.add_self_loops else "as given",
+        }
 
     @property
     def num_features(self) -> int:
@@ -83,13 +88,10 @@ class GraphDataModule(pl.LightningDataModule):
     def level(self) -> str:
         return str(self.fitted["level"])
 
-    def setup(self, stage: str | None = None) -> None:
-        if self._ready:
-            return
-        source = read_graph_source(self.path)
-        level = self.fitted.get("level") or (
-            self.cfg.level if self.cfg.level != "auto" else ("graph" if source.is_collection else "node")
-        )
+    def read(self, stage: str | None) -> None:
+        source = read_graph_source(self.data)
+        auto = "graph" if source.is_collection else "node"
+        level = self.fit("level", lambda: auto if self.cfg.level == "auto" else self.cfg.level)
         if level == "node" and len(source.graphs) != 1:
             raise DataError(
                 f"{source.origin}: node-level GraphMAE needs one graph, found {len(source.graphs)}; "
@@ -97,7 +99,6 @@ class GraphDataModule(pl.LightningDataModule):
             )
         for i, g in enumerate(source.graphs):
             validate_graph(g, source.origin, "the graph" if len(source.graphs) == 1 else f"graph {i}")
-        self.fitted["level"] = level
         self.graphs = self._prepare(source)
         if level == "node":
             g = self.graphs[0]
@@ -107,7 +108,6 @@ class GraphDataModule(pl.LightningDataModule):
             if self.cfg.node_batching == "neighbor":
                 edges = remove_self_loops(g.edge_index)[0]
                 self.sampler = NeighborSampler(edges, g.num_nodes, self.cfg.num_neighbors)
-        self._ready = True
 
     def _prepare(self, source: GraphSource) -> list[Data]:
         cfg, graphs = self.cfg, source.graphs
@@ -115,11 +115,9 @@ class GraphDataModule(pl.LightningDataModule):
         if use_degree:
             # one-hot degree, capped (reference data_util.py, MAX_DEGREES = 400); width fixed by the training data
             degs = [degree(g.edge_index[0], num_nodes=g.num_nodes).long() for g in graphs]
-            width = (
-                self.fitted.get("degree_width")
-                or min(max(int(d.max()) if d.numel() else 0 for d in degs), cfg.max_degree) + 1
+            width = self.fit(
+                "degree_width", lambda: min(max(int(d.max()) if d.numel() else 0 for d in degs), cfg.max_degree) + 1
             )
-            self.fitted["degree_width"] = width
             xs = [torch.nn.functional.one_hot(d.clamp(max=width - 1), width).float() for d in degs]
         else:
             xs = [g.x.float() for g in graphs]

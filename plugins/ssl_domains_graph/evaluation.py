@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
-from ssl_domains.evaluation import collect_embeddings
+from ssl_domains.evaluation import predict_embeddings
 
 
 def node_linear_probe(
@@ -70,10 +70,9 @@ def graph_svm_cv(emb: np.ndarray, labels: np.ndarray, seed: int = 0, folds: int 
     return {"svm_acc": float(np.mean(scores)), "svm_acc_std": float(np.std(scores))}
 
 
-def evaluate_graphmae(model: Any, datamodule: Any, cfg: Any) -> dict[str, float] | None:
+def evaluate_graphmae(model: Any, datamodule: Any, cfg: Any, device: torch.device | str) -> dict[str, float] | None:
     """The paper's protocol for the data at hand, or None (the core's generic probe) when it does not apply."""
-    device = next(model.parameters()).device
-    emb = collect_embeddings(model, datamodule.predict_dataloader(), str(device))
+    emb = predict_embeddings(model, datamodule, device)
     if emb.labels is None:
         return None
     if datamodule.level == "graph":

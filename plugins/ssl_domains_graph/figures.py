@@ -12,7 +12,7 @@ from ssl_domains.evaluation import collect_embeddings
 MAX_POINTS = 3000
 
 
-def plot_embedding_projection(model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+def plot_embedding_projection(model: Any, datamodule: Any, out_dir: Path, device: Any) -> list[Path]:
     """t-SNE (after PCA to 50 dims) of up to 3,000 node or graph embeddings; colour = label when known."""
     import matplotlib
 
@@ -21,7 +21,6 @@ def plot_embedding_projection(model: Any, datamodule: Any, out_dir: Path) -> lis
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    device = next(model.parameters()).device
     emb = collect_embeddings(model, datamodule.sample_batches(MAX_POINTS), str(device))
     rng = np.random.default_rng(0)
     keep = np.sort(rng.choice(len(emb.ids), MAX_POINTS, replace=False)) if len(emb.ids) > MAX_POINTS else slice(None)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ssl_domains import ConfigError, ModalityPlugin, option
+from ssl_domains import ConfigError, ModalityPlugin, Objective, SSLDataModule, SSLModel, option
+
+if TYPE_CHECKING:  # annotations only: this module must not import torch
+    import torch
 
 
 @dataclass
@@ -67,10 +70,11 @@ class GraphMAEConfig:
             )
 
 
-class GraphMAEPlugin(ModalityPlugin):
+class GraphMAEPlugin(ModalityPlugin[GraphMAEConfig]):
     """GraphMAE: masked graph autoencoder with scaled cosine error (Hou et al., KDD 2022)."""
 
     name = "graphmae"
+    config = GraphMAEConfig
     description = "GraphMAE masked feature reconstruction (GAT/GIN) on PyTorch Geometric graphs, node and graph level"
     paper = (
         "Hou, Liu, Cen, Dong, Yang, Wang, Tang. GraphMAE: Self-Supervised Masked Graph Autoencoders. KDD 2022. "
@@ -86,26 +90,32 @@ class GraphMAEPlugin(ModalityPlugin):
         "'label' and 'split' (train/val/test) columns; optional 'node_id' giving each row's id used in edges.csv)",
     )
     batch_keys = {"x": "float32", "edge_index": "int64", "batch": "int64", "id": "int64"}
+    input_spec = {
+        "level": "node (one graph) or graph (a collection) embeddings",
+        "num_node_features": "node feature width the encoder was built for",
+        "node_features": "where node features come from",
+        "feature_norm": "how node features are normalised (with training statistics where fitted)",
+        "edges": "how edges are prepared",
+    }
     run_defaults = {
         "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 2e-4},
         "trainer": {"max_epochs": 1500, "log_every_n_steps": 1},
     }
-    test_overrides = {"graphmae": {"num_hidden": 32, "num_heads": 2}}
 
-    def default_config(self) -> GraphMAEConfig:
-        return GraphMAEConfig()
+    def example_overrides(self) -> dict[str, Any]:
+        return {"graphmae": {"num_hidden": 32, "num_heads": 2}}
 
-    def datamodule(self, cfg: GraphMAEConfig, data: Path) -> Any:
+    def datamodule(self, cfg: GraphMAEConfig, data: Path) -> SSLDataModule:
         from .data import GraphDataModule
 
         return GraphDataModule(Path(data), cfg)
 
-    def model(self, cfg: GraphMAEConfig, datamodule: Any) -> Any:
+    def model(self, cfg: GraphMAEConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import GraphMAE
 
         return GraphMAE(cfg, in_dim=datamodule.num_features, level=datamodule.level)
 
-    def objective(self, cfg: GraphMAEConfig) -> Any:
+    def objective(self, cfg: GraphMAEConfig) -> Objective:
         from .objective import GraphMAEObjective
 
         return GraphMAEObjective(cfg)
@@ -115,12 +125,16 @@ class GraphMAEPlugin(ModalityPlugin):
 
         return write_example_graph(Path(root))
 
-    def evaluate(self, model: Any, datamodule: Any, cfg: GraphMAEConfig) -> dict[str, float] | None:
+    def evaluate(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: GraphMAEConfig, device: torch.device
+    ) -> dict[str, float] | None:
         from .evaluation import evaluate_graphmae
 
-        return evaluate_graphmae(model, datamodule, cfg)
+        return evaluate_graphmae(model, datamodule, cfg, device)
 
-    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+    def visualize(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: GraphMAEConfig, out_dir: Path, device: torch.device
+    ) -> list[Path]:
         from .figures import plot_embedding_projection
 
-        return plot_embedding_projection(model, datamodule, out_dir)
+        return plot_embedding_projection(model, datamodule, out_dir, device)

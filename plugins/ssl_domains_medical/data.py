@@ -29,7 +29,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from monai import transforms as mt
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ssl_domains import DataError
 from ssl_domains.data import eval_loader, train_loader
+from ssl_domains.datamodule import FittedDataModule
 
 from .correspondence import corresponding_point, foreground_box, inside
 from .formats import VolumeRecord, find_volumes
@@ -171,7 +171,7 @@ class _Volumes(Dataset):
         return {"image": torch.as_tensor(self.module.volume(index)["image"]).float(), "id": index}
 
 
-class MedicalDataModule(pl.LightningDataModule):
+class MedicalDataModule(FittedDataModule):
     """Reads ``data`` (folder, glob, file or manifest; NIfTI or DICOM series) through MONAI and serves crops.
 
     ``predict_dataloader`` yields whole preprocessed volumes, one per batch (sizes differ); ``embed`` pools them
@@ -179,18 +179,16 @@ class MedicalDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, data: Path, cfg: Any, mode: str) -> None:
-        super().__init__()
+        super().__init__(data, cfg)
         if mode not in ("views", "pairs", "corresponding_views"):
             raise ValueError(f"mode must be 'views', 'pairs' or 'corresponding_views', got {mode!r}")
-        self.data, self.cfg, self.mode = data, cfg, mode
+        self.mode = mode
         self.records: list[VolumeRecord] = []
         self._volumes: Dataset | None = None
         self._cache_tmp: tempfile.TemporaryDirectory | None = None
 
     # ---- setup ---------------------------------------------------------------------------------------------
-    def setup(self, stage: str | None = None) -> None:
-        if self._volumes is not None:
-            return
+    def read(self, stage: str | None) -> None:
         self.records = find_volumes(self.data)
         if self.mode != "views" and len(self.records) < 2:
             raise DataError(
@@ -214,9 +212,29 @@ class MedicalDataModule(pl.LightningDataModule):
                 volumes = MonaiDataset(items, transform)
             self._volumes = volumes
             self._describe()
+            # nothing else is fitted on the training volumes (intensities are fixed windows or per-volume
+            # percentiles); the run records which volumes it was trained on
+            self.fit("files", lambda: [str(r.image) for r in self.records])
         except Exception as exc:
             self._volumes = None
             raise self._diagnose(items, transform, exc) from None
+
+    def input_spec(self) -> dict[str, Any]:
+        """The MONAI preprocessing (:func:`.transforms.preprocessing`) a volume goes through before the network."""
+        cfg = self.cfg
+        if cfg.intensity == "ct":
+            intensity = f"CT: HU window {list(cfg.ct_window)} scaled to [0, 1], clipped (ScaleIntensityRanged)"
+        else:
+            intensity = f"MR: percentiles {list(cfg.mr_percentiles)} scaled to [0, 1], clipped (per volume)"
+        return {
+            "channels": 1,
+            "orientation": cfg.orientation,
+            "spacing_mm": list(cfg.spacing),
+            "intensity": intensity,
+            "foreground_crop": f"voxels above {cfg.foreground_threshold} after scaling, margin {cfg.foreground_margin}",
+            "roi": [cfg.roi] * 3,
+            "embedding": "sliding window of roi-sized crops over the whole volume, pooled",
+        }
 
     def _diagnose(self, items: list[dict[str, str]], transform: mt.Compose, exc: Exception) -> Exception:
         """The first volume that fails on its own, as a DataError naming its file (MONAI wraps errors raised in
@@ -286,9 +304,3 @@ class MedicalDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return eval_loader(_Volumes(self), batch_size=1, num_workers=self.cfg.num_workers)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"files": [str(r.image) for r in self.records]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Nothing is fitted on the training volumes (intensities are fixed windows or per-volume percentiles)."""

@@ -29,7 +29,7 @@ from monai.transforms import Rand3DElastic, RandCropByPosNegLabeld
 from scipy.spatial import cKDTree
 
 from ssl_domains import ConfigError
-from ssl_domains.evaluation import rankme
+from ssl_domains.evaluation import predict_embeddings, rankme
 
 from .model import VolumeNet
 from .transforms import crop_around
@@ -226,15 +226,14 @@ def landmark_error(
 
 @torch.no_grad()
 def evaluate_landmarks(
-    model: Any, datamodule: Any, random_twin: Callable[[], Any], pairs: int = 4, points: int = 50, stride: int = 8
-) -> dict[str, float]:
+    model: Any, datamodule: Any, cfg: Any, device: torch.device | str, random_twin: Callable[[], Any],
+    pairs: int = 4, points: int = 50, stride: int = 8,
+) -> dict[str, float]:  # fmt: skip
     """The plugin's label-free ``evaluate``: each of up to ``pairs`` volumes against a warped copy of itself
     (:func:`warp_with_coordinates`, seed = its index), with the trained network and a randomly initialised twin
-    of the same architecture; plus RankMe of the whole-volume embeddings. Runs on ``model``'s device; volumes
+    of the same architecture; plus RankMe of the whole-volume embeddings. Runs on ``device``; volumes
     and warps stay on the host. ``points`` and ``stride`` are coarser than the benchmark's (100, 6) so that
     a CPU run takes minutes: every candidate point is a crop through the encoder."""
-    cfg = datamodule.cfg
-    device = _device(model)
     results: dict[str, list[float]] = {"landmark_mm": [], "landmark_mm_random": []}
     torch.manual_seed(0)
     twin = random_twin().to(device)
@@ -249,9 +248,7 @@ def evaluate_landmarks(
         for key, network in (("landmark_mm", model.net), ("landmark_mm_random", twin.net)):
             error = landmark_error(network, image, warped, b_to_a, cfg.spacing, points, index, stride)
             results[key].append(error["landmark_mm"])
-    embeddings = torch.cat(
-        [model.embed({"image": b["image"].to(device)}).cpu() for b in datamodule.predict_dataloader()]
-    )
+    embeddings = predict_embeddings(model, datamodule, device).vectors
     return {
         **{k: float(np.mean(v)) for k, v in results.items()},
         "rankme": float(rankme(embeddings)),

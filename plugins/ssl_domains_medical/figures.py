@@ -20,14 +20,15 @@ def _slices(volume: torch.Tensor) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def crop_panels(model: Any, datamodule: Any, mode: str) -> tuple[list[str], list[torch.Tensor]]:
-    """Column titles and ``[X, Y, Z]`` volumes: the clean crop, the network's input and its output."""
+def crop_panels(
+    model: Any, datamodule: Any, cfg: Any, mode: str, device: torch.device | str
+) -> tuple[list[str], list[torch.Tensor]]:
+    """Column titles and ``[X, Y, Z]`` volumes (on the host): the clean crop, the network's input and its output."""
     torch.manual_seed(0)
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = {k: v.to(device) for k, v in next(iter(datamodule.train_dataloader())).items() if torch.is_tensor(v)}
     model.eval()
     if mode == "pairs":
         crop = batch["query"][:1]
-        cfg = datamodule.cfg
         hidden = column_mask(1, crop.shape[-1], cfg.mask_patch, cfg.mask_ratio, crop.device)
         shown = crop.masked_fill(hidden[:, None], 0.0)
         recon = model.net(shown, hidden)["output"]
@@ -36,17 +37,19 @@ def crop_panels(model: Any, datamodule: Any, mode: str) -> tuple[list[str], list
         crop, shown = batch["image"][:1], batch["view1"][:1]
         recon = model.net(shown)["output"]
         titles = ["crop", "view (in/out-painting + shuffle)", "reconstruction"]
-    return titles, [crop[0, 0], shown[0, 0], recon[0, 0].clamp(0, 1)]
+    return titles, [v.float().cpu() for v in (crop[0, 0], shown[0, 0], recon[0, 0].clamp(0, 1))]
 
 
-def plot_reconstruction(model: Any, datamodule: Any, mode: str, out_dir: Path) -> list[Path]:
+def plot_reconstruction(
+    model: Any, datamodule: Any, cfg: Any, mode: str, out_dir: Path, device: torch.device | str
+) -> list[Path]:
     """Save ``reconstruction.png``: rows = axial / coronal / sagittal, columns = crop / input / reconstruction."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    titles, volumes = crop_panels(model, datamodule, mode)
+    titles, volumes = crop_panels(model, datamodule, cfg, mode, device)
     views = [_slices(v) for v in volumes]
     fig, axes = plt.subplots(3, len(volumes), figsize=(3 * len(volumes), 9), squeeze=False)
     for col, (title, slices) in enumerate(zip(titles, views, strict=True)):

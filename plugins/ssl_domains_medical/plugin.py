@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ssl_domains import ConfigError, ModalityPlugin, option
+from ssl_domains import ConfigError, ModalityPlugin, Objective, SSLDataModule, SSLModel, option
+
+if TYPE_CHECKING:  # annotations only: this module must not import torch
+    import torch
 
 
 @dataclass
@@ -161,10 +164,24 @@ class _MedicalPlugin(ModalityPlugin):
     extra = "medical"
     requires = ("monai", "nibabel", "einops", "pydicom", "scipy", "matplotlib")
     data_formats = _FORMATS
-    shared_presets = True  # alice and contrastive3d share configs/
+
+    input_spec = {
+        "channels": "image channels (one: CT or one MR contrast)",
+        "orientation": "axis codes every volume is reoriented to (Orientationd)",
+        "spacing_mm": "voxel size after resampling (Spacingd, bilinear)",
+        "intensity": "intensity scaling to [0, 1]",
+        "foreground_crop": "the crop to the body (CropForegroundd)",
+        "roi": "crop side the network sees, in voxels",
+        "embedding": "how a whole volume is embedded",
+    }
+
+    def presets(self) -> dict[str, Path]:
+        # alice and contrastive3d share configs/: each keeps the files named after it
+        return {k: v for k, v in super().presets().items() if k.startswith(f"{self.name}-")}
+
     mode: ClassVar[str]  # the data module's crops: "views" (contrastive3d) or "pairs" (Alice)
 
-    def datamodule(self, cfg: Any, data: Path) -> Any:
+    def datamodule(self, cfg: Any, data: Path) -> SSLDataModule:
         from .data import MedicalDataModule
 
         mode = "corresponding_views" if getattr(cfg, "positives", "views") == "corresponding" else self.mode
@@ -175,21 +192,26 @@ class _MedicalPlugin(ModalityPlugin):
 
         return write_example_volumes(Path(root))
 
-    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+    def visualize(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: Any, out_dir: Path, device: torch.device
+    ) -> list[Path]:
         from .figures import plot_reconstruction
 
-        return plot_reconstruction(model, datamodule, self.mode, out_dir)
+        return plot_reconstruction(model, datamodule, cfg, self.mode, out_dir, device)
 
-    def evaluate(self, model: Any, datamodule: Any, cfg: Any) -> dict[str, float] | None:
+    def evaluate(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: Any, device: torch.device
+    ) -> dict[str, float] | None:
         from .evaluation import evaluate_landmarks
 
-        return evaluate_landmarks(model, datamodule, lambda: self.model(cfg, datamodule))
+        return evaluate_landmarks(model, datamodule, cfg, device, lambda: self.model(cfg, datamodule))
 
 
 class Contrastive3DPlugin(_MedicalPlugin):
     """contrastive3d: two corrupted views of a crop, L1 reconstruction + NT-Xent (+ rotation prediction)."""
 
     name = "contrastive3d"
+    config = Contrastive3DConfig
     mode = "views"
     description = "3D contrastive + reconstruction pretraining (MONAI recipes): in/out-painting views, NT-Xent, L1"
     paper = (
@@ -202,20 +224,19 @@ class Contrastive3DPlugin(_MedicalPlugin):
         "optim": {"name": "adamw", "lr": 4e-4, "weight_decay": 0.1, "warmup_steps": 0.05, "gradient_clip_val": 1.0},
         "trainer": {"max_epochs": 100},
     }
-    test_overrides = {
-        "contrastive3d": {"roi": 32, "hidden_size": 48, "num_heads": 2, "feature_size": 4, "proj_dim": 16,
-                          "samples_per_volume": 2, "batch_size": 2}
-    }  # fmt: skip
 
-    def default_config(self) -> Contrastive3DConfig:
-        return Contrastive3DConfig()
+    def example_overrides(self) -> dict[str, Any]:
+        return {
+            "contrastive3d": {"roi": 32, "hidden_size": 48, "num_heads": 2, "feature_size": 4, "proj_dim": 16,
+                              "samples_per_volume": 2, "batch_size": 2}
+        }  # fmt: skip
 
-    def model(self, cfg: Contrastive3DConfig, datamodule: Any) -> Any:
+    def model(self, cfg: Contrastive3DConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import Contrastive3DModel, VolumeNet
 
         return Contrastive3DModel(VolumeNet.from_config(cfg), cfg.proj_dim, cfg.rotation)
 
-    def objective(self, cfg: Contrastive3DConfig) -> Any:
+    def objective(self, cfg: Contrastive3DConfig) -> Objective:
         from .objective import Contrastive3DObjective
 
         return Contrastive3DObjective(
@@ -227,6 +248,7 @@ class AlicePlugin(_MedicalPlugin):
     """Alice: anatomically corresponding crops of different volumes, DINO teacher-student, MIM, alignment."""
 
     name = "alice"
+    config = AliceConfig
     mode = "pairs"
     description = "Alice: cross-volume anatomical positives, EMA teacher (DINO), masked reconstruction, CASA alignment"
     paper = (
@@ -240,16 +262,15 @@ class AlicePlugin(_MedicalPlugin):
         "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04, "warmup_steps": 0.05, "gradient_clip_val": 3.0},
         "trainer": {"max_epochs": 100},
     }
-    test_overrides = {
-        "alice": {"roi": 32, "hidden_size": 48, "num_heads": 2, "feature_size": 4, "out_dim": 32, "head_hidden": 32,
-                  "head_bottleneck": 16, "align_dim": 32, "align_heads": 2, "align_ff": 64, "samples_per_volume": 2,
-                  "batch_size": 2}
-    }  # fmt: skip
 
-    def default_config(self) -> AliceConfig:
-        return AliceConfig()
+    def example_overrides(self) -> dict[str, Any]:
+        return {
+            "alice": {"roi": 32, "hidden_size": 48, "num_heads": 2, "feature_size": 4, "out_dim": 32, "head_hidden": 32,
+                      "head_bottleneck": 16, "align_dim": 32, "align_heads": 2, "align_ff": 64, "samples_per_volume": 2,
+                      "batch_size": 2}
+        }  # fmt: skip
 
-    def model(self, cfg: AliceConfig, datamodule: Any) -> Any:
+    def model(self, cfg: AliceConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import AliceModel, VolumeNet
 
         return AliceModel(
@@ -257,10 +278,7 @@ class AlicePlugin(_MedicalPlugin):
             cfg.align_heads, cfg.align_ff, cfg.momentum, cfg.center_momentum, cfg.head_batch_norm,
         )  # fmt: skip
 
-    def objective(self, cfg: AliceConfig) -> Any:
+    def objective(self, cfg: AliceConfig) -> Objective:
         from .objective import AliceObjective
 
         return AliceObjective(cfg)
-
-    def on_train_batch_end(self, model: Any, batch: dict[str, Any], progress: float) -> None:
-        model.after_step(progress)

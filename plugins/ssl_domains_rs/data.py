@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_domains import DataError
 from ssl_domains.data import eval_loader, train_loader
+from ssl_domains.datamodule import FittedDataModule
 
 from .bands import S1_GRD, SSL4EO_STATS, bands_for
 from .formats import Acquisition, find_acquisitions, read_bands
@@ -127,7 +127,7 @@ class _Chips(Dataset):
         return self.module.sample(self.items[i], self.train, i)
 
 
-class RSDataModule(pl.LightningDataModule):
+class RSDataModule(FittedDataModule):
     """Sentinel-1/2 chips for CROMA (``mode="s1s2"``) or SSL4EO (``mode="temporal"``); batches are dicts.
 
     Batches: ``radar`` ``[B, 2, h, w]`` and ``optical`` ``[B, 12, h, w]`` (s1s2), or ``view1``/``view2`` (temporal),
@@ -136,19 +136,31 @@ class RSDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, path: Path, cfg: Any, mode: str) -> None:
-        super().__init__()
-        self.path, self.cfg, self.mode = Path(path), cfg, mode
+        super().__init__(path, cfg)
+        self.mode = mode
         self.s2_bands = tuple(cfg.s2_bands) if cfg.s2_bands else bands_for(cfg.s2_level)
         self.s1_bands = S1_GRD
-        self.fitted: dict[str, Any] = {}
         self.scenes: list[Scene] = []
 
-    # ---- fitted state ------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.fitted)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fitted = dict(state)
+    def input_spec(self) -> dict[str, Any]:
+        """Bands in the order the channels hold them, their statistics and the normalisation (:func:`normalise`)."""
+        stats = self.fitted["stats"]
+        method = self.fitted["normalize"]
+        formula = "(x - mean) / std" if method == "zscore" else "clip((x - (mean - 2 std)) / (4 std), 0, 1)"
+        channels: Any = (
+            {"radar": list(self.s1_bands), "optical": list(self.s2_bands)} if self.mode == "s1s2" else list(self.bands)
+        )
+        used = (*self.s1_bands, *self.s2_bands) if self.mode == "s1s2" else self.bands
+        spec: dict[str, Any] = {
+            "s2_level": self.cfg.s2_level,
+            "channels": channels,
+            "band_statistics": {b: list(stats[b]) for b in used},
+            "normalisation": formula,
+            "units": "S2: reflectance x 10000 (DN); S1: backscatter in dB",
+            "chip": self.cfg.chip,
+            "ground_sample_distance_m": 10,
+        }
+        return spec
 
     @property
     def bands(self) -> tuple[str, ...]:
@@ -156,22 +168,18 @@ class RSDataModule(pl.LightningDataModule):
         return self.s1_bands if self.mode == "temporal" and self.cfg.modality == "s1" else self.s2_bands
 
     # ---- reading -----------------------------------------------------------------------------------------------
-    def setup(self, stage: str | None = None) -> None:
-        if self.scenes:
-            return
+    def read(self, stage: str | None) -> None:
         cfg = self.cfg
-        if "stats" not in self.fitted:
-            self.fitted["stats"] = load_stats(cfg.stats, self.s2_bands + self.s1_bands, cfg.s2_level)
-            self.fitted["normalize"] = cfg.normalize
-        stats = self.fitted["stats"]
-        acqs = [a for a in find_acquisitions(self.path) if self._wanted(a)]
+        stats = self.fit("stats", lambda: load_stats(cfg.stats, self.s2_bands + self.s1_bands, cfg.s2_level))
+        self.fit("normalize", lambda: cfg.normalize)
+        acqs = [a for a in find_acquisitions(self.data) if self._wanted(a)]
         for group in group_locations(acqs):
             scene = self._scene(group, stats)
             if scene is not None:
                 self.scenes.append(scene)
         if not self.scenes:
             need = "an S1 (VV, VH) and an S2 acquisition of one location" if self.mode == "s1s2" else "S2 chips"
-            raise DataError(f"{self.path}: no usable location; the plugin needs {need} with bands {list(self.bands)}")
+            raise DataError(f"{self.data}: no usable location; the plugin needs {need} with bands {list(self.bands)}")
         self._index()
 
     def _wanted(self, acq: Acquisition) -> bool:
@@ -266,7 +274,7 @@ class RSDataModule(pl.LightningDataModule):
                             test.append((s, qt + y, ql + x, 2))
         if not train:
             raise DataError(
-                f"{self.path}: no {chip}x{chip} training chip with at most {self.cfg.max_invalid:.0%} nodata/cloud; "
+                f"{self.data}: no {chip}x{chip} training chip with at most {self.cfg.max_invalid:.0%} nodata/cloud; "
                 "lower chip or raise max_invalid"
             )
         self.train_items = np.array(train, dtype=np.int64)

@@ -17,7 +17,9 @@ from .model import resize_to
 
 
 @torch.no_grad()
-def retrieval_embeddings(model: Any, datamodule: Any, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def retrieval_embeddings(
+    model: Any, datamodule: Any, device: torch.device | str, size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Query and gallery embeddings ``[N, D]`` of the held-out chips (every chip when nothing is held out).
 
     CROMA: the radar and optical contrastive embeddings (the space its InfoNCE aligns). SSL4EO: the backbone
@@ -25,7 +27,6 @@ def retrieval_embeddings(model: Any, datamodule: Any, size: int | None = None) -
     120² chips at 240².
     """
     model.eval()
-    device = next(model.parameters()).device
     queries, gallery = [], []
     for batch in datamodule.predict_dataloader():
         keys = ("radar", "optical") if "radar" in batch else ("view1", "view2")
@@ -52,7 +53,7 @@ def recall_at_k(queries: torch.Tensor, gallery: torch.Tensor, ks: tuple[int, ...
 
 
 @torch.no_grad()
-def knn_by_location(model: Any, datamodule: Any, k: int = 5) -> dict[str, float]:
+def knn_by_location(model: Any, datamodule: Any, device: torch.device | str, k: int = 5) -> dict[str, float]:
     """kNN (cosine, ``k`` neighbours) accuracy of ``embed`` on chips whose location carries a class (EuroSAT
     folder names, single-label BigEarthNet patches), leave-one-location-out so that no chip is classified by
     chips of its own scene. Empty when fewer than two locations per class are labelled."""
@@ -60,7 +61,6 @@ def knn_by_location(model: Any, datamodule: Any, k: int = 5) -> dict[str, float]
 
     labels = [s.label for s in datamodule.scenes]
     model.eval()
-    device = next(model.parameters()).device
     vectors, classes, groups = [], [], []
     for batch in datamodule.predict_dataloader():
         keep = [i for i, loc in enumerate(batch["location"].tolist()) if labels[loc] is not None]
@@ -84,12 +84,14 @@ def knn_by_location(model: Any, datamodule: Any, k: int = 5) -> dict[str, float]
     return {"knn_acc": correct / len(y), "knn_chips": float(len(y)), "knn_classes": float(len(names))}
 
 
-def evaluate_retrieval(model: Any, datamodule: Any, size: int | None = None) -> dict[str, float]:
+def evaluate_retrieval(
+    model: Any, datamodule: Any, device: torch.device | str, size: int | None = None
+) -> dict[str, float]:
     """Recall@1/5 in both directions, chance, gallery size, RankMe, and a kNN probe where locations are labelled."""
-    queries, gallery = retrieval_embeddings(model, datamodule, size)
+    queries, gallery = retrieval_embeddings(model, datamodule, device, size)
     n = len(queries)
     if n < 2:
-        return {"n_chips": float(n), **knn_by_location(model, datamodule)}
+        return {"n_chips": float(n), **knn_by_location(model, datamodule, device)}
     forward = recall_at_k(queries, gallery)
     backward = recall_at_k(gallery, queries)
     return {
@@ -99,5 +101,5 @@ def evaluate_retrieval(model: Any, datamodule: Any, size: int | None = None) -> 
         "chance": 1.0 / n,
         "n_chips": float(n),
         "rankme": rankme(np.concatenate([queries.numpy(), gallery.numpy()])),
-        **(knn_by_location(model, datamodule) if size is None else {}),
+        **(knn_by_location(model, datamodule, device) if size is None else {}),
     }

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .bands import RGB
-from .masking import random_keep
+from .masking import croma_masks, random_keep
 from .model import patchify, unpatchify
 from .objective import augment
 
@@ -17,7 +17,7 @@ from .objective import augment
 def _rgb(image: torch.Tensor, bands: tuple[str, ...]) -> np.ndarray:
     """``[C, H, W]`` -> ``[H, W, 3]`` in [0, 1], stretched between the 2nd and 98th percentiles."""
     idx = [bands.index(b) for b in RGB] if all(b in bands for b in RGB) else [0, 0, 0]
-    rgb = image[idx].float().permute(1, 2, 0).numpy()
+    rgb = image[idx].float().cpu().permute(1, 2, 0).numpy()
     lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
     return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
 
@@ -29,8 +29,8 @@ def _paste(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def _panels(model: Any, datamodule: Any, rows: int) -> tuple[list[str], list[list[np.ndarray]]]:
-    batch = next(iter(datamodule.predict_dataloader()))
+def _panels(model: Any, datamodule: Any, rows: int, device: Any) -> tuple[list[str], list[list[np.ndarray]]]:
+    batch = {k: v.to(device) for k, v in next(iter(datamodule.predict_dataloader())).items() if torch.is_tensor(v)}
     bands = datamodule.s2_bands
     torch.manual_seed(0)
     if "optical" in batch:
@@ -38,19 +38,19 @@ def _panels(model: Any, datamodule: Any, rows: int) -> tuple[list[str], list[lis
         b, c, h, w = optical.shape
         p = model.patch
         grid = (h // p, w // p)
-        keep_r, _ = random_keep(b, grid[0] * grid[1], 0.75, optical.device)
-        keep_o, masked_o = random_keep(b, grid[0] * grid[1], 0.75, optical.device)
+        (keep_r, _), (keep_o, masked_o) = croma_masks(b, grid[0] * grid[1], 0.75, optical.device)
         out = model(radar, optical, keep_r, keep_o)
         pred = model.decoder(out["joint"], keep_r, grid)
         target = patchify(torch.cat([optical, radar], 1), p)
         recon = unpatchify(_paste(pred, target, masked_o), c + radar.shape[1], grid, p)[:, :c]
         shown = unpatchify(patchify(optical, p) * (~masked_o)[..., None], c, grid, p)
         titles = ["S2 input", "S2 masked (75%)", "reconstruction", "S1 VV"]
+        vv = radar[:, :1].float().cpu().permute(0, 2, 3, 1).numpy()
         images = [[_rgb(optical[i], bands), _rgb(shown[i], bands), _rgb(recon[i], bands),
-                   np.repeat(radar[i, :1].permute(1, 2, 0).numpy(), 3, axis=2)] for i in range(b)]  # fmt: skip
+                   np.repeat(vv[i], 3, axis=2)] for i in range(b)]  # fmt: skip
         return titles, images
     x1, x2 = batch["view1"][:rows], batch["view2"][:rows]
-    if hasattr(model, "key_encoder"):  # MoCo: show the two dates and one augmented view of each
+    if model.key_encoder is not None:  # MoCo: show the two dates and one augmented view of each
         a1, a2 = augment(x1), augment(x2)
         titles = ["date 1", "date 2", "date 1 augmented", "date 2 augmented"]
         return titles, [[_rgb(v[i], bands) for v in (x1, x2, a1, a2)] for i in range(len(x1))]
@@ -66,7 +66,7 @@ def _panels(model: Any, datamodule: Any, rows: int) -> tuple[list[str], list[lis
     return titles, [[_rgb(v[i], bands) for v in (x1, shown, recon)] for i in range(b)]
 
 
-def plot_reconstruction(model: Any, datamodule: Any, out_dir: Path, rows: int = 3) -> list[Path]:
+def plot_reconstruction(model: Any, datamodule: Any, out_dir: Path, device: Any, rows: int = 3) -> list[Path]:
     """Save ``reconstruction.png`` (RGB composites) under ``out_dir`` and return its path."""
     import matplotlib
 
@@ -74,8 +74,7 @@ def plot_reconstruction(model: Any, datamodule: Any, out_dir: Path, rows: int = 
     import matplotlib.pyplot as plt
 
     model.eval()
-    model.cpu()
-    titles, images = _panels(model, datamodule, rows)
+    titles, images = _panels(model, datamodule, rows, device)
     fig, axes = plt.subplots(len(images), len(titles), figsize=(2.2 * len(titles), 2.2 * len(images)), squeeze=False)
     for r, row in enumerate(images):
         for c, image in enumerate(row):

@@ -1,22 +1,24 @@
-"""Random token masking for CROMA and the SSL4EO MAE variant: batched on the device, no host sync."""
+"""Random token masking for CROMA and the SSL4EO MAE variant: batched on the device, no host sync.
+
+The per-row draw is MAE's (``ssl_domains.nn.random_keep``, He et al. 2022, §3). CROMA masks the radar and the
+optical tokens of a location *independently* (Fuller et al. 2023, §3.1: "independent random masks"), so the
+joint encoder cannot match a radar patch with the optical patch at the same place.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from ssl_domains.nn import random_keep
 
-def random_keep(
-    batch_size: int, num_tokens: int, mask_ratio: float, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MAE-style masking (He et al. 2022, §3): each row keeps ``round(N (1 - ratio))`` tokens chosen uniformly.
+__all__ = ["croma_masks", "random_keep"]
 
-    Returns ``(keep, masked)``: kept indices ``[B, n_keep]`` in ascending (raster) order, and a bool ``[B, N]``
-    that is True on masked tokens. CROMA draws one such mask per modality, independently (Fuller et al. 2023,
-    §3.1: "independent random masks"). The count depends only on shapes, so nothing is read back from the device.
-    """
-    n_keep = max(1, min(num_tokens, round(num_tokens * (1.0 - mask_ratio))))
-    noise = torch.rand(batch_size, num_tokens, device=device)
-    keep = noise.argsort(dim=1)[:, :n_keep].sort(dim=1).values
-    masked = torch.ones(batch_size, num_tokens, dtype=torch.bool, device=device)
-    masked.scatter_(1, keep, False)
-    return keep, masked
+
+def croma_masks(
+    batch_size: int, num_tokens: int, mask_ratio: float, device: torch.device | str
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``((keep, masked) radar, (keep, masked) optical)``: one independent :func:`random_keep` per modality,
+    radar first (the order of the draws, and so the masks of a seed, are the original implementation's)."""
+    return random_keep(batch_size, num_tokens, mask_ratio, device), random_keep(
+        batch_size, num_tokens, mask_ratio, device
+    )

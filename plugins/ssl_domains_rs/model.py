@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_domains.nn import TransformerBlock, sincos_positions_2d
+from ssl_domains.nn import EMATeacher, TransformerBlock, sincos_positions_2d
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -233,13 +233,15 @@ def _mlp(dims: list[int], last_bn: bool) -> nn.Sequential:
 
 
 class SSL4EOModel(nn.Module):
-    """SSL4EO-S12's ViT with MoCo v3 heads (projector 3 layers, predictor 2 layers; the EMA key encoder is made by
-    the plugin) and an MAE decoder for the MAE variant. ``embed`` pools the class token (``pooling="cls"``, the
-    linear-probe read-out of MoCo v3) or the patch tokens' mean."""
+    """SSL4EO-S12's ViT with MoCo v3 heads (projector 3 layers, predictor 2 layers) and an MAE decoder for the MAE
+    variant. ``embed`` pools the class token (``pooling="cls"``, the linear-probe read-out of MoCo v3) or the patch
+    tokens' mean. With ``key_momentum`` (MoCo) the model holds the EMA key encoder, a copy of backbone and
+    projector, and moves it in :meth:`after_step`; without it ``key_encoder`` is None."""
 
     def __init__(
         self, in_channels: int, patch: int, dim: int, depth: int, heads: int, proj_dim: int, hidden_dim: int,
         decoder_dim: int, decoder_depth: int, decoder_heads: int, pooling: str = "cls",
+        key_momentum: float | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.patch, self.pooling, self.in_channels = patch, pooling, in_channels
@@ -248,6 +250,16 @@ class SSL4EOModel(nn.Module):
         self.predictor = _mlp([proj_dim, hidden_dim, proj_dim], last_bn=False)
         self.decoder = MAEDecoder(dim, decoder_dim, decoder_depth, decoder_heads, in_channels * patch * patch)
         self.embed_dim = dim
+        self.key_encoder = None if key_momentum is None else EMATeacher(self.query_encoder(), key_momentum, 1.0)
+
+    def query_encoder(self) -> nn.ModuleList:
+        """What the key encoder follows: backbone and projector (MoCo v3's momentum encoder)."""
+        return nn.ModuleList([self.backbone, self.projector])
+
+    def after_step(self, progress: float) -> None:
+        """After each optimiser step: the key encoder moves towards the query encoder (cosine momentum schedule)."""
+        if self.key_encoder is not None:
+            self.key_encoder.update(self.query_encoder(), progress)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled representation of images ``[B, C, H, W]``."""

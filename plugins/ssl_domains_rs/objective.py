@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ssl_domains.nn import info_nce
 
-from .masking import random_keep
+from .masking import croma_masks, random_keep
 from .model import patchify
 
 
@@ -72,8 +72,7 @@ class CROMAObjective:
         p = model.patch
         grid = (h // p, w // p)
         n = grid[0] * grid[1]
-        keep_r, masked_r = random_keep(b, n, self.mask_ratio, optical.device)
-        keep_o, masked_o = random_keep(b, n, self.mask_ratio, optical.device)
+        (keep_r, masked_r), (keep_o, masked_o) = croma_masks(b, n, self.mask_ratio, optical.device)
         out = model(radar, optical, keep_r, keep_o)
         temperature = model.logit_scale.clamp(max=math.log(100.0)).exp().reciprocal()
         contrast = (info_nce(out["z_radar"], out["z_optical"], temperature)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ssl_domains import ConfigError, ModalityPlugin, PluginCommand, option
+from ssl_domains import ConfigError, ModalityPlugin, Objective, PluginCommand, SSLDataModule, SSLModel, option
+
+if TYPE_CHECKING:  # annotations only: this module must not import torch
+    import torch
 
 
 @dataclass
@@ -119,10 +122,23 @@ class _RSPlugin(ModalityPlugin):
         ),
     )
 
-    shared_presets = True  # CROMA and SSL4EO share configs/
+    input_spec = {
+        "s2_level": "Sentinel-2 product level (L2A or L1C)",
+        "channels": "bands in channel order (CROMA: radar and optical inputs)",
+        "band_statistics": "per-band [mean, std] the normalisation uses",
+        "normalisation": "the per-band formula applied with those statistics",
+        "units": "the units the statistics are in",
+        "chip": "chip side in pixels",
+        "ground_sample_distance_m": "pixel size in metres",
+    }
+
+    def presets(self) -> dict[str, Path]:
+        # CROMA and SSL4EO share configs/: each keeps the files named after it
+        return {k: v for k, v in super().presets().items() if k.startswith(f"{self.name}-")}
+
     mode: ClassVar[str]  # the data module's view pairing: "s1s2" (CROMA) or "temporal" (SSL4EO)
 
-    def datamodule(self, cfg: Any, data: Path) -> Any:
+    def datamodule(self, cfg: Any, data: Path) -> SSLDataModule:
         from .data import RSDataModule
 
         return RSDataModule(Path(data), cfg, mode=self.mode)
@@ -132,21 +148,26 @@ class _RSPlugin(ModalityPlugin):
 
         return write_example_pairs(Path(root))
 
-    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+    def visualize(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: Any, out_dir: Path, device: torch.device
+    ) -> list[Path]:
         from .figures import plot_reconstruction
 
-        return plot_reconstruction(model, datamodule, out_dir)
+        return plot_reconstruction(model, datamodule, out_dir, device)
 
-    def evaluate(self, model: Any, datamodule: Any, cfg: Any) -> dict[str, float] | None:
+    def evaluate(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: Any, device: torch.device
+    ) -> dict[str, float] | None:
         from .evaluation import evaluate_retrieval
 
-        return evaluate_retrieval(model, datamodule)
+        return evaluate_retrieval(model, datamodule, device)
 
 
 class CROMAPlugin(_RSPlugin):
     """CROMA: contrastive radar-optical masked autoencoders."""
 
     name = "croma"
+    config = CROMAConfig
     mode = "s1s2"
     description = "CROMA radar-optical pretraining (S1 + S2): 2D-ALiBi ViTs, X-ALiBi joint encoder, InfoNCE + MAE"
     paper = (
@@ -158,20 +179,27 @@ class CROMAPlugin(_RSPlugin):
         "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.05, "warmup_steps": 0.05, "gradient_clip_val": 1.0},
         "trainer": {"max_epochs": 100},
     }
-    test_overrides = {
-        "croma": {"chip": 16, "dim": 32, "depth": 2, "heads": 2, "decoder_dim": 32, "decoder_heads": 2, "batch_size": 4}
-    }
 
-    def default_config(self) -> CROMAConfig:
-        return CROMAConfig()
+    def example_overrides(self) -> dict[str, Any]:
+        return {
+            "croma": {
+                "chip": 16,
+                "dim": 32,
+                "depth": 2,
+                "heads": 2,
+                "decoder_dim": 32,
+                "decoder_heads": 2,
+                "batch_size": 4,
+            }
+        }
 
-    def model(self, cfg: CROMAConfig, datamodule: Any) -> Any:
+    def model(self, cfg: CROMAConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import CROMA
 
         return CROMA(len(datamodule.s2_bands), 2, cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.decoder_dim,
                      cfg.decoder_depth, cfg.decoder_heads, cfg.embed_modality)  # fmt: skip
 
-    def objective(self, cfg: CROMAConfig) -> Any:
+    def objective(self, cfg: CROMAConfig) -> Objective:
         from .objective import CROMAObjective
 
         return CROMAObjective(cfg.mask_ratio, cfg.mae_weight, cfg.flips)
@@ -181,6 +209,7 @@ class SSL4EOPlugin(_RSPlugin):
     """SSL4EO-S12: MoCo v3 with seasonal/temporal positives, or MAE, on Sentinel chips."""
 
     name = "ssl4eo"
+    config = SSL4EOConfig
     mode = "temporal"
     description = "SSL4EO-S12 pretraining: MoCo v3 with multi-date positives of one location (or MAE) on S2/S1"
     paper = (
@@ -192,41 +221,31 @@ class SSL4EOPlugin(_RSPlugin):
         "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.1, "warmup_steps": 0.05, "gradient_clip_val": 1.0},
         "trainer": {"max_epochs": 100},
     }
-    test_overrides = {
-        "ssl4eo": {"chip": 16, "dim": 32, "depth": 2, "heads": 2, "proj_dim": 16, "hidden_dim": 32, "batch_size": 4}
-    }
 
-    def default_config(self) -> SSL4EOConfig:
-        return SSL4EOConfig()
+    def example_overrides(self) -> dict[str, Any]:
+        return {
+            "ssl4eo": {"chip": 16, "dim": 32, "depth": 2, "heads": 2, "proj_dim": 16, "hidden_dim": 32, "batch_size": 4}
+        }
 
-    def model(self, cfg: SSL4EOConfig, datamodule: Any) -> Any:
+    def model(self, cfg: SSL4EOConfig, datamodule: SSLDataModule) -> SSLModel:
         from torch import nn
-
-        from ssl_domains.nn import EMATeacher
 
         from .model import SSL4EOModel
 
         model = SSL4EOModel(
             len(datamodule.bands), cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.proj_dim, cfg.hidden_dim,
             cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.pooling,
+            key_momentum=cfg.momentum if cfg.objective == "moco" else None,
         )  # fmt: skip
         # The heads of the other objective stay in the state dict (one layout for both variants) but are frozen:
         # a trainable parameter without a gradient stalls DDP's reducer and costs optimiser state.
         unused = model.decoder if cfg.objective == "moco" else nn.ModuleList([model.projector, model.predictor])
         unused.requires_grad_(False)
-        if cfg.objective == "moco":
-            model.key_encoder = EMATeacher(nn.ModuleList([model.backbone, model.projector]), cfg.momentum, 1.0)
         return model
 
-    def objective(self, cfg: SSL4EOConfig) -> Any:
+    def objective(self, cfg: SSL4EOConfig) -> Objective:
         from .objective import MAEObjective, MoCoObjective
 
         if cfg.objective == "mae":
             return MAEObjective(cfg.mask_ratio)
         return MoCoObjective(cfg.temperature, cfg.min_scale, cfg.jitter, cfg.shared_geometry)
-
-    def on_train_batch_end(self, model: Any, batch: dict[str, Any], progress: float) -> None:
-        if hasattr(model, "key_encoder"):
-            from torch import nn
-
-            model.key_encoder.update(nn.ModuleList([model.backbone, model.projector]), progress)

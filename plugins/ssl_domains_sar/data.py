@@ -13,13 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ssl_domains import DataError
 from ssl_domains.data import EpochShuffleSampler, eval_loader, mix_seed, train_loader
+from ssl_domains.datamodule import FittedDataModule
 
 from .formats import find_slc_files, open_slc, write_complex_geotiff
 from .model import DOWNSAMPLING, LOG_OFFSET
@@ -106,30 +106,32 @@ class Tiles(Dataset):
         return _collate([np.ascontiguousarray(crop) for crop, _ in items], [k for _, k in items])
 
 
-class SLCDataModule(pl.LightningDataModule):
+class SLCDataModule(FittedDataModule):
     """Reads the SLC files under ``data``; fits the sensor constants on them unless the config gives them."""
 
     def __init__(self, data: Path, cfg: Any) -> None:
-        super().__init__()
-        self.data, self.cfg = Path(data), cfg
-        self.fitted: dict[str, Any] = {}
+        super().__init__(data, cfg)
         self.images: list[np.ndarray] = []
         self.files: list[Path] = []
 
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.fitted)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fitted = dict(state)
+    def input_spec(self) -> dict[str, Any]:
+        """The SLC input and the sensor constants ``M``, ``m`` of MERLIN's normalisation (Dalsasso et al. 2021)."""
+        big_m, m = self.log_bounds
+        return {
+            "input": "complex SLC (real and imaginary parts), one polarisation, single look",
+            "log_max_M": big_m,
+            "log_min_m": m,
+            "normalisation": f"(log(a^2 + {LOG_OFFSET:g}) - 2m) / (2(M - m)) per component a",
+            "spectrum_centred": bool(self.cfg.centre_spectrum),
+            "tile": f"{self.cfg.patch_size} pixels (sides a multiple of {DOWNSAMPLING})",
+        }
 
     @property
     def log_bounds(self) -> tuple[float, float]:
         """``(M, m)``: the normalisation constants the model uses."""
         return float(self.fitted["log_max"]), float(self.fitted["log_min"])
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.images:
-            return
+    def read(self, stage: str | None) -> None:
         patch = self.cfg.patch_size
         if patch % DOWNSAMPLING:
             raise DataError(f"merlin.patch_size={patch} must be a multiple of {DOWNSAMPLING} (the U-Net pools 5 times)")

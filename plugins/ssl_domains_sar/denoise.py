@@ -149,9 +149,8 @@ def import_weights_command(argv: list[str]) -> int:
     """``ssl-domains run merlin import-weights``: turn the authors' .pth weights into a merlin run directory."""
     import yaml
 
-    from ssl_domains import registry
-    from ssl_domains.checkpoint import save_weights
-    from ssl_domains.run import CONFIG_FILE, read_yaml, resolve_config
+    from ssl_domains import registry, resolve_config, save_weights
+    from ssl_domains.run import CONFIG_FILE, read_yaml
 
     from .weights import SENSORS, load_official
 

@@ -73,7 +73,7 @@ def ratio_statistics(slc: np.ndarray, estimate: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate_on_images(model, images: list[np.ndarray]) -> dict[str, float]:
+def evaluate_on_images(model, images: list[np.ndarray], device: str = "cpu") -> dict[str, float]:
     """ENL on homogeneous windows and ratio statistics of the model and the classical filters, over ``images``."""
     from .denoise import despeckle_array
 
@@ -86,7 +86,7 @@ def evaluate_on_images(model, images: list[np.ndarray]) -> dict[str, float]:
             "noisy": intensity,
             "boxcar7": boxcar(intensity, 7),
             "lee7": lee(intensity, 7),
-            "model": despeckle_array(model, slc),
+            "model": despeckle_array(model, slc, device=str(device)),
         }
         for name, estimate in estimates.items():
             rows.setdefault(f"enl_{name}", []).append(enl(estimate, windows, size))

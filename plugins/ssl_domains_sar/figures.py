@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_despeckling(model, slc: np.ndarray, out: Path) -> list[Path]:
+def plot_despeckling(model, slc: np.ndarray, out: Path, device: str = "cpu") -> list[Path]:
     """Save the three panels for one SLC image; amplitudes share a display range (up to mean + 3 std)."""
     import matplotlib
 
@@ -16,7 +16,7 @@ def plot_despeckling(model, slc: np.ndarray, out: Path) -> list[Path]:
 
     from .denoise import despeckle_array
 
-    estimate = despeckle_array(model, slc)
+    estimate = despeckle_array(model, slc, device=str(device))
     noisy = np.abs(slc)
     ratio = noisy.astype(np.float64) ** 2 / np.maximum(estimate, 1e-30)
     top = noisy.mean() + 3 * noisy.std()

@@ -27,11 +27,12 @@ def merlin_nll(log_reflectivity: torch.Tensor, target: torch.Tensor) -> torch.Te
 class MerlinObjective:
     """Both directions in each batch: predict ``R`` from ``a`` and score with ``b``, and vice versa."""
 
+    stochastic = False  # the views are the two components; the randomness is in the datamodule's patch draws
+
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         inputs, targets = component_views(batch["real"], batch["imag"])
-        core = getattr(model, "_orig_mod", model)  # normalisation constants live on the (uncompiled) model
-        out = model(core.normalize(inputs))
-        log_r = core.log_reflectivity(out)
+        out = model(model.normalize(inputs))
+        log_r = model.log_reflectivity(out)
         loss = merlin_nll(log_r, targets)
         with torch.no_grad():  # E[b^2] = R/2: this ratio's mean is 1 for a calibrated estimate (a monitor)
             ratio = (2 * wide(targets).square() * torch.exp(-log_r)).mean()

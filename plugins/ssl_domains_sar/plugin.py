@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ssl_domains import ConfigError, ModalityPlugin, PluginCommand, option
+from ssl_domains import ConfigError, ModalityPlugin, Objective, PluginCommand, SSLDataModule, SSLModel, option
+
+if TYPE_CHECKING:  # annotations only: this module must not import torch
+    import torch
 
 
 @dataclass
@@ -40,10 +43,11 @@ class MerlinConfig:
             raise ConfigError(f"merlin.log_max ({self.log_max}) must exceed merlin.log_min ({self.log_min})")
 
 
-class MerlinPlugin(ModalityPlugin):
+class MerlinPlugin(ModalityPlugin[MerlinConfig]):
     """MERLIN: self-supervised despeckling of single-look complex SAR images (Dalsasso et al., TGRS 2021)."""
 
     name = "merlin"
+    config = MerlinConfig
     description = (
         "MERLIN self-supervised despeckling of single-look complex (SLC) SAR images, with tiled GeoTIFF output"
     )
@@ -59,7 +63,14 @@ class MerlinPlugin(ModalityPlugin):
         "a folder of such files (searched recursively); amplitude or intensity images are refused",
     )
     batch_keys = {"real": "float32", "imag": "float32", "id": "int64"}
-    stochastic_objective = False  # the views are the two components; randomness is in the patch draws
+    input_spec = {
+        "input": "what the model reads",
+        "log_max_M": "sensor constant M: upper bound of log-intensity (fitted or the sensor's)",
+        "log_min_m": "sensor constant m: lower bound of log-intensity",
+        "normalisation": "the per-component normalisation with M and m",
+        "spectrum_centred": "whether the azimuth spectrum is centred first",
+        "tile": "training tile side",
+    }
     commands = (
         PluginCommand(
             "denoise",
@@ -78,19 +89,16 @@ class MerlinPlugin(ModalityPlugin):
         "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "gradient_clip_val": 1.0},
         "trainer": {"max_epochs": 30},
     }
-    test_overrides = {
-        "merlin": {"patch_size": 64, "patches_per_epoch": 8, "batch_size": 4, "width": 8, "decoder_width": 16}
-    }
 
-    def default_config(self) -> MerlinConfig:
-        return MerlinConfig()
+    def example_overrides(self) -> dict[str, Any]:
+        return {"merlin": {"patch_size": 64, "patches_per_epoch": 8, "batch_size": 4, "width": 8, "decoder_width": 16}}
 
-    def datamodule(self, cfg: MerlinConfig, data: Path) -> Any:
+    def datamodule(self, cfg: MerlinConfig, data: Path) -> SSLDataModule:
         from .data import SLCDataModule
 
         return SLCDataModule(Path(data), cfg)
 
-    def model(self, cfg: MerlinConfig, datamodule: Any) -> Any:
+    def model(self, cfg: MerlinConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import MerlinUNet
 
         model = MerlinUNet(*datamodule.log_bounds, width=cfg.width, decoder_width=cfg.decoder_width)
@@ -100,7 +108,7 @@ class MerlinPlugin(ModalityPlugin):
             load_initial_weights(model, Path(cfg.init_weights))
         return model
 
-    def objective(self, cfg: MerlinConfig) -> Any:
+    def objective(self, cfg: MerlinConfig) -> Objective:
         from .objective import MerlinObjective
 
         return MerlinObjective()
@@ -110,12 +118,16 @@ class MerlinPlugin(ModalityPlugin):
 
         return write_example_slc(Path(root))
 
-    def evaluate(self, model: Any, datamodule: Any, cfg: MerlinConfig) -> dict[str, float] | None:
+    def evaluate(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: MerlinConfig, device: torch.device
+    ) -> dict[str, float] | None:
         from .evaluation import evaluate_on_images
 
-        return evaluate_on_images(model, datamodule.images)
+        return evaluate_on_images(model, datamodule.images, device)
 
-    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+    def visualize(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: MerlinConfig, out_dir: Path, device: torch.device
+    ) -> list[Path]:
         from .figures import plot_despeckling
 
-        return plot_despeckling(model, datamodule.images[0], out_dir / "despeckling.png")
+        return plot_despeckling(model, datamodule.images[0], out_dir / "despeckling.png", device)

@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, DataError
 from ssl_domains.data import eval_loader, random_split_indices, train_loader
+from ssl_domains.datamodule import FittedDataModule
 
 from .formats import find_tables, read_table
 from .schema import check_missing, encode_table, fit_schema
@@ -43,21 +43,21 @@ class _Rows(Dataset):
         return int(self.rows[i])
 
 
-class TableDataModule(pl.LightningDataModule):
+class TableDataModule(FittedDataModule):
     """Reads a table (or train/val/test tables), fits the encoders on the training split, serves row batches."""
 
-    def __init__(self, path: Path, cfg: Any) -> None:
-        super().__init__()
-        self.path, self.cfg = Path(path), cfg
-        self.fitted: dict[str, Any] = {}
-        self._ready = False
-
-    # ---- state saved with the run ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.fitted)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fitted = dict(state)
+    def input_spec(self) -> dict[str, Any]:
+        """The feature schema fitted on the training rows: columns in token order, encodings, the target."""
+        fitted = self.fitted
+        return {
+            "numeric": list(fitted["numeric"]),
+            "categorical": {c: len(fitted["vocab"][c]) for c in fitted["categorical"]},
+            "numeric_scaling": fitted["scaling"],
+            "missing": "imputed with the training median" if self.cfg.missing == "impute" else "refused (an error)",
+            "unseen_categories": "mapped to the unknown index (counted in the log)",
+            "target": fitted.get("target"),
+            "task": fitted.get("task"),
+        }
 
     @property
     def feature_names(self) -> list[str]:
@@ -93,10 +93,8 @@ class TableDataModule(pl.LightningDataModule):
             raise DataError(f"{path} has {len(frame)} rows: too few to hold out {fraction:.0%} and still train")
         return kept, held
 
-    def setup(self, stage: str | None = None) -> None:
-        if self._ready:
-            return
-        files = find_tables(self.path)
+    def read(self, stage: str | None) -> None:
+        files = find_tables(self.data)
         train = self._read(files.train)
         first_row = {"train": 0}
         # Splits need the target: a table without it (new rows to embed) is kept whole, in file order.
@@ -113,8 +111,8 @@ class TableDataModule(pl.LightningDataModule):
             kept, held = self._split(train, self.cfg.val_fraction, files.train, salt=2)
             train, val = train.iloc[kept], train.iloc[held]
             first_row["val"] = 0
-        if not self.fitted:
-            self.fitted = fit_schema(train, files.train, self.cfg)
+        if not self.fitted:  # the schema (columns, scaler, vocabularies, classes) is fitted as a whole
+            self.fitted.update(fit_schema(train, files.train, self.cfg))
         frames, splits, row_ids = [], [], []
         for name, frame, split, source in (
             ("train", train, SPLIT_TRAIN, files.train),
@@ -141,7 +139,6 @@ class TableDataModule(pl.LightningDataModule):
         self.train_rows = torch.nonzero(self.split == SPLIT_TRAIN).flatten().numpy()
         if len(self.train_rows) == 0:
             raise DataError(f"{files.train} leaves no training rows after the validation and test splits")
-        self._ready = True
 
     def positions(self, row_ids: np.ndarray) -> np.ndarray:
         """Where the rows with these ids sit in the encoded tensors (the inverse of ``row_id``)."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
-from ssl_domains.evaluation import collect_embeddings
+from ssl_domains.evaluation import predict_embeddings
 
 HEAD_WIDTH, HEAD_LR, HEAD_BATCH = 256, 1e-3, 256
 MLP_DROPOUTS = (0.1, 0.3)
@@ -142,10 +142,9 @@ def fit_selected_head(
     return max(results, key=lambda r: -r[0] if task == "regression" else r[0])
 
 
-def table_embeddings(model: Any, datamodule: Any) -> np.ndarray:
+def table_embeddings(model: Any, datamodule: Any, device: torch.device | str) -> np.ndarray:
     """``model.embed`` of every row, in the order of the datamodule's tensors."""
-    device = next(model.parameters()).device
-    emb = collect_embeddings(model, datamodule.predict_dataloader(), str(device))
+    emb = predict_embeddings(model, datamodule, device)
     vectors = np.empty_like(emb.vectors)
     vectors[datamodule.positions(emb.ids)] = emb.vectors
     return vectors
@@ -175,14 +174,14 @@ def compare_heads(embeddings: np.ndarray, datamodule: Any, seeds: int, epochs: i
     return metrics
 
 
-def evaluate_tjepa(model: Any, datamodule: Any, cfg: Any) -> dict[str, Any] | None:
+def evaluate_tjepa(model: Any, datamodule: Any, cfg: Any, device: torch.device | str) -> dict[str, Any] | None:
     """The comparison above, or None (the core's generic probe) without a target or a val/test split."""
     if datamodule.target is None:
         return None
     present = set(datamodule.split.unique().tolist())
     if not {SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST} <= present:
         return None
-    embeddings = table_embeddings(model, datamodule)
+    embeddings = table_embeddings(model, datamodule, device)
     return compare_heads(embeddings, datamodule, cfg.eval_seeds, cfg.head_epochs, cfg.head_patience)
 
 

@@ -11,12 +11,13 @@ from typing import Any
 import torch
 
 
-def feature_prediction_errors(model: Any, datamodule: Any, rounds: int = 8, max_rows: int = 4096) -> torch.Tensor:
+def feature_prediction_errors(
+    model: Any, datamodule: Any, cfg: Any, device: torch.device | str, rounds: int = 8, max_rows: int = 4096
+) -> torch.Tensor:
     """Mean squared prediction error per feature ``[D]``, over ``rounds`` random maskings of up to ``max_rows``."""
     from .objective import TJEPAObjective
 
-    objective = TJEPAObjective(datamodule.cfg)
-    device = next(model.parameters()).device
+    objective = TJEPAObjective(cfg)
     rows = torch.as_tensor(datamodule.train_rows[:max_rows])
     batch = {k: v.to(device) for k, v in datamodule.collate(rows.tolist()).items()}
     total = torch.zeros(model.num_features, device=device)
@@ -32,14 +33,14 @@ def feature_prediction_errors(model: Any, datamodule: Any, rounds: int = 8, max_
     return total / count.clamp(min=1)
 
 
-def plot_feature_errors(model: Any, datamodule: Any, path: Path) -> Path:
+def plot_feature_errors(model: Any, datamodule: Any, cfg: Any, path: Path, device: torch.device | str) -> Path:
     """Bar chart of :func:`feature_prediction_errors`, sorted, saved at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    errors = feature_prediction_errors(model, datamodule).cpu().tolist()
+    errors = feature_prediction_errors(model, datamodule, cfg, device).cpu().tolist()
     names = datamodule.feature_names
     order = sorted(range(len(names)), key=lambda j: errors[j])
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2))

@@ -129,6 +129,10 @@ class TJEPAModel(nn.Module):
         tokens = {"flatten": num_reg_tokens + self.num_features, "reg": num_reg_tokens, "mean": 1}[embedding]
         self.embed_dim = tokens * dim
 
+    def after_step(self, progress: float) -> None:
+        """After each optimiser step: the target encoder moves towards the context encoder (I-JEPA's EMA)."""
+        self.target_encoder.update(self.context_encoder, progress)
+
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The target encoder's tokens for every feature: flattened, the [REG] tokens only, or their mean."""
         tokens = self.target_encoder(batch["numeric"], batch["categorical"])

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ssl_domains import ModalityPlugin, option
+from ssl_domains import ModalityPlugin, Objective, SSLDataModule, SSLModel, option
+
+if TYPE_CHECKING:  # annotations only: this module must not import torch
+    import torch
 
 
 @dataclass
@@ -58,10 +61,11 @@ class TJEPAConfig:
     head_patience: int = option(16, doc="epochs without validation improvement before a head stops (reference)")
 
 
-class TJEPAPlugin(ModalityPlugin):
+class TJEPAPlugin(ModalityPlugin[TJEPAConfig]):
     """T-JEPA: joint-embedding predictive pretraining for tables, without augmentations."""
 
     name = "tjepa"
+    config = TJEPAConfig
     description = "T-JEPA joint-embedding predictive pretraining on CSV/Parquet tables (numeric + categorical)"
     paper = (
         "Thimonier, De Melo Costa, Popineau, Rimmel, Doan. T-JEPA: augmentation-free self-supervised learning "
@@ -74,26 +78,34 @@ class TJEPAPlugin(ModalityPlugin):
         "a folder with train.csv|parquet and optional val.* and test.* (the official test split)",
     )
     batch_keys = {"numeric": "float32", "categorical": "int64", "label": "int64", "split": "int64", "id": "int64"}
+    input_spec = {
+        "numeric": "numeric columns, in token order (the scaler's statistics are in data_state.pt)",
+        "categorical": "categorical columns, in token order, with their vocabulary sizes",
+        "numeric_scaling": "how numeric columns are scaled",
+        "missing": "how missing values are handled",
+        "unseen_categories": "what a category unseen in training becomes",
+        "target": "the target column (excluded from the features)",
+        "task": "classification or regression",
+    }
     # Reference: AdamW, cosine schedule 0 -> 3.66e-4 -> 0, warm-up 10 of 300 epochs (0.033), no weight decay.
     run_defaults = {
         "optim": {"name": "adamw", "lr": 3.66e-4, "weight_decay": 0.0, "warmup_steps": 0.033, "schedule": "cosine"},
         "trainer": {"max_epochs": 100},
     }
-    test_overrides = {
-        "tjepa": {"target": "label", "dim": 16, "depth": 1, "predictor_dim": 8, "predictor_depth": 1,
-                  "batch_size": 64, "eval_seeds": 1, "head_epochs": 5},
-        "trainer": {"max_epochs": 2},
-    }  # fmt: skip
 
-    def default_config(self) -> TJEPAConfig:
-        return TJEPAConfig()
+    def example_overrides(self) -> dict[str, Any]:
+        return {
+            "tjepa": {"target": "label", "dim": 16, "depth": 1, "predictor_dim": 8, "predictor_depth": 1,
+                      "batch_size": 64, "eval_seeds": 1, "head_epochs": 5},
+            "trainer": {"max_epochs": 2},
+        }  # fmt: skip
 
-    def datamodule(self, cfg: TJEPAConfig, data: Path) -> Any:
+    def datamodule(self, cfg: TJEPAConfig, data: Path) -> SSLDataModule:
         from .data import TableDataModule
 
         return TableDataModule(Path(data), cfg)
 
-    def model(self, cfg: TJEPAConfig, datamodule: Any) -> Any:
+    def model(self, cfg: TJEPAConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import TJEPAModel
 
         return TJEPAModel(
@@ -112,25 +124,26 @@ class TJEPAPlugin(ModalityPlugin):
             embedding=cfg.embedding,
         )
 
-    def objective(self, cfg: TJEPAConfig) -> Any:
+    def objective(self, cfg: TJEPAConfig) -> Objective:
         from .objective import TJEPAObjective
 
         return TJEPAObjective(cfg)
-
-    def on_train_batch_end(self, model: Any, batch: dict[str, Any], progress: float) -> None:
-        model.target_encoder.update(model.context_encoder, progress)
 
     def make_example_data(self, root: Path) -> Path:
         from .evaluation import write_example_table
 
         return write_example_table(Path(root))
 
-    def evaluate(self, model: Any, datamodule: Any, cfg: TJEPAConfig) -> dict[str, float] | None:
+    def evaluate(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: TJEPAConfig, device: torch.device
+    ) -> dict[str, float] | None:
         from .evaluation import evaluate_tjepa
 
-        return evaluate_tjepa(model, datamodule, cfg)
+        return evaluate_tjepa(model, datamodule, cfg, device)
 
-    def visualize(self, model: Any, datamodule: Any, out_dir: Path) -> list[Path]:
+    def visualize(
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: TJEPAConfig, out_dir: Path, device: torch.device
+    ) -> list[Path]:
         from .figures import plot_feature_errors
 
-        return [plot_feature_errors(model, datamodule, out_dir / "feature_prediction_error.png")]
+        return [plot_feature_errors(model, datamodule, cfg, out_dir / "feature_prediction_error.png", device)]

@@ -4,7 +4,9 @@ from .embeddings import (
     Embeddings,
     collect_embeddings,
     collect_position_embeddings,
+    embeddings_once,
     evaluate_embeddings,
+    predict_embeddings,
     write_embeddings,
 )
 from .knn import knn_predict, knn_probe
@@ -15,11 +17,13 @@ __all__ = [
     "Embeddings",
     "collect_embeddings",
     "collect_position_embeddings",
+    "embeddings_once",
     "evaluate_embeddings",
     "group_disjoint_probe",
     "knn_predict",
     "knn_probe",
     "linear_probe",
+    "predict_embeddings",
     "rankme",
     "write_embeddings",
 ]

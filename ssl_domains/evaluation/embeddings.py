@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ __all__ = [
     "Embeddings",
     "collect_embeddings",
     "collect_position_embeddings",
+    "embeddings_once",
     "evaluate_embeddings",
+    "predict_embeddings",
     "write_embeddings",
 ]
 
@@ -97,6 +100,33 @@ def _position_rows(model: Any, batch: dict[str, Any]) -> Rows:
 def collect_embeddings(model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: str = "cpu") -> Embeddings:
     """Run ``model.embed`` over ``batches`` (dicts with ``id``, optionally ``label`` and ``split``)."""
     return _collect(model, batches, device, _item_rows)
+
+
+_ONCE: dict[tuple[int, int, str], Embeddings] | None = None
+
+
+@contextmanager
+def embeddings_once() -> Iterator[None]:
+    """Within the block, :func:`predict_embeddings` embeds each (model, datamodule, device) once: a command that
+    evaluates with the plugin's protocol and with the core's probes reads the data a single time."""
+    global _ONCE
+    outer, _ONCE = _ONCE, {} if _ONCE is None else _ONCE
+    try:
+        yield
+    finally:
+        _ONCE = outer
+
+
+def predict_embeddings(model: torch.nn.Module, datamodule: Any, device: str | torch.device) -> Embeddings:
+    """``model.embed`` over ``datamodule.predict_dataloader()`` (the clean view), computed once per
+    :func:`embeddings_once` block; the model and data must not change inside it."""
+    key = (id(model), id(datamodule), str(device))
+    if _ONCE is not None and key in _ONCE:
+        return _ONCE[key]
+    emb = collect_embeddings(model, datamodule.predict_dataloader(), str(device))
+    if _ONCE is not None:
+        _ONCE[key] = emb
+    return emb
 
 
 def collect_position_embeddings(

@@ -2,8 +2,8 @@
 
 from .contrastive import gather_with_grad, info_nce, nt_xent
 from .ema import EMATeacher, momentum_at
-from .masking import per_sample_mask, random_subset
-from .reduction import global_mean
+from .masking import lowest_ranks, per_sample_mask, random_keep, random_subset
+from .reduction import global_mean, masked_mean
 from .transformer import TransformerBlock, attention_mask, sincos_positions, sincos_positions_2d
 
 __all__ = [
@@ -13,9 +13,12 @@ __all__ = [
     "gather_with_grad",
     "global_mean",
     "info_nce",
+    "lowest_ranks",
+    "masked_mean",
     "momentum_at",
     "nt_xent",
     "per_sample_mask",
+    "random_keep",
     "random_subset",
     "sincos_positions",
     "sincos_positions_2d",

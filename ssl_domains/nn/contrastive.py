@@ -4,7 +4,7 @@
 local half of each similarity matrix only, and a 2-GPU run silently differs from a 1-GPU run with the same
 global batch. :func:`gather_with_grad` uses the differentiable collective, whose backward sums every rank's
 gradient into the slice each rank contributed; with DDP's gradient averaging the step then equals the
-single-process step on the global batch (``tests/test_distributed_losses.py`` checks it on 2 gloo processes).
+single-process step on the global batch (``tests/core/test_distributed_losses.py`` checks it on 2 gloo processes).
 """
 
 from __future__ import annotations

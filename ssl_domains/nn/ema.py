@@ -29,8 +29,8 @@ class EMATeacher(nn.Module):
 
     The teacher is a submodule of the plugin's model, so it is saved in checkpoints and restored on resume; its
     parameters do not require gradients, so the core's optimiser never sees them. Call :meth:`update` from the
-    plugin's ``on_train_batch_end`` hook. The update is one fused ``_foreach_lerp_`` over all parameters, with
-    no host sync.
+    model's ``after_step(progress)``, which the core calls once per optimiser step. The update is one fused
+    ``_foreach_lerp_`` over all parameters, with no host sync.
     """
 
     def __init__(

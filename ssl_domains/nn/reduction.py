@@ -5,7 +5,7 @@ this rank's own count of masked positions then weighs a position on a rank with 
 a rank with many, and the step is not the single-process step on the global batch whenever the counts differ
 (clips of different lengths, graphs of different sizes). :func:`global_mean` divides the local sum by the count
 summed over all ranks (times the world size, which DDP's averaging divides out again), so the gradient is that
-of ``sum over all ranks / count over all ranks`` exactly (``tests/test_distributed_losses.py``).
+of ``sum over all ranks / count over all ranks`` exactly (``tests/core/test_distributed_losses.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["global_mean"]
+__all__ = ["global_mean", "masked_mean"]
 
 
 def global_mean(total: torch.Tensor, count: torch.Tensor | int | float) -> torch.Tensor:
@@ -32,3 +32,10 @@ def global_mean(total: torch.Tensor, count: torch.Tensor | int | float) -> torch
     count = count.detach().clone()
     dist.all_reduce(count)
     return total * dist.get_world_size() / count.clamp(min=1.0)
+
+
+def masked_mean(states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``states`` ``[B, N, D]`` over the positions where ``valid`` ``[B, N]`` holds (padding left out);
+    a row without a valid position gives zeros."""
+    weights = valid.to(states.dtype)[:, :, None]
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)

@@ -11,9 +11,7 @@ import torch
 
 def reconstruct(argv: list[str]) -> int:
     """Write the autoencoder's reconstruction of every row of ``--data`` to ``--out`` (.npy)."""
-    from ssl_domains import UserError
-    from ssl_domains.checkpoint import atomic_write
-    from ssl_domains.run import load_run
+    from ssl_domains import UserError, atomic_write, load_encoder
 
     parser = argparse.ArgumentParser(prog="ssl-domains run dae reconstruct", description=reconstruct.__doc__)
     parser.add_argument("--run", required=True, type=Path)
@@ -22,12 +20,11 @@ def reconstruct(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.out.suffix != ".npy":
         raise UserError(f"--out must be a .npy file, got {args.out.name}")
-    run = load_run(args.run, args.data)
-    dm = run.datamodule
+    model, dm = load_encoder(args.run, args.data)
     rows = []
     with torch.no_grad():
         for batch in dm.predict_dataloader():
-            rows.append(run.model(batch["x"]) * dm.std + dm.mean)  # back to the input's units
+            rows.append(model(batch["x"]) * dm.fitted["std"] + dm.fitted["mean"])  # back to the input's units
     result = torch.cat(rows).numpy()
 
     def save(tmp: Path) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ssl_domains import DataError
+from ssl_domains import DataError, FittedDataModule
 from ssl_domains.data import eval_loader, random_split_indices, train_loader
 
 
@@ -64,31 +63,28 @@ class _Rows(Dataset):
         return batch
 
 
-class VectorDataModule(pl.LightningDataModule):
+class VectorDataModule(FittedDataModule):
     """Standardises features with training-set statistics and yields ``{"x", "id", "label"?}`` batches."""
 
-    def __init__(self, data: Path, cfg: Any) -> None:
-        super().__init__()
-        self.path, self.cfg = Path(data), cfg
-        self.mean: torch.Tensor | None = None
-        self.std: torch.Tensor | None = None
-        self._ready = False
-
-    def setup(self, stage: str | None = None) -> None:
-        if self._ready:
-            return
-        x, labels = read_matrix(self.path)
+    def read(self, stage: str | None) -> None:
+        x, labels = read_matrix(self.data)
         self.train_idx, self.val_idx = random_split_indices(
             len(x), (1 - self.cfg.val_fraction, self.cfg.val_fraction), seed=0
         )
-        if self.mean is None:  # fitted on the training rows only; restored from the run when embedding
-            self.mean = torch.from_numpy(x[self.train_idx].mean(0))
-            self.std = torch.from_numpy(x[self.train_idx].std(0)).clamp_min(1e-6)
-        if x.shape[1] != len(self.mean):
-            raise DataError(f"{self.path}: {x.shape[1]} features, but the run was trained on {len(self.mean)}")
-        self.x = (torch.from_numpy(x) - self.mean) / self.std
+        # fitted on the training rows only; restored from the run when embedding new data
+        mean = self.fit("mean", lambda: torch.from_numpy(x[self.train_idx].mean(0)))
+        std = self.fit("std", lambda: torch.from_numpy(x[self.train_idx].std(0)).clamp_min(1e-6))
+        if x.shape[1] != len(mean):
+            raise DataError(f"{self.data}: {x.shape[1]} features, but the run was trained on {len(mean)}")
+        self.x = (torch.from_numpy(x) - mean) / std
         self.labels = None if labels is None else torch.from_numpy(labels)
-        self._ready = True
+
+    def input_spec(self) -> dict[str, Any]:
+        """Feature count and the standardisation fitted on the training rows."""
+        return {
+            "num_features": self.num_features,
+            "standardisation": {"mean": self.fitted["mean"].tolist(), "std": self.fitted["std"].tolist()},
+        }
 
     @property
     def num_features(self) -> int:
@@ -108,12 +104,6 @@ class VectorDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> Any:
         rows = self._rows(np.arange(len(self.x)))
         return eval_loader(rows, batch_size=self.cfg.batch_size, collate_fn=rows.collate)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.mean, self.std = state.get("mean"), state.get("std")
 
 
 def write_example_data(root: Path, rows: int = 256, features: int = 24, classes: int = 4) -> Path:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ssl_domains import ModalityPlugin, PluginCommand, option
+from ssl_domains import ModalityPlugin, Objective, PluginCommand, SSLDataModule, SSLModel, option
 
 
 @dataclass
@@ -22,10 +21,11 @@ class DAEConfig:
     val_fraction: float = option(0.1, doc="share of rows held out for the validation loss")
 
 
-class DenoisingAutoencoderPlugin(ModalityPlugin):
+class DenoisingAutoencoderPlugin(ModalityPlugin[DAEConfig]):
     """Denoising autoencoder with masking noise on numeric feature vectors."""
 
     name = "dae"
+    config = DAEConfig
     description = "Denoising autoencoder (masking noise) on numeric feature vectors; the plugin template"
     paper = (
         "Vincent, Larochelle, Bengio, Manzagol. Extracting and composing robust features with denoising "
@@ -38,6 +38,7 @@ class DenoisingAutoencoderPlugin(ModalityPlugin):
         "a directory with features.npy and optionally labels.npy (int, one per row) for evaluation",
     )
     batch_keys = {"x": "float32", "id": "int64"}
+    input_spec = {"num_features": "columns per row", "standardisation": "(x - mean) / std with training statistics"}
     commands = (
         PluginCommand(
             "reconstruct",
@@ -47,20 +48,17 @@ class DenoisingAutoencoderPlugin(ModalityPlugin):
     )
     run_defaults = {"optim": {"lr": 1e-3, "weight_decay": 1e-4}, "trainer": {"max_epochs": 20}}
 
-    def default_config(self) -> DAEConfig:
-        return DAEConfig()
-
-    def datamodule(self, cfg: DAEConfig, data: Path) -> Any:
+    def datamodule(self, cfg: DAEConfig, data: Path) -> SSLDataModule:
         from .data import VectorDataModule
 
         return VectorDataModule(data, cfg)
 
-    def model(self, cfg: DAEConfig, datamodule: Any) -> Any:
+    def model(self, cfg: DAEConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import DenoisingAutoencoder
 
         return DenoisingAutoencoder(datamodule.num_features, cfg.hidden_dim, cfg.embed_dim)
 
-    def objective(self, cfg: DAEConfig) -> Any:
+    def objective(self, cfg: DAEConfig) -> Objective:
         from .objective import DenoisingObjective
 
         return DenoisingObjective(cfg.mask_rate, cfg.corrupted_weight, cfg.clean_weight)

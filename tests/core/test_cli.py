@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -115,6 +115,7 @@ def test_info_shows_paper_formats_presets_and_config():
     assert "graphmae.mask_rate: float = 0.5" in out
     assert "optim.name: 'adamw' | 'adam' | 'sgd' = \"adam\"" in out  # the plugin's default, not the core's
     assert "Planetoid" in out and "edges.csv" in out
+    assert "input the weights expect" in out and "  feature_norm: how node features are normalised" in out
 
 
 def test_train_embed_evaluate_round_trip(vectors: Path, tmp_path: Path):

@@ -11,8 +11,7 @@ import pytest
 
 from ssl_domains import registry
 from ssl_domains.errors import PluginError
-
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 PLUGIN_CLASS = """
 from ssl_domains import ModalityPlugin
@@ -25,7 +24,8 @@ class {cls}(ModalityPlugin):
     extra = {extra!r}
     requires = {requires!r}
 
-    def default_config(self): ...
+    config = object
+
     def datamodule(self, cfg, data): ...
     def model(self, cfg, dm): ...
     def objective(self, cfg): ...
@@ -155,3 +155,36 @@ def test_light_commands_never_import_torch(command: list[str]):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and "clean" in result.stdout, result.stderr
+
+
+FIRST_CONTRACT_PLUGIN = """
+from ssl_domains import ModalityPlugin
+
+
+class OldPlugin(ModalityPlugin):
+    name = "oldstyle"
+    description = "written for the first contract"
+    paper = "none"
+    test_overrides = {"oldstyle": {"dim": 4}}
+
+    def default_config(self): ...
+    def datamodule(self, cfg, data): ...
+    def model(self, cfg, dm): ...
+    def objective(self, cfg): ...
+    def make_example_data(self, root): ...
+    def on_train_batch_end(self, model, batch, progress): ...
+    def visualize(self, model, datamodule, out_dir): ...
+"""
+
+
+def test_a_plugin_of_the_first_contract_gets_one_error_naming_every_change(tmp_path: Path):
+    fake_distribution(tmp_path, "old-plugin-pkg", {"oldstyle": "old_mod:OldPlugin"}, {"old_mod": FIRST_CONTRACT_PLUGIN})
+    result = run_cli("info", "oldstyle", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()[-1]
+    assert "first plugin contract" in message and "Traceback" not in result.stderr
+    for change in ("def example_overrides(self)", "def after_step(self, progress", "config = MyConfig",
+                   "`visualize` takes (model, datamodule, cfg, out_dir, device)"):  # fmt: skip
+        assert change in message, f"{change!r} missing from: {message}"
+    listed = run_cli("list", env={"PYTHONPATH": str(tmp_path)})
+    assert "first plugin contract" in next(line for line in listed.stdout.splitlines() if line.startswith("oldstyle"))

@@ -1,16 +1,29 @@
-"""Shared building blocks: EMA teacher, masking indices, LR schedule, seeded data order."""
+"""Shared building blocks: EMA teacher, masking indices, means, NT-Xent, the transformer block, LR schedule, seeded
+data order (``ssl_domains.nn``, ``ssl_domains.data``)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from ssl_domains.data import EpochShuffleSampler, mix_seed, random_split_indices
+from ssl_domains.data import EpochShuffleSampler, LengthGroupedSampler, mix_seed, random_split_indices
 from ssl_domains.module import warmup_cosine
-from ssl_domains.nn import EMATeacher, momentum_at, per_sample_mask, random_subset
+from ssl_domains.nn import (
+    EMATeacher,
+    TransformerBlock,
+    attention_mask,
+    lowest_ranks,
+    masked_mean,
+    momentum_at,
+    nt_xent,
+    per_sample_mask,
+    random_keep,
+    random_subset,
+)
 
 
 def test_ema_update_is_the_convex_combination():
@@ -107,3 +120,75 @@ def test_sharded_sampler_gives_every_rank_items_even_with_fewer_items_than_ranks
     shards = [list(EpochShuffleSampler(3, seed=0, num_replicas=8, rank=r)) for r in range(8)]
     assert all(len(s) == 1 for s in shards)  # len() and the items agree: no rank waits on the others
     assert {s[0] for s in shards} == {0, 1, 2}
+
+
+def test_length_grouped_sampler_groups_lengths_and_stays_a_seeded_permutation():
+    lengths = np.random.default_rng(0).integers(10, 500, size=1000)
+    sampler = LengthGroupedSampler(lengths.tolist(), batch_size=20, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))
+    spread = np.mean([np.ptp(lengths[order[i : i + 20]]) for i in range(0, 1000, 20)])
+    assert spread < 0.1 * np.ptp(lengths)  # random batches would spread over nearly the whole range
+    assert list(LengthGroupedSampler(lengths.tolist(), batch_size=20, seed=3)) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    shards = [list(LengthGroupedSampler(lengths.tolist(), 10, 3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == list(range(1000))
+
+
+def test_nt_xent_known_values():
+    eye = torch.eye(4)
+    # each pair aligned and orthogonal to the rest: the loss goes to 0 as the temperature falls
+    assert nt_xent(eye, eye, 0.01).item() < 1e-6
+    same = torch.ones(4, 8)  # everything identical: a uniform choice among the 2N - 1 others
+    assert nt_xent(same, same, 0.5).item() == pytest.approx(math.log(7), rel=1e-5)
+
+
+def test_lowest_ranks_random_keep_and_masked_mean():
+    scores = torch.tensor([[0.3, 0.1, 0.2, 0.9], [0.5, 0.4, 0.0, 0.7]])
+    assert lowest_ranks(scores, torch.tensor([2, 1])).tolist() == [
+        [False, True, True, False],
+        [False, False, True, False],
+    ]
+    torch.manual_seed(0)
+    keep, masked = random_keep(5, 16, 0.75, "cpu")
+    assert keep.shape == (5, 4) and (keep.diff(dim=1) > 0).all()  # 25 % kept, in raster order
+    assert masked.sum(1).tolist() == [12] * 5 and not masked.gather(1, keep).any()
+    states = torch.arange(12.0).view(2, 3, 2)
+    valid = torch.tensor([[True, True, False], [False, False, False]])
+    assert masked_mean(states, valid).tolist() == [[1.0, 2.0], [0.0, 0.0]]  # padding left out; empty row 0
+
+
+def _attention_by_hand(block: TransformerBlock, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    b, n, c = x.shape
+    h = block.heads
+    q, k, v = block.qkv(x).view(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(c // h)
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+    return block.proj(out)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_transformer_block_is_attention_and_feed_forward_with_residuals(norm):
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 4, 32, norm=norm).eval()
+    x = torch.randn(2, 5, 16)
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    with torch.no_grad():
+        if norm == "pre":
+            y = x + _attention_by_hand(block, block.norm1(x), valid)
+            expected = y + block.ff(block.norm2(y))
+        else:
+            y = block.norm1(x + _attention_by_hand(block, x, valid))
+            expected = block.norm2(y + block.ff(y))
+        out = block(x, attention_mask(valid))
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        # a padded position's content never reaches a real one
+        changed = x.clone()
+        changed[1, 3:] = 100.0
+        torch.testing.assert_close(block(changed, attention_mask(valid))[1, :3], out[1, :3])
+    with pytest.raises(ValueError, match="context"):
+        block(x, context=x)
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerBlock(10, 4, 8)

@@ -40,7 +40,7 @@ def test_compiled_step_matches_eager_and_checkpoints_stay_clean(name, tmp_path):
     for mode in ("eager", "compiled"):
         flags = {"seed": 0, "accelerator": "cpu", "devices": 1}
         cfg = resolve_config(
-            plugin, data, [dict(plugin.test_overrides)], [*sets, f"trainer.compile={mode == 'compiled'}"], flags
+            plugin, data, [dict(plugin.example_overrides())], [*sets, f"trainer.compile={mode == 'compiled'}"], flags
         )
         with inductor_config.patch(fallback_random=True):
             runs[mode] = train(cfg, tmp_path / mode)

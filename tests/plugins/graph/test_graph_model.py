@@ -14,8 +14,7 @@ from ssl_domains_graph.evaluation import graph_svm_cv, node_linear_probe
 from ssl_domains_graph.masking import drop_edges, mask_node_features
 from ssl_domains_graph.model import MLP, GATLayer, GINLayer
 from ssl_domains_graph.objective import sce_loss
-
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 
 def test_masking_shares_token_and_replacement():

@@ -19,7 +19,7 @@ from ssl_domains_medical.plugin import AliceConfig, Contrastive3DConfig
 from ssl_domains_medical.synthetic import phantom, write_dicom_series, write_nifti
 from ssl_domains_medical.transforms import crop_around, preprocessing
 
-SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "medical3d"
+SHIPPED = Path(__file__).resolve().parents[3] / "datasets" / "medical3d"
 
 
 def _cfg(cls=Contrastive3DConfig, **kw):

@@ -1,7 +1,7 @@
-"""One training run for the DDP equivalence test (tests/test_ddp.py), launched directly or under ``torchrun``.
+"""One training run for the DDP equivalence test (tests/core/test_ddp.py), launched directly or under ``torchrun``.
 
-    python tests/ddp_worker.py PLUGIN DATA OUT --batch-size B --steps K               # one process
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py ... --batch-size B/2 --ddp
+    python tests/core/ddp_worker.py PLUGIN DATA OUT --batch-size B --steps K               # one process
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/core/ddp_worker.py ... --batch-size B/2 --ddp
 
 Trains through ``ssl_domains.run.train`` (the product path) and writes each rank's training losses to
 ``OUT/losses_rank{R}.json`` and the gradients it stepped with (after DDP's all-reduce, before the optimiser) to
@@ -127,7 +127,7 @@ def main() -> None:
         "trainer.progress_bar=false",
         "trainer.log_every_n_steps=1",
     ]
-    cfg = resolve_config(plugin, args.data, [dict(plugin.test_overrides)], overrides, {"seed": 0})
+    cfg = resolve_config(plugin, args.data, [dict(plugin.example_overrides())], overrides, {"seed": 0})
     train(cfg, args.out / "run")
     rank = int(os.environ.get("RANK", 0))
     (args.out / f"losses_rank{rank}.json").write_text(json.dumps([float(v) for v in losses]))

@@ -11,7 +11,6 @@ import torch
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, DataError
 from ssl_domains.config import from_mapping
-from ssl_domains.data import LengthGroupedSampler
 from ssl_domains_audio.data import AudioDataModule
 from ssl_domains_audio.features import band_range, kaldi_fbank, log_mel, num_frames, warp_frequency
 from ssl_domains_audio.formats import find_clips, read_audio
@@ -119,20 +118,6 @@ def test_fbank_statistics_come_from_training_speakers_and_travel_with_the_run(tm
     assert again.fitted["norm"] == [1.0, 2.0]
     fixed = _module(root, kind="fbank", norm_mean=-4.2677393, norm_std=4.5689974)
     assert fixed.fitted["norm"] == [-4.2677393, 4.5689974]
-
-
-def test_length_grouped_sampler_groups_lengths_and_stays_a_seeded_permutation():
-    lengths = np.random.default_rng(0).integers(10, 500, size=1000)
-    sampler = LengthGroupedSampler(lengths.tolist(), batch_size=20, seed=3)
-    order = list(sampler)
-    assert sorted(order) == list(range(1000))
-    spread = np.mean([np.ptp(lengths[order[i : i + 20]]) for i in range(0, 1000, 20)])
-    assert spread < 0.1 * np.ptp(lengths)  # random batches would spread over nearly the whole range
-    assert list(LengthGroupedSampler(lengths.tolist(), batch_size=20, seed=3)) == order
-    sampler.set_epoch(1)
-    assert list(sampler) != order
-    shards = [list(LengthGroupedSampler(lengths.tolist(), 10, 3, num_replicas=2, rank=r)) for r in (0, 1)]
-    assert sorted(shards[0] + shards[1]) == list(range(1000))
 
 
 # ---- bad input: one clear error naming the file -------------------------------------------------------------

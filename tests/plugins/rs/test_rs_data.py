@@ -19,7 +19,7 @@ from ssl_domains_rs.plugin import CROMAConfig, SSL4EOConfig
 from ssl_domains_rs.stats import band_statistics, stats_command
 from ssl_domains_rs.synthetic import write_example_pairs, write_tif
 
-SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "sentinel_s1s2"
+SHIPPED = Path(__file__).resolve().parents[3] / "datasets" / "sentinel_s1s2"
 
 
 def _croma_cfg(**kw) -> CROMAConfig:
@@ -248,5 +248,5 @@ def test_knn_probe_uses_class_folders_and_leaves_each_location_out(tmp_path: Pat
         def embed(self, batch):
             return batch["view1"].mean((2, 3)) * self.w + torch.arange(13.0)
 
-    result = knn_by_location(MeanBands(), dm, k=1)
+    result = knn_by_location(MeanBands(), dm, "cpu", k=1)
     assert result == {"knn_acc": 1.0, "knn_chips": 6.0, "knn_classes": 2.0}

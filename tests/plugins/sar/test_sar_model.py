@@ -18,8 +18,7 @@ from ssl_domains_sar.model import MerlinUNet
 from ssl_domains_sar.objective import MerlinObjective, merlin_nll
 from ssl_domains_sar.simulate import simulate_slc
 from ssl_domains_sar.weights import load_official, official_weights_path
-
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize("name", ["sentinel_tops", "stripmap"])

@@ -8,7 +8,14 @@ import os
 import numpy as np
 import pytest
 
-from ssl_domains.evaluation import Embeddings, evaluate_embeddings, knn_probe, linear_probe, rankme
+from ssl_domains.evaluation import (
+    Embeddings,
+    evaluate_embeddings,
+    group_disjoint_probe,
+    knn_probe,
+    linear_probe,
+    rankme,
+)
 
 
 def test_rankme_of_orthogonal_equal_directions_is_their_number():
@@ -139,3 +146,17 @@ def test_position_embeddings_leave_out_padding_and_keep_ids_labels_and_order(tmp
 
     with pytest.raises(UserError, match=r"ClipsOnly gives one embedding per item only.*--per-position"):
         collect_position_embeddings(ClipsOnly(), batches)
+
+
+def test_group_disjoint_probe_selects_on_held_out_groups():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(5), 100)
+    labels = rng.integers(0, 3, 500)
+    signal = np.eye(3)[labels] + 0.3 * rng.normal(size=(500, 3))
+    group_shift = np.eye(5)[groups] @ rng.normal(size=(5, 20)) * 3  # features that only name the group
+    x = np.hstack([signal, group_shift + 0.1 * rng.normal(size=(500, 20))])
+    train = groups < 4
+    out = group_disjoint_probe((x[train], labels[train], groups[train]), (x[~train], labels[~train]))
+    assert out["probe_test_acc"] > 0.9 and out["probe_val_acc"] > 0.9
+    with pytest.raises(ValueError, match="two training groups"):
+        group_disjoint_probe((x[:100], labels[:100], groups[:100]), (x, labels))

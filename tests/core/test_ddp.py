@@ -10,7 +10,7 @@ test fail on some machines. SGD's update is lr times the gradient, so its weight
 gradient difference and the tight weight tolerance below is meaningful.
 
 One plugin with an EMA teacher (T-JEPA: the teacher must move identically on every rank) and one without (MERLIN).
-See tests/ddp_worker.py for what is held fixed (T-JEPA's masks become a function of the row ids).
+See tests/core/ddp_worker.py for what is held fixed (T-JEPA's masks become a function of the row ids).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import run_cli
+from tests.conftest import run_cli
 
 QUIET = ["--set", "trainer.progress_bar=false"]
 
@@ -107,13 +107,14 @@ def test_mixed_precision_on_cpu(vectors: Path, tmp_path: Path, precision: str):
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
 
 
-def test_plugin_step_hook_runs_once_per_optimiser_step_under_accumulation(vectors: Path, tmp_path: Path, monkeypatch):
+def test_after_step_runs_once_per_optimiser_step_under_accumulation(vectors: Path, tmp_path: Path, monkeypatch):
     from ssl_domains import registry
     from ssl_domains.run import resolve_config, train
+    from ssl_domains_template.model import DenoisingAutoencoder
 
     plugin = registry.load("dae")
     progress_seen: list[float] = []
-    monkeypatch.setattr(type(plugin), "on_train_batch_end", lambda self, model, batch, p: progress_seen.append(p))
+    monkeypatch.setattr(DenoisingAutoencoder, "after_step", lambda self, p: progress_seen.append(p), raising=False)
     overrides = ["trainer.progress_bar=false", "trainer.accumulate_grad_batches=2", "trainer.max_epochs=2"]
     train(resolve_config(plugin, vectors, [], overrides, {"seed": 0}), tmp_path / "run")
     steps = int(torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["global_step"])
