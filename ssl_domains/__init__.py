@@ -19,6 +19,7 @@ from .plugin import (
     PluginCommand,
     SSLDataModule,
     SSLModel,
+    WeightFormat,
 )
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "FittedDataModule",
+    "ImportedWeights",
     "ModalityPlugin",
     "NonFiniteLossError",
     "Objective",
@@ -42,6 +44,7 @@ __all__ = [
     "SSLModel",
     "TrainerConfig",
     "UserError",
+    "WeightFormat",
     "__version__",
     "atomic_write",
     "load_encoder",
@@ -54,6 +57,7 @@ __all__ = [
 # name -> module: imported when first used, so that `import ssl_domains` does not import torch
 _LAZY = {
     "FittedDataModule": "ssl_domains.datamodule",
+    "ImportedWeights": "ssl_domains.transfer",
     "atomic_write": "ssl_domains.checkpoint",
     "load_encoder": "ssl_domains.run",
     "load_run": "ssl_domains.run",

@@ -1,4 +1,4 @@
-"""``ssl-domains``: list | info | train | embed | evaluate | run.
+"""``ssl-domains``: list | info | train | embed | evaluate | import | export | run.
 
 ``list``, ``info`` and ``--help`` never import torch. Every user error (unknown plugin, bad ``--set`` key, missing
 data path, wrong type in a YAML file, missing extra, unreadable data) ends as one ``error: ...`` line and exit
@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="run directory (default: runs/PLUGIN/TIMESTAMP)")
     p.add_argument("--resume", metavar="DIR|last", help="continue a run from its last.ckpt")
     p.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start from the weights (and, below --config and --set, the config) of a trained or imported run",
+    )
+    p.add_argument(
         "--resume-if-exists",
         action="store_true",
         help="with --output DIR: continue DIR if it holds a checkpoint of this config, else start it (requeued jobs)",
@@ -100,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation split, when the data has none")
+
+    p = sub.add_parser("import", help="turn a published checkpoint into a run folder (formats: `info PLUGIN`)")
+    p.add_argument("--plugin", required=True)
+    p.add_argument("--from", dest="source", required=True, metavar="FILE", help="the published checkpoint")
+    p.add_argument("--format", help="the checkpoint's format (default: the plugin's only one)")
+    p.add_argument("--data", required=True, help="data the datamodule is set up on (what it fits is fitted there)")
+    p.add_argument("--output", required=True, help="the run folder to write")
+    p.add_argument("--config", action="append", default=[], metavar="YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("export", help="write a run's model in a published format, loadable by the method's code")
+    p.add_argument("--run", required=True)
+    p.add_argument("--format", help="the format (default: the plugin's only one)")
+    p.add_argument("--output", required=True, metavar="FILE")
 
     p = sub.add_parser("run", help="run a command contributed by a plugin (see `ssl-domains info PLUGIN`)")
     p.add_argument("plugin")
@@ -154,6 +173,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     presets = plugin.presets()
     if presets:
         print(f"presets (--config NAME): {', '.join(presets)}")
+    if plugin.weight_formats:
+        print("published weight formats (ssl-domains import / export --format NAME):")
+        for f in plugin.weight_formats:
+            roles = "/".join(r for r, t in (("import", f.reader), ("export", f.writer)) if t)
+            print(f"  {f.name} ({roles}): {f.help}")
     if plugin.commands:
         print(f"commands (ssl-domains run {plugin.name} COMMAND):")
         for c in plugin.commands:
@@ -189,6 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = bool(args.resume)
     if args.resume and args.resume_if_exists:
         raise UserError("--resume DIR and --resume-if-exists exclude each other; give one")
+    if args.resume and args.init_from:
+        raise UserError("--resume continues a run; --init-from starts a new one from its weights: give one")
     if args.resume:
         if args.config or args.set:
             raise UserError("--resume keeps the run's config; --config and --set are not allowed with it")
@@ -201,14 +227,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         plugin = registry.load(str(raw.get("plugin")))
         cfg = resolve_config(plugin, args.data, [raw], [], flags)
     else:
-        name = args.plugin
+        name, base = args.plugin, []
+        if args.init_from:
+            if not (Path(args.init_from) / CONFIG_FILE).is_file():
+                raise UserError(f"--init-from {args.init_from}: no {CONFIG_FILE}; pass a trained or imported run")
+            origin = read_yaml(str(Path(args.init_from) / CONFIG_FILE))
+            if name and name != origin.get("plugin"):
+                raise UserError(f"--init-from {args.init_from} is a {origin.get('plugin')} run, not {name}")
+            name, base = str(origin.get("plugin")), [{k: v for k, v in origin.items() if k != "data"}]
         if name is None:
             files = [read_yaml(c) for c in args.config if Path(c).is_file()]
             name = next((f["plugin"] for f in files if "plugin" in f), None)
         if name is None:
             raise UserError("which plugin? pass --plugin NAME (see `ssl-domains list`)")
         plugin = registry.load(name)
-        layers = [read_yaml(c, plugin) for c in args.config]
+        layers = base + [read_yaml(c, plugin) for c in args.config]
         cfg = resolve_config(plugin, args.data, layers, args.set, flags)
         if args.resume_if_exists and not args.output:
             raise UserError("--resume-if-exists needs --output DIR: the run that a re-run of this command continues")
@@ -224,7 +257,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir, cfg.to_mapping(), resume=resume, resume_if_exists=args.resume_if_exists,
         output_given=bool(args.output),
     )  # fmt: skip
-    train(cfg, run_dir, resume=resume, fast_dev_run=args.fast_dev_run)
+    init_from = Path(args.init_from) if args.init_from else None
+    train(cfg, run_dir, resume=resume, fast_dev_run=args.fast_dev_run, init_from=init_from)
     if not is_worker_process():
         print(f"run directory: {run_dir}")
     return 0
@@ -285,6 +319,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from .run import read_yaml
+    from .transfer import import_weights, yaml_notes
+
+    plugin = registry.load(args.plugin)
+    layers = [read_yaml(c, plugin) for c in args.config]
+    run_dir = import_weights(plugin, Path(args.source), args.data, Path(args.output), args.format, layers, args.set)
+    for note in yaml_notes(run_dir):
+        print(f"note: {note}")
+    print(f"run directory: {run_dir} (embed, evaluate, or train --init-from {run_dir})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .transfer import export_weights
+
+    print(f"wrote {export_weights(Path(args.run), args.format, Path(args.output))}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     plugin = registry.load(args.plugin)
     commands = {c.name: c for c in plugin.commands}
@@ -300,6 +354,8 @@ COMMANDS = {
     "train": cmd_train,
     "embed": cmd_embed,
     "evaluate": cmd_evaluate,
+    "import": cmd_import,
+    "export": cmd_export,
     "run": cmd_run,
 }
 

@@ -25,7 +25,7 @@ import importlib
 import importlib.resources
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -114,6 +114,33 @@ class PluginCommand:
         return getattr(importlib.import_module(module_name), attr)
 
 
+@dataclass(frozen=True)
+class WeightFormat:
+    """A published checkpoint format a plugin reads (``ssl-domains import``) or writes (``ssl-domains export``).
+
+    ``reader`` is ``"module:function"``, a function ``(path: Path) -> ssl_domains.transfer.ImportedWeights``
+    that maps the file onto the plugin's model; ``writer`` a function ``(model, cfg, path: Path) -> None`` that
+    writes the model in the format, loadable by the format's own code. Both are imported only when used.
+    ``example_overrides`` are run-config overrides, on top of the plugin's ``example_overrides()``, at which the
+    writer accepts the model (a format may hold only the published architectures); the conformance kit
+    round-trips the format there.
+    """
+
+    name: str
+    help: str
+    reader: str | None = None
+    writer: str | None = None
+    example_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def load(self, role: str) -> Callable[..., Any]:
+        """Import and return the ``"reader"`` or ``"writer"`` function."""
+        target = self.reader if role == "reader" else self.writer
+        if target is None:
+            raise ValueError(f"weight format {self.name!r} has no {role}")
+        module_name, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
 class ModalityPlugin(ABC, Generic[C]):
     """Base class of every ssl-domains plugin, first-party or third-party; ``C`` is its config class.
 
@@ -146,6 +173,8 @@ class ModalityPlugin(ABC, Generic[C]):
     """Keys and torch dtype names every training batch carries; checked by the conformance kit."""
     commands: ClassVar[tuple[PluginCommand, ...]] = ()
     """Extra commands reachable as ``ssl-domains run NAME COMMAND``."""
+    weight_formats: ClassVar[tuple[WeightFormat, ...]] = ()
+    """Published checkpoint formats of the method, for ``ssl-domains import`` and ``ssl-domains export``."""
     run_defaults: ClassVar[Mapping[str, Any]] = {}
     """Plugin-specific defaults for the core sections, e.g. ``{"optim": {"lr": 1e-3}, "trainer": {...}}``."""
     input_spec: ClassVar[Mapping[str, str]] = {}

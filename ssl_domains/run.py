@@ -12,6 +12,8 @@ A run directory holds everything needed to continue, reuse or audit a run::
     data_state.pt       what the datamodule fitted on the training data (normalisation, vocabularies, sizes)
     figures/            the plugin's figures, if it draws any
     skipped_items.txt   the unreadable items skipped with trainer.on_data_error=skip, if any
+    initialised_from.yaml  with ``train --init-from RUN``: the run whose weights the model started from
+    imported.yaml       in a folder written by ``ssl-domains import``: the published file and its SHA-256
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ INPUT_SPEC_FILE = "input_spec.yaml"
 WEIGHTS_FILE = "model.safetensors"
 DATA_STATE_FILE = "data_state.pt"
 METRICS_FILE = "metrics.csv"
+INIT_FILE = "initialised_from.yaml"
 RUN_DIR_ENV = "SSL_DOMAINS_RUN_DIR"  # set by rank 0 so DDP worker processes write into the same run
 
 
@@ -176,8 +179,16 @@ def _quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run: bool = False) -> Path:
+def train(
+    cfg: ResolvedConfig,
+    run_dir: Path,
+    resume: bool = False,
+    fast_dev_run: bool = False,
+    init_from: Path | None = None,
+) -> Path:
     """Train ``cfg`` into ``run_dir`` (continuing from its ``last.ckpt`` when ``resume``); return ``run_dir``.
+    ``init_from`` is a run folder (trained, or written by ``ssl-domains import``) whose weights the model
+    starts from; every key must match.
 
     Everything that reads or checks input (the data module's ``setup``, the model) runs before the run directory
     is created, so bad input leaves nothing behind. A run that then fails before its first checkpoint removes
@@ -188,7 +199,7 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
     import torch
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    from .checkpoint import AtomicCheckpointIO, atomic_write, save_data_state, save_weights
+    from .checkpoint import AtomicCheckpointIO, atomic_write, load_weights, save_data_state, save_weights
     from .checkpointing import RunCheckpoints
     from .csv_logger import ResumableCSVLogger
     from .module import FINISHED_EPOCHS, FiniteLossGuard, SSLModule
@@ -201,6 +212,11 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
     if resume:
         ckpt_path = run_dir / LAST_CKPT
         if not ckpt_path.is_file():
+            if (run_dir / "imported.yaml").is_file():
+                raise UserError(
+                    f"cannot resume {run_dir}: it holds imported weights, no training state; start a run from them "
+                    f"with `ssl-domains train --init-from {run_dir} --data DIR --output NEW`"
+                )
             raise UserError(f"cannot resume: {ckpt_path} does not exist (the run wrote no checkpoint)")
         meta = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         resumed_step, finished = int(meta.get("global_step", 0)), int(meta.get(FINISHED_EPOCHS, 0))
@@ -211,6 +227,8 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
     datamodule = cfg.plugin.datamodule(cfg.method, cfg.data)
     datamodule.setup("fit")
     model = cfg.plugin.model(cfg.method, datamodule)
+    if init_from is not None and not resume:
+        load_weights(model, Path(init_from) / WEIGHTS_FILE)
     module = SSLModule(cfg.plugin.objective(cfg.method), model, cfg.optim, tc.seed, compile=tc.compile)
     input_spec = yaml.safe_dump(datamodule.input_spec(), sort_keys=False)  # the preprocessing the weights need
 
@@ -223,6 +241,9 @@ def train(cfg: ResolvedConfig, run_dir: Path, resume: bool = False, fast_dev_run
         atomic_write(run_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text))
         if not resume:
             atomic_write(run_dir / INPUT_SPEC_FILE, lambda tmp: tmp.write_text(input_spec))
+        if init_from is not None and not resume:
+            origin = yaml.safe_dump({"run": str(Path(init_from).resolve()), "weights": WEIGHTS_FILE})
+            atomic_write(run_dir / INIT_FILE, lambda tmp: tmp.write_text(origin))
         if resume:
             _trim_metrics(run_dir, resumed_step, finished)
     previous_env = os.environ.get(RUN_DIR_ENV)

@@ -39,7 +39,16 @@ LAST_CKPT = "last.ckpt"
 CHECKPOINT_DIR = "checkpoints"
 # what a run writes before its first checkpoint; a folder holding only these can be started over
 RUN_FILES = frozenset(
-    {"config.yaml", "input_spec.yaml", "metrics.csv", "hparams.yaml", "tensorboard", CHECKPOINT_DIR, "figures"}
+    {
+        "config.yaml",
+        "input_spec.yaml",
+        "metrics.csv",
+        "hparams.yaml",
+        "tensorboard",
+        CHECKPOINT_DIR,
+        "figures",
+        "initialised_from.yaml",
+    }
 )
 # trainer settings a continued run may change: how long, on what hardware, how it reports and checkpoints
 RESUMABLE_KEYS = frozenset(

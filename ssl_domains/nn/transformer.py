@@ -23,13 +23,16 @@ def attention_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def sincos_positions(length: int, dim: int) -> torch.Tensor:
-    """Fixed 1-D sin-cos position table ``[length, dim]`` (Vaswani et al. 2017, §3.5)."""
-    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim)
+    """Fixed 1-D sin-cos position table ``[length, dim]`` (Vaswani et al. 2017, §3.5), float32.
+
+    The angles are computed in float64: in float32, ``position * freq`` at position 1500 is off by ~1e-4 rad,
+    which is the table's error (s3prl's ``get_sinusoid_table`` computes in float64 too)."""
+    position = torch.arange(length, dtype=torch.float64).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, dtype=torch.float64)
     table[:, 0::2] = torch.sin(position * freq)
     table[:, 1::2] = torch.cos(position * freq[: dim // 2])
-    return table
+    return table.float()
 
 
 def _sdpa(
@@ -61,6 +64,10 @@ class TransformerBlock(nn.Module):
     With ``cross=True`` a cross-attention sub-layer sits between self-attention and the feed-forward (the
     transformer decoder's arrangement, Vaswani et al. 2017, §3.1; CROMA's joint encoder): queries from ``x``,
     keys and values from ``context`` ``[B, M, dim]``, with its own ``context_bias`` ``[B, heads, N, M]`` (X-ALiBi).
+
+    ``eps`` is every LayerNorm's epsilon (PyTorch 1e-5; BERT/s3prl 1e-12; timm's ViT 1e-6); ``ff_dropout=False``
+    drops no units of the feed-forward's hidden layer (BERT), ``True`` does (timm's ``Mlp``); ``activation`` is the
+    feed-forward's (GELU; ``"relu"`` for PyTorch's ``TransformerEncoderLayer`` default, as T-JEPA's reference).
     """
 
     def __init__(
@@ -71,18 +78,27 @@ class TransformerBlock(nn.Module):
         dropout: float = 0.0,
         norm: Literal["pre", "post"] = "pre",
         cross: bool = False,
+        eps: float = 1e-5,
+        ff_dropout: bool = True,
+        activation: Literal["gelu", "relu"] = "gelu",
     ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.dropout, self.norm = heads, dropout, norm
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
+        # BERT (TERA's reference) has no dropout on the feed-forward's hidden layer, timm's ViT Mlp does; the
+        # module stays either way so that state-dict keys do not depend on it
+        hidden_drop = nn.Dropout(dropout if ff_dropout else 0.0)
+        if activation not in ("gelu", "relu"):
+            raise ValueError(f"activation must be gelu or relu, got {activation!r}")
+        act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), act, hidden_drop, nn.Linear(ff_dim, dim))
         self.drop = nn.Dropout(dropout)
         self.cross = cross
         if cross:
-            self.norm_cross, self.norm_context = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.norm_cross, self.norm_context = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
             self.q_cross, self.kv_cross, self.proj_cross = (
                 nn.Linear(dim, dim),
                 nn.Linear(dim, 2 * dim),
