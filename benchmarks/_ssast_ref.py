@@ -45,7 +45,8 @@ Differences that remain:
   Eq. 1 by default (``nce_softmax="reference"`` reproduces it). The reference's MSE weight is a literal 10
   (ours ``mse_weight``, 10 by default).
 - Blocks: timm 0.4.5's ViT block (``qkv`` Linear, explicit ``q @ k^T`` / softmax / dropout, ``nn.LayerNorm``
-  eps 1e-6, GELU MLP, ``DropPath`` at rate 0); ours are pre-norm SDPA blocks with ``nn.LayerNorm`` eps 1e-5.
+  eps 1e-6, GELU MLP, ``DropPath`` at rate 0); ours are pre-norm SDPA blocks with ``nn.LayerNorm`` eps 1e-6 and
+  timm's initialisation (the same function: ``benchmarks/equivalence.py --plugin ssast``).
   The reference model also holds DeiT's unused ImageNet heads (``head``, ``head_dist``: ``dim × 1000`` each),
   trainable but never given a gradient, which Adam skips. Apart from those and the position table (the
   reference's sized for the batch's frame count, ours for ``max_frames``), the parameter counts are equal.
@@ -125,15 +126,12 @@ def _optim_defaults() -> dict[str, Any]:
     return SSASTPlugin.run_defaults["optim"]
 
 
-def reference_model(ref_dir: Path, cfg: Any, frames: int) -> torch.nn.Module:
-    """The reference ``ASTModel`` (pretraining stage) at the sizes of our ``SSASTConfig`` for ``frames``-long inputs."""
-    ast_models = import_reference(ref_dir)
+@contextlib.contextmanager
+def deit_at_sizes(cfg: Any) -> Any:
+    """While active, timm's ``create_model`` answers ``ASTModel``'s DeiT-distilled request at the sizes of our
+    ``SSASTConfig`` (timm's own factory and class), and the constructor's prints are swallowed."""
     import timm
     from timm.models import vision_transformer
-
-    patch_f, patch_t = cfg.patch()
-    if patch_f * patch_t != REFERENCE_PATCH_DIM:
-        raise ValueError(f"the reference's heads output {REFERENCE_PATCH_DIM} values; patch {patch_f}x{patch_t}")
 
     def create_model(variant: str, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
         # the DeiT-distilled ViT ASTModel asks for, at our sizes (timm's own factory and class)
@@ -148,13 +146,22 @@ def reference_model(ref_dir: Path, cfg: Any, frames: int) -> torch.nn.Module:
     timm.create_model = create_model
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the constructor prints the patch layout
-            model = ast_models.ASTModel(
-                fshape=patch_f, tshape=patch_t, fstride=patch_f, tstride=patch_t, input_fdim=cfg.num_mel_bins,
-                input_tdim=frames, model_size="tiny", pretrain_stage=True,
-            )  # fmt: skip
+            yield
     finally:
         timm.create_model = original
-    return model
+
+
+def reference_model(ref_dir: Path, cfg: Any, frames: int) -> torch.nn.Module:
+    """The reference ``ASTModel`` (pretraining stage) at the sizes of our ``SSASTConfig`` for ``frames``-long inputs."""
+    ast_models = import_reference(ref_dir)
+    patch_f, patch_t = cfg.patch()
+    if patch_f * patch_t != REFERENCE_PATCH_DIM:
+        raise ValueError(f"the reference's heads output {REFERENCE_PATCH_DIM} values; patch {patch_f}x{patch_t}")
+    with deit_at_sizes(cfg):
+        return ast_models.ASTModel(
+            fshape=patch_f, tshape=patch_t, fstride=patch_f, tstride=patch_t, input_fdim=cfg.num_mel_bins,
+            input_tdim=frames, model_size="tiny", pretrain_stage=True,
+        )  # fmt: skip
 
 
 def reference_step(

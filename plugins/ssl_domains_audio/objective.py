@@ -54,8 +54,18 @@ class TERAObjective:
     def __call__(self, model: TERAModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, lengths = batch["features"], batch["length"]
         altered, predict = self.alter(x, lengths)
-        reconstruction = model(altered, lengths).float()
-        weights = predict.float()
+        return self.loss(model, x, altered, predict, lengths)
+
+    @staticmethod
+    def loss(
+        model: TERAModel, x: torch.Tensor, altered: torch.Tensor, predict: torch.Tensor, lengths: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The paper's L1 reconstruction loss (§III-C): the mean distance between the reconstruction of
+        ``altered`` and the clean ``x`` over the positions ``predict`` marks (``[B, T, F]``); the alterations are
+        drawn by the caller (``alter``, or the reference's own masking in ``benchmarks/equivalence.py``)."""
+        reconstruction = model(altered, lengths)
+        reconstruction = reconstruction if reconstruction.dtype == torch.float64 else reconstruction.float()
+        weights = predict.to(reconstruction.dtype)
         # over the global batch's altered positions: a rank's own count would reweigh positions under DDP
         loss = global_mean(((reconstruction - x).abs() * weights).sum(), weights.sum())
         return {"loss": loss, "altered_share": weights.mean().detach()}
@@ -66,6 +76,11 @@ def gather_masked(mask: torch.Tensor, max_count: int) -> tuple[torch.Tensor, tor
     order = (~mask).to(torch.int8).argsort(dim=1, stable=True)[:, :max_count]
     slot_valid = torch.arange(max_count, device=mask.device) < mask.sum(1, keepdim=True)
     return order, slot_valid
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is in a lower precision (autocast), unchanged in float64 (equivalence checks)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 class SSASTObjective:
@@ -98,7 +113,8 @@ class SSASTObjective:
         self, predictions: torch.Tensor, targets: torch.Tensor, slot_valid: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         """InfoNCE over each clip's masked patches (Eq. 1), and the share of predictions matched correctly."""
-        logits = predictions.float() @ targets.float().transpose(1, 2)  # [B, N, N]: prediction i, target j
+        # [B, N, N]: prediction i, target j
+        logits = _at_least_float32(predictions) @ _at_least_float32(targets).transpose(1, 2)
         if self.cfg.nce_softmax == "reference":
             logits = logits.transpose(1, 2)
         pair_valid = slot_valid[:, None, :] & slot_valid[:, :, None]
@@ -106,7 +122,7 @@ class SSASTObjective:
         log_prob = logits.diagonal(dim1=1, dim2=2) - torch.logsumexp(
             logits.masked_fill(~slot_valid[:, :, None], 0.0), dim=2
         )
-        weights = slot_valid.float()
+        weights = slot_valid.to(logits.dtype)
         nce = global_mean(-(log_prob.masked_fill(~slot_valid, 0.0) * weights).sum(), weights.sum())
         correct = (logits.argmax(dim=2) == torch.arange(logits.shape[1], device=logits.device)).float()
         return nce, (correct * weights).sum() / weights.sum()
@@ -116,9 +132,8 @@ class SSASTObjective:
         nce, accuracy = self.nce(discriminative, targets, slot_valid)
         if self.cfg.forward_passes == 2:  # the reference: a second pass with an independent mask for the MSE
             _, targets, _, generative, slot_valid = self.heads(model, batch)
-        weights = slot_valid.float()[:, :, None]
-        mse = global_mean(
-            ((generative.float() - targets.float()).pow(2) * weights).sum(), weights.sum() * targets.shape[-1]
-        )
+        generative, targets = _at_least_float32(generative), _at_least_float32(targets)
+        weights = slot_valid.to(targets.dtype)[:, :, None]
+        mse = global_mean(((generative - targets).pow(2) * weights).sum(), weights.sum() * targets.shape[-1])
         loss = nce + self.cfg.mse_weight * mse
         return {"loss": loss, "nce": nce.detach(), "mse": mse.detach(), "masked_acc": accuracy.detach()}

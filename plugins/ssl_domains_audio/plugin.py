@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ssl_domains import ConfigError, ModalityPlugin, Objective, PluginCommand, SSLDataModule, SSLModel, option
+from ssl_domains import (
+    ConfigError,
+    ModalityPlugin,
+    Objective,
+    PluginCommand,
+    SSLDataModule,
+    SSLModel,
+    WeightFormat,
+    option,
+)
 
 if TYPE_CHECKING:  # annotations only: this module must not import torch
     import torch
@@ -67,11 +76,14 @@ class TERAConfig(AudioDataConfig):
     heads: int = option(4, doc="attention heads (paper: 12)")
     ff_dim: int = option(1024, doc="feed-forward width (paper: 3072)")
     dropout: float = option(0.1, doc="dropout (reference: 0.1)")
+    layer_norm_eps: float = option(1e-12, doc="LayerNorm epsilon (reference: 1e-12)")
     time_mask_ratio: float = option(0.15, doc="share of frames altered in time (paper: 15%)")
     time_mask_block: int = option(7, doc="consecutive frames per time block (paper: 7)")
     freq_mask_max: float = option(0.2, doc="largest frequency block, as a share of bins (paper: 20%)")
     noise_prob: float = option(0.0, doc="probability of magnitude noise per batch (logMelBase-T-F-M: 0.15)")
-    embedding: Literal["last", "layer_mean"] = option("last", doc="embed: last layer, or the mean of all layers")
+    embedding: Literal["last", "layer_mean"] = option(
+        "last", doc="embed: last layer, or the mean of the input representation and every layer (s3prl's states)"
+    )
     pooling: Literal["mean", "mean_std"] = option("mean", doc="pool a clip's frames: mean, or mean and std")
 
     def validate(self) -> None:
@@ -101,6 +113,11 @@ class SSASTConfig(AudioDataConfig):
     stats_max_clips: int = option(5000, doc="training clips read to compute the statistics")
     embedding: Literal["last", "layer_mean"] = option("last", doc="embed: last layer, or the mean of all layers")
     pooling: Literal["mean", "mean_std"] = option("mean", doc="pool a clip's frames: mean, or mean and std")
+    position_crop: Literal["left", "centre"] = option(
+        "left",
+        doc="position-table columns a shorter clip gets: the first ones (the reference's pretraining) or the"
+        " centre ones (the reference's fine-tuning; set by `ssl-domains import --format ssast`)",
+    )
 
     def patch(self) -> tuple[int, int]:
         """The patch shape (frequency bins, frames)."""
@@ -167,15 +184,24 @@ class TERAPlugin(_AudioPlugin):
 
     name = "tera"
     config = TERAConfig
+    weight_formats = (
+        WeightFormat(
+            "s3prl",
+            "s3prl's TERA / Mockingjay states-*.ckpt (Transformer, SpecHead, Upstream_Config)",
+            reader="ssl_domains_audio.weights_tera:read",
+            writer="ssl_domains_audio.weights_tera:write",
+        ),
+    )
     description = "TERA masked acoustic modelling (time/frequency/magnitude alteration) on log-mel speech features"
     paper = (
         "Liu, Li, Lee. TERA: Self-Supervised Learning of Transformer Encoder Representation for Speech. "
         "IEEE/ACM TASLP 29, 2021. https://arxiv.org/abs/2007.06028"
     )
-    # s3prl: AdamW (Lamb, adam=True), lr 2e-4, linear warm-up over 7%, gradient clipping at 5
+    # s3prl: AdamW (Lamb, adam=True), lr 2e-4, linear warm-up over 7%, gradient clipping at 5, no decay on biases
+    # and LayerNorms
     run_defaults = {
         "optim": {"name": "adamw", "lr": 2e-4, "weight_decay": 0.01, "warmup_steps": 0.07,
-                  "gradient_clip_val": 5.0},
+                  "gradient_clip_val": 5.0, "no_decay_on_bias_and_norm": True},
         "trainer": {"max_epochs": 100},
     }  # fmt: skip
 
@@ -195,7 +221,7 @@ class TERAPlugin(_AudioPlugin):
 
         return TERAModel(
             cfg.num_mel_bins, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, ff_dim=cfg.ff_dim, dropout=cfg.dropout,
-            max_frames=cfg.max_frames, embedding=cfg.embedding, pooling=cfg.pooling,
+            max_frames=cfg.max_frames, embedding=cfg.embedding, pooling=cfg.pooling, eps=cfg.layer_norm_eps,
         )  # fmt: skip
 
     def objective(self, cfg: TERAConfig) -> Objective:
@@ -225,6 +251,17 @@ class SSASTPlugin(_AudioPlugin):
         PluginCommand("stats", "ssl_domains_audio.stats:main", "print the fbank mean/std of a folder, as config lines"),
         _SYNTHESIZE,
     )
+    weight_formats = (
+        WeightFormat(
+            "ssast",
+            "SSAST's released .pth (YuanGongND/ssast: a `module.`-prefixed DataParallel state dict of the pretraining"
+            " ASTModel over a timm DeiT; patch or frame, tiny/small/base, inferred from the shapes)",
+            reader="ssl_domains_audio.weights_ssast:read",
+            writer="ssl_domains_audio.weights_ssast:write",
+            # the writer holds the released architectures only: DeiT-tiny's 12 x 192
+            example_overrides={"ssast": {"dim": 192, "heads": 3, "depth": 12, "ff_dim": 768}},
+        ),
+    )
     # reference: Adam, lr 1e-4 (tiny: 5e-4), betas (0.95, 0.999), weight decay 5e-7, 1k-step warm-up
     run_defaults = {
         "optim": {"name": "adam", "lr": 5e-4, "betas": [0.95, 0.999], "weight_decay": 5e-7, "warmup_steps": 0.05},
@@ -248,7 +285,7 @@ class SSASTPlugin(_AudioPlugin):
         return SSASTModel(
             cfg.num_mel_bins, patch=cfg.patch(), dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, ff_dim=cfg.ff_dim,
             dropout=cfg.dropout, max_frames=cfg.max_frames, embedding=cfg.embedding,
-            pooling=cfg.pooling,
+            pooling=cfg.pooling, position_crop=cfg.position_crop,
         )  # fmt: skip
 
     def objective(self, cfg: SSASTConfig) -> Objective:
