@@ -11,7 +11,10 @@ Each head runs with ``eval_seeds`` seeds; results are mean ± std over them.
 - Raw features: one-hot categoricals (the unknown index included) and the numerics as the plugin scales them.
 - Gradient boosting: scikit-learn ``HistGradientBoosting`` with native categorical support.
 
-Classification reports accuracy; regression reports RMSE in the target's units.
+Classification reports accuracy; regression reports RMSE in the target's units, and the same RMSE divided by
+the standard deviation of the training target (``*_std_units``): the paper's California figures (RMSE 0.468 for
+MLP + T-JEPA) are in those units, since the reference standardises the target before training
+(``src/torch_dataset.py:132-135``; docs/plugins/tjepa.md, "Regression").
 """
 
 from __future__ import annotations
@@ -165,12 +168,17 @@ def compare_heads(embeddings: np.ndarray, datamodule: Any, seeds: int, epochs: i
                 runs[f"{head}_{source}"].append(test)
         runs["gbdt"].append(fit_gbdt(numeric, categorical, datamodule.cardinalities, y, split, task, seed))
     metrics: dict[str, Any] = {"metric": "rmse" if task == "regression" else "accuracy", "seeds": seeds}
+    target_std = float(y[split == SPLIT_TRAIN].std()) if task == "regression" else 1.0
+    if task == "regression":
+        metrics["target_std"] = target_std  # of the training split: the unit of the *_std_units figures
     for name, values in runs.items():
         metrics[f"{name}_mean"] = float(np.mean(values))
         metrics[f"{name}_std"] = float(np.std(values))
         metrics[f"{name}_runs"] = values
         if name in val_runs:
             metrics[f"{name}_val_mean"] = float(np.mean(val_runs[name]))
+        if task == "regression" and target_std > 0:
+            metrics[f"{name}_mean_std_units"] = float(np.mean(values)) / target_std
     return metrics
 
 

@@ -27,8 +27,10 @@ def feature_prediction_errors(
     for _ in range(rounds):
         predictions, targets, features = objective.predict(model, batch)
         error = ((predictions - targets) ** 2).mean(-1).flatten().to(total.dtype)  # a float64 run: float32 sums
-        total.scatter_add_(0, features.flatten(), error)
-        count.scatter_add_(0, features.flatten(), torch.ones_like(error))
+        features = features.flatten()
+        keep = features >= 0  # mask_indexing=reference can make a [REG] token the target (index < 0): not a feature
+        total.scatter_add_(0, features[keep], error[keep])
+        count.scatter_add_(0, features[keep], torch.ones_like(error[keep]))
     torch.set_rng_state(generator_state)
     return total / count.clamp(min=1)
 

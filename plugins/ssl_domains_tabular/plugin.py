@@ -6,10 +6,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ssl_domains import ModalityPlugin, Objective, SSLDataModule, SSLModel, option
+from ssl_domains import ConfigError, ModalityPlugin, Objective, SSLDataModule, SSLModel, option
+from ssl_domains.plugin import WeightFormat
 
 if TYPE_CHECKING:  # annotations only: this module must not import torch
     import torch
+
+
+REFERENCE_ARCHITECTURE = {
+    "block_norm": "post",
+    "positions": "sincos",
+    "predictor_head": "encoder_head",
+    "predictor_positions": "halves",
+}
+"""Settings without which our weights do not compute in the reference's modules (the ``t-jepa`` export needs them)."""
 
 
 @dataclass
@@ -46,6 +56,43 @@ class TJEPAConfig:
     predictor_dim: int = option(32, doc="predictor width (reference: 16)")
     predictor_depth: int = option(4, doc="predictor layers (reference: 16)")
     predictor_heads: int = option(4, doc="predictor attention heads (reference: 4)")
+    predictor_ff_dim: int | None = option(
+        None, doc="predictor feed-forward width (null: predictor_dim; reference pred_dim_feedforward: 256)"
+    )
+    # the reference's choices (jose-melo/t-jepa @ 98dda99), for the equivalence check and imported weights;
+    # docs/plugins/tjepa.md lists each with its lines in both code bases
+    block_norm: Literal["pre", "post"] = option(
+        "pre", doc="transformer blocks: pre-norm, or post-norm as the reference (src/tjepa_transformer.py:583)"
+    )
+    activation: Literal["gelu", "relu"] = option(
+        "gelu", doc="feed-forward activation (reference default model_act_func/pred_activation: relu)"
+    )
+    positions: Literal["learned", "sincos"] = option(
+        "learned",
+        doc="learned feature-index embeddings, or the reference's sinusoidal table on [REG] + features, base 100 "
+        "(src/utils/train_utils.py:22)",
+    )
+    predictor_head: Literal["norm", "encoder_head"] = option(
+        "norm",
+        doc="predictor output: LayerNorm -> Linear, or the reference's encoder head (LayerNorm, Linear, LayerNorm) "
+        "before them (src/predictors.py:326)",
+    )
+    predictor_positions: Literal["interleaved", "halves"] = option(
+        "interleaved", doc="predictor sin-cos table: interleaved, or sin|cos halves as the reference (MAE's)"
+    )
+    mask_indexing: Literal["paper", "reference"] = option(
+        "paper",
+        doc="paper: context/targets are features, [REG] always in the context; reference: indices 0..D-1 into "
+        "[REG] + features, the reference's off-by-one (src/mask.py:139)",
+    )
+    expect_numeric: int | None = option(
+        None, doc="set by `ssl-domains import`: numeric columns the imported weights need (checked on the table)"
+    )
+    expect_categories: list[int] | None = option(
+        None,
+        doc="set by `ssl-domains import`: categories of each categorical column the imported weights need, in "
+        "token order, without the unknown index (checked on the table)",
+    )
     # masking and teacher
     context_share: tuple[float, float] = option((0.136, 0.368), doc="range of the context's share of features")
     target_share: tuple[float, float] = option((0.156, 0.622), doc="range of each target set's share of features")
@@ -59,6 +106,13 @@ class TJEPAConfig:
     eval_seeds: int = option(3, doc="seeds per downstream head in evaluate")
     head_epochs: int = option(200, doc="maximum epochs of a downstream head (early stopping on validation)")
     head_patience: int = option(16, doc="epochs without validation improvement before a head stops (reference)")
+
+    def validate(self) -> None:
+        """Cross-field checks."""
+        if self.positions == "sincos" and self.dim % 2:
+            raise ConfigError(f"tjepa.positions=sincos needs an even tjepa.dim, got {self.dim}")
+        if self.predictor_positions == "halves" and self.predictor_dim % 2:
+            raise ConfigError(f"tjepa.predictor_positions=halves needs an even predictor_dim, got {self.predictor_dim}")
 
 
 class TJEPAPlugin(ModalityPlugin[TJEPAConfig]):
@@ -76,6 +130,17 @@ class TJEPAPlugin(ModalityPlugin[TJEPAConfig]):
     data_formats = (
         "a CSV, TSV or Parquet file with a header row (pandas / pyarrow)",
         "a folder with train.csv|parquet and optional val.* and test.* (the official test split)",
+    )
+    weight_formats = (
+        WeightFormat(
+            name="t-jepa",
+            help="a checkpoint saved by jose-melo/t-jepa (EarlyStopCounter.cache_model: epoch_N.pth with "
+            "context_encoder, target_encoder, predictor), or one of its Encoder state dicts; the table must have "
+            "the checkpoint's numeric columns and categories (docs/plugins/tjepa.md)",
+            reader="ssl_domains_tabular.weights_tjepa:read",
+            writer="ssl_domains_tabular.weights_tjepa:write",
+            example_overrides={"tjepa": REFERENCE_ARCHITECTURE},  # the writer needs the reference's architecture
+        ),
     )
     batch_keys = {"numeric": "float32", "categorical": "int64", "label": "int64", "split": "int64", "id": "int64"}
     input_spec = {
@@ -107,7 +172,9 @@ class TJEPAPlugin(ModalityPlugin[TJEPAConfig]):
 
     def model(self, cfg: TJEPAConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import TJEPAModel
+        from .weights_tjepa import check_table
 
+        check_table(cfg, datamodule)
         return TJEPAModel(
             len(datamodule.fitted["numeric"]),
             datamodule.cardinalities,
@@ -122,6 +189,12 @@ class TJEPAPlugin(ModalityPlugin[TJEPAConfig]):
             predictor_heads=cfg.predictor_heads,
             ema=(cfg.ema_start, cfg.ema_end),
             embedding=cfg.embedding,
+            predictor_ff_dim=cfg.predictor_ff_dim,
+            norm=cfg.block_norm,
+            activation=cfg.activation,
+            positions=cfg.positions,
+            predictor_head=cfg.predictor_head,
+            predictor_positions=cfg.predictor_positions,
         )
 
     def objective(self, cfg: TJEPAConfig) -> Objective:

@@ -148,3 +148,101 @@ def test_cli_train_embed_new_rows_and_evaluate(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["metric"] == "accuracy" and 0.5 < metrics["gbdt_mean"] <= 1.0 and "mlp_emb_mean" in metrics
+
+
+# ---- the reference's choices (switches for the equivalence check, benchmarks/_equiv_tjepa.py) ----------------
+
+
+def _keys(model: TJEPAModel) -> set[str]:
+    return set(model.state_dict())
+
+
+def test_switches_change_no_state_dict_key_of_the_default_model():
+    default = _keys(_model())
+    assert _keys(_model(norm="post", activation="relu", predictor_positions="halves", predictor_ff_dim=12)) == default
+    embeddings = {"context_encoder.tokenizer.feature_embedding", "target_encoder.module.tokenizer.feature_embedding"}
+    assert _keys(_model(positions="sincos")) == default - embeddings
+    head = {f"predictor.head.{i}.{leaf}" for i in range(3) for leaf in ("weight", "bias")}
+    assert _keys(_model(predictor_head="encoder_head")) == default | head
+
+
+def test_post_norm_relu_and_positions_change_the_outputs_with_the_same_weights():
+    torch.manual_seed(0)
+    base = _model(positions="sincos").eval()
+    batch = _batch(8)
+    ref = base.embed(batch)
+    for switch in ({"norm": "post"}, {"activation": "relu"}):
+        other = _model(positions="sincos", **switch).eval()
+        other.load_state_dict(base.state_dict())
+        assert not torch.allclose(other.embed(batch), ref, atol=1e-4), switch
+    relu = _model(activation="relu")
+    assert isinstance(relu.context_encoder.blocks[0].ff[1], torch.nn.ReLU)
+    assert isinstance(relu.predictor.blocks[0].ff[1], torch.nn.ReLU)
+    # sincos: the reference's table (base 100, sin/cos interleaved) is added, [REG] rows first
+    table = base.context_encoder.positions
+    assert table.shape == (2 + 5, 16)
+    assert torch.allclose(table[3, :4], torch.tensor([np.sin(3.0), np.cos(3.0), np.sin(3 * 100 ** (-2 / 16)),
+                                                      np.cos(3 * 100 ** (-2 / 16))], dtype=torch.float32))  # fmt: skip
+    halves = _model(predictor_positions="halves").predictor.positions
+    omega = 1.0 / 10000 ** (np.arange(4) / 4)
+    assert torch.allclose(halves[2], torch.tensor(np.concatenate([np.sin(2 * omega), np.cos(2 * omega)]),
+                                                  dtype=torch.float32))  # fmt: skip
+
+
+def test_reference_mask_indexing_uses_the_reg_token_and_never_the_last_features():
+    torch.manual_seed(0)
+    model, batch = _model(), _batch(64)
+    cfg = from_mapping(TJEPAConfig, {"mask_indexing": "reference", "num_reg_tokens": 2}, "tjepa")
+    objective = TJEPAObjective(cfg)
+    seen: list[torch.Tensor] = []
+    model.context_encoder.register_forward_pre_hook(
+        lambda _m, _args, kwargs: seen.append(kwargs["tokens"]), with_kwargs=True
+    )
+    targets = []
+    for _ in range(40):
+        predictions, target_tokens, features = objective.predict(model, batch)
+        targets.append(features)
+        assert predictions.shape == target_tokens.shape
+    context = torch.cat([s.flatten() for s in seen])
+    target = torch.cat([t.flatten() for t in targets]) + model.num_reg_tokens  # back to token indices
+    for drawn in (context, target):
+        assert int(drawn.min()) == 0  # index 0 is the first [REG] token, drawn as any feature
+        assert int(drawn.max()) == model.num_features - 1  # tokens R + D - R .. R + D - 1: the last 2 features, never
+    # the context sequence holds only the drawn tokens: no [REG] prefix
+    assert seen[0].shape[1] < model.num_features
+
+
+def test_reference_set_sizes_follow_the_collators_rule():
+    from ssl_domains_tabular.masking import reference_set_sizes
+
+    gen = torch.Generator().manual_seed(0)
+    sizes = [reference_set_sizes(14, (0.136, 0.368), (0.156, 0.622), gen) for _ in range(2000)]
+    assert {c for c, _ in sizes} == {2, 3, 4, 5} and {t for _, t in sizes} == set(range(2, 10))
+    assert all(c + t <= 14 for c, t in sizes)
+
+
+def test_reference_switches_with_an_odd_width_are_a_config_error():
+    from ssl_domains import ConfigError
+
+    with pytest.raises(ConfigError, match=r"even tjepa\.dim"):
+        from_mapping(TJEPAConfig, {"positions": "sincos", "dim": 15, "heads": 1}, "tjepa")
+    with pytest.raises(ConfigError, match="even predictor_dim"):
+        from_mapping(TJEPAConfig, {"predictor_positions": "halves", "predictor_dim": 7, "predictor_heads": 1}, "tjepa")
+
+
+def test_regression_metrics_are_also_given_in_units_of_the_target_std():
+    from types import SimpleNamespace
+
+    from ssl_domains_tabular.evaluation import compare_heads
+
+    rng = np.random.default_rng(0)
+    n = 300
+    numeric = rng.normal(size=(n, 2)).astype(np.float32)
+    target = (numeric[:, 0] * 1000.0 + 5000.0 + rng.normal(0, 100, n)).astype(np.float32)
+    split = np.repeat([SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST], [200, 50, 50])
+    dm = SimpleNamespace(numeric=torch.as_tensor(numeric), categorical=torch.zeros(n, 0, dtype=torch.long),
+                         target=torch.as_tensor(target), split=torch.as_tensor(split), task="regression",
+                         cardinalities=[])  # fmt: skip
+    metrics = compare_heads(numeric, dm, seeds=1, epochs=3, patience=2)
+    assert metrics["target_std"] == pytest.approx(float(target[:200].std()))
+    assert metrics["linear_raw_mean_std_units"] == pytest.approx(metrics["linear_raw_mean"] / metrics["target_std"])
