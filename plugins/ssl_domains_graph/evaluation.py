@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
-from ssl_domains.evaluation import predict_embeddings
+from ssl_domains.evaluation import predict_embeddings, single_threaded_blas
 
 
 def node_linear_probe(
@@ -63,10 +63,11 @@ def graph_svm_cv(emb: np.ndarray, labels: np.ndarray, seed: int = 0, folds: int 
     from sklearn.svm import SVC
 
     scores = []
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(emb, labels):
-        clf = GridSearchCV(SVC(random_state=42), {"C": [1e-3, 1e-2, 1e-1, 1.0, 10.0]}, n_jobs=1)
-        clf.fit(emb[train], labels[train])
-        scores.append(float((clf.predict(emb[test]) == labels[test]).mean()))
+    with single_threaded_blas():
+        for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(emb, labels):
+            clf = GridSearchCV(SVC(random_state=42), {"C": [1e-3, 1e-2, 1e-1, 1.0, 10.0]}, n_jobs=1)
+            clf.fit(emb[train], labels[train])
+            scores.append(float((clf.predict(emb[test]) == labels[test]).mean()))
     return {"svm_acc": float(np.mean(scores)), "svm_acc_std": float(np.std(scores))}
 
 

@@ -10,7 +10,7 @@ from .embeddings import (
     write_embeddings,
 )
 from .knn import knn_predict, knn_probe
-from .probe import group_disjoint_probe, linear_probe
+from .probe import group_disjoint_probe, linear_probe, single_threaded_blas
 from .rankme import rankme
 
 __all__ = [
@@ -25,5 +25,6 @@ __all__ = [
     "linear_probe",
     "predict_embeddings",
     "rankme",
+    "single_threaded_blas",
     "write_embeddings",
 ]
