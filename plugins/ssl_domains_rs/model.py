@@ -40,9 +40,44 @@ def grid_positions(grid: tuple[int, int], device: torch.device) -> torch.Tensor:
     return torch.stack([rows, cols], dim=-1).reshape(-1, 2).float()
 
 
-def alibi_slopes(heads: int) -> torch.Tensor:
-    """CROMA's per-head slopes ``m_h = s^(h+1)``, ``s = 2^(-8/H)`` (ALiBi's geometric sequence, Press et al. 2022)."""
-    return (2.0 ** (-8.0 / heads)) ** torch.arange(1, heads + 1, dtype=torch.float32)
+def alibi_slopes(heads: int, rule: str = "geometric") -> torch.Tensor:
+    """CROMA's per-head slopes ``m_h = s^(h+1)``, ``s = 2^(-8/H)`` (ALiBi's geometric sequence, Press et al. 2022).
+
+    For a power-of-2 ``heads`` both rules agree. Otherwise ``rule="alibi"`` is ALiBi's own recipe, which the
+    reference code uses (antofuller/CROMA ``pretrain_croma.py:298-309``): the slopes of the closest lower power of
+    2, then every other slope of twice that power; ``"geometric"`` keeps the geometric sequence for any ``heads``.
+    """
+    if rule not in ("geometric", "alibi"):
+        raise ValueError(f"rule must be geometric or alibi, got {rule!r}")
+    if rule == "geometric" or math.log2(heads).is_integer():
+        return (2.0 ** (-8.0 / heads)) ** torch.arange(1, heads + 1, dtype=torch.float32)
+    lower = 2 ** math.floor(math.log2(heads))
+    return torch.cat([alibi_slopes(lower), alibi_slopes(2 * lower, "alibi")[0::2][: heads - lower]])
+
+
+def mae_sincos_positions_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """MAE's ``get_2d_sincos_pos_embed`` layout ``[height * width, dim]`` (row-major tokens), which CROMA's
+    reference decoder uses (``pretrain_croma.py:262-291``): the first half of the channels encodes the *column*,
+    the second the row, each as all sines then all cosines (``ssl_domains.nn.sincos_positions_2d``: rows first,
+    sine/cosine interleaved). Same frequencies, another channel order; float32 like the reference."""
+    if dim % 4:
+        raise ValueError(f"dim {dim} must be divisible by 4 for 2-D sin-cos positions")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+
+    def one_d(pos: torch.Tensor) -> torch.Tensor:
+        out = pos.double().reshape(-1, 1) * omega
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.cat([one_d(cols), one_d(rows)], dim=1).float()
+
+
+def _drop_qkv_bias(block: TransformerBlock) -> None:
+    """Replace the block's query/key/value projections by bias-free ones (the reference's ``bias=False``)."""
+    block.qkv = nn.Linear(block.qkv.in_features, block.qkv.out_features, bias=False)
+    if block.cross:
+        block.q_cross = nn.Linear(block.q_cross.in_features, block.q_cross.out_features, bias=False)
+        block.kv_cross = nn.Linear(block.kv_cross.in_features, block.kv_cross.out_features, bias=False)
 
 
 def alibi_bias(query_pos: torch.Tensor, key_pos: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
@@ -63,13 +98,19 @@ def gather_tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 class ALiBiViT(nn.Module):
     """CROMA's encoder: linear patch embedding, no position embedding, pre-LN blocks with 2D-ALiBi."""
 
-    def __init__(self, in_channels: int, patch: int, dim: int, depth: int, heads: int) -> None:
+    def __init__(
+        self, in_channels: int, patch: int, dim: int, depth: int, heads: int, qkv_bias: bool = True,
+        slopes: str = "geometric",
+    ) -> None:  # fmt: skip
         super().__init__()
         self.patch, self.heads = patch, heads
         self.embed = nn.Linear(in_channels * patch * patch, dim)
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre") for _ in range(depth))
+        if not qkv_bias:
+            for block in self.blocks:
+                _drop_qkv_bias(block)
         self.norm = nn.LayerNorm(dim)
-        self.register_buffer("slopes", alibi_slopes(heads), persistent=False)
+        self.register_buffer("slopes", alibi_slopes(heads, slopes), persistent=False)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens [B, n, dim], positions [B, n, 2])`` of the kept tokens (all of them when ``keep`` is None)."""
@@ -94,12 +135,21 @@ class MAEDecoder(nn.Module):
     blocks, a linear head to the pixels of each patch. CROMA uses one layer of width 512 without ALiBi (its issue #6).
     """
 
-    def __init__(self, in_dim: int, dim: int, depth: int, heads: int, out_dim: int) -> None:
+    def __init__(
+        self, in_dim: int, dim: int, depth: int, heads: int, out_dim: int, positions: str = "interleaved",
+        qkv_bias: bool = True,
+    ) -> None:  # fmt: skip
         super().__init__()
+        if positions not in ("interleaved", "mae"):
+            raise ValueError(f"positions must be interleaved or mae, got {positions!r}")
+        self.positions = positions
         self.project = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(dim))
         nn.init.normal_(self.mask_token, std=0.02)
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre") for _ in range(depth))
+        if not qkv_bias:
+            for block in self.blocks:
+                _drop_qkv_bias(block)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_dim)
 
@@ -109,7 +159,8 @@ class MAEDecoder(nn.Module):
         x = self.mask_token.to(tokens.dtype).expand(b, n_total, -1).clone()
         projected = self.project(tokens)
         x = x.to(projected.dtype).scatter(1, keep[..., None].expand(-1, -1, x.shape[-1]), projected)
-        x = x + sincos_positions_2d(*grid, x.shape[-1]).to(x)
+        table = sincos_positions_2d if self.positions == "interleaved" else mae_sincos_positions_2d
+        x = x + table(*grid, x.shape[-1]).to(x)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
@@ -122,6 +173,11 @@ class CROMA(nn.Module):
 
     ``embed(batch)`` returns the mean-pooled joint tokens (``embed_modality="joint"``, CROMA's ``joint_GAP``) or one
     modality's GAP head output (``optical``/``radar``), computed on the unmasked chip.
+
+    The reference code's choices, off by default (``docs/plugins/croma.md``, "Equivalence"): ``qkv_bias=False``
+    (its q/k/v projections have no bias), ``shared_cross_norm`` (one LayerNorm for the cross-attention's queries
+    and context: ``norm_context`` *is* ``norm_cross``), ``joint_self_bias="cross"`` (the joint encoder's radar
+    self-attention gets the radar-to-optical X-ALiBi bias), ``alibi_slopes="alibi"``, ``decoder_positions="mae"``.
     """
 
     def __init__(
@@ -136,27 +192,42 @@ class CROMA(nn.Module):
         decoder_depth: int,
         decoder_heads: int,
         embed_modality: str = "joint",
+        qkv_bias: bool = True,
+        shared_cross_norm: bool = False,
+        joint_self_bias: str = "radar",
+        alibi_slopes: str = "geometric",
+        decoder_positions: str = "interleaved",
     ) -> None:
         super().__init__()
+        if joint_self_bias not in ("radar", "cross"):
+            raise ValueError(f"joint_self_bias must be radar or cross, got {joint_self_bias!r}")
         self.patch, self.embed_modality = patch, embed_modality
         self.optical_channels, self.radar_channels = optical_channels, radar_channels
+        self.joint_self_bias = joint_self_bias
         half = max(depth // 2, 1)
-        self.optical = ALiBiViT(optical_channels, patch, dim, depth, heads)
-        self.radar = ALiBiViT(radar_channels, patch, dim, half, heads)
+        self.optical = ALiBiViT(optical_channels, patch, dim, depth, heads, qkv_bias, alibi_slopes)
+        self.radar = ALiBiViT(radar_channels, patch, dim, half, heads, qkv_bias, alibi_slopes)
         self.joint = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre", cross=True) for _ in range(half))
+        for block in self.joint:
+            if not qkv_bias:
+                _drop_qkv_bias(block)
+            if shared_cross_norm:  # one module under two names: state-dict keys unchanged, one parameter set
+                block.norm_context = block.norm_cross
         self.joint_norm = nn.LayerNorm(dim)
         self.gap_optical, self.gap_radar = _gap_ffn(dim), _gap_ffn(dim)
         self.proj_optical, self.proj_radar = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
         out = (optical_channels + radar_channels) * patch * patch
-        self.decoder = MAEDecoder(dim, decoder_dim, decoder_depth, decoder_heads, out)
+        self.decoder = MAEDecoder(dim, decoder_dim, decoder_depth, decoder_heads, out, decoder_positions, qkv_bias)
         self.embed_dim = dim
 
     def joint_encode(self, radar: tuple[torch.Tensor, torch.Tensor], optical: tuple[torch.Tensor, torch.Tensor]):
         """Joint tokens at the radar tokens' positions."""
         (x, r_pos), (context, o_pos) = radar, optical
-        self_bias = alibi_bias(r_pos, r_pos, self.radar.slopes)
         cross_bias = alibi_bias(r_pos, o_pos, self.radar.slopes)
+        # the reference's radar self-attention takes the cross bias (pretrain_croma.py:115-127, 255): query i and
+        # key j are radar tokens, but the penalty is the distance of radar token i to *optical* token j
+        self_bias = cross_bias if self.joint_self_bias == "cross" else alibi_bias(r_pos, r_pos, self.radar.slopes)
         for block in self.joint:
             x = block(x, bias=self_bias, context=context, context_bias=cross_bias)
         return self.joint_norm(x)

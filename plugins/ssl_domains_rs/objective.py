@@ -16,17 +16,23 @@ from .masking import croma_masks, random_keep
 from .model import patchify
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or float64 when it is float64 (the equivalence checks run in float64)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def masked_patch_mse(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Mean squared error over masked patches only (MAE Eq. in §3), ``pred``/``target`` ``[B, N, D]``."""
-    per_patch = (pred.float() - target.float()).pow(2).mean(-1)
-    weight = masked.float()
+    per_patch = (_wide(pred) - _wide(target)).pow(2).mean(-1)
+    weight = masked.to(per_patch.dtype)
     return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def normalise_patches(target: torch.Tensor) -> torch.Tensor:
-    """Per-patch standardisation of the targets (MAE's ``norm_pix_loss``)."""
+def normalise_patches(target: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Per-patch standardisation of the targets (MAE's ``norm_pix_loss``); ``unbiased`` divides the variance by
+    ``n - 1`` as ``torch.var``'s default does in MAE's and CROMA's code (``pretrain_croma.py:481``)."""
     mean = target.mean(-1, keepdim=True)
-    var = target.var(-1, keepdim=True, unbiased=False)
+    var = target.var(-1, keepdim=True, unbiased=unbiased)
     return (target - mean) / (var + 1e-6).sqrt()
 
 
@@ -59,26 +65,45 @@ class CROMAObjective:
       unweighted; ``mae_weight`` (default 1) keeps that.
     - ``flips``: the same random flip/transpose of both modalities per chip (:func:`dihedral`), an augmentation
       the reference code leaves to the user's data loader.
+    - Reference-code choices, off by default (``docs/plugins/croma.md``, "Equivalence"): ``unbiased_patch_var``
+      (``torch.var``'s n - 1 in the target normalisation) and ``detach_keys`` (each InfoNCE direction trains its
+      query side only: the reference's ``dist.all_gather`` of the keys carries no gradient).
     """
 
-    def __init__(self, mask_ratio: float = 0.75, mae_weight: float = 1.0, flips: bool = True) -> None:
+    def __init__(
+        self, mask_ratio: float = 0.75, mae_weight: float = 1.0, flips: bool = True,
+        unbiased_patch_var: bool = False, detach_keys: bool = False,
+    ) -> None:  # fmt: skip
         self.mask_ratio, self.mae_weight, self.flips = mask_ratio, mae_weight, flips
+        self.unbiased_patch_var, self.detach_keys = unbiased_patch_var, detach_keys
 
     def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         radar, optical = batch["radar"], batch["optical"]
         if self.flips:
             radar, optical = dihedral(radar, optical)
         b, _, h, w = optical.shape
+        n = (h // model.patch) * (w // model.patch)
+        return self.loss(model, radar, optical, *croma_masks(b, n, self.mask_ratio, optical.device))
+
+    def loss(
+        self,
+        model,
+        radar: torch.Tensor,
+        optical: torch.Tensor,
+        radar_mask: tuple[torch.Tensor, torch.Tensor],
+        optical_mask: tuple[torch.Tensor, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """The loss of (already augmented) chips under given masks, each ``(keep [B, n], masked [B, N])``."""
+        (keep_r, masked_r), (keep_o, masked_o) = radar_mask, optical_mask
         p = model.patch
-        grid = (h // p, w // p)
-        n = grid[0] * grid[1]
-        (keep_r, masked_r), (keep_o, masked_o) = croma_masks(b, n, self.mask_ratio, optical.device)
+        grid = (optical.shape[-2] // p, optical.shape[-1] // p)
         out = model(radar, optical, keep_r, keep_o)
         temperature = model.logit_scale.clamp(max=math.log(100.0)).exp().reciprocal()
-        contrast = (info_nce(out["z_radar"], out["z_optical"], temperature)
-                    + info_nce(out["z_optical"], out["z_radar"], temperature)) / 2  # fmt: skip
+        z_r, z_o = out["z_radar"], out["z_optical"]
+        key_r, key_o = (z_r.detach(), z_o.detach()) if self.detach_keys else (z_r, z_o)
+        contrast = (info_nce(z_r, key_o, temperature) + info_nce(z_o, key_r, temperature)) / 2
         pred = model.decoder(out["joint"], keep_r, grid)
-        target = normalise_patches(patchify(torch.cat([optical, radar], dim=1).float(), p))
+        target = normalise_patches(_wide(patchify(torch.cat([optical, radar], dim=1), p)), self.unbiased_patch_var)
         split = model.optical_channels * p * p
         mae_optical = masked_patch_mse(pred[..., :split], target[..., :split], masked_o)
         mae_radar = masked_patch_mse(pred[..., split:], target[..., split:], masked_r)

@@ -72,6 +72,39 @@ class CROMAConfig(RSDataConfig):
     embed_modality: Literal["joint", "optical", "radar"] = option(
         "joint", doc="what `embed` exports: mean joint tokens, or one modality's GAP head"
     )
+    # the reference code's choices (antofuller/CROMA @ 59505a6, pretrain_croma.py), for the equivalence check;
+    # docs/plugins/croma.md ("Equivalence") lists each with its lines in both code bases
+    qkv_bias: bool = option(True, doc="bias on the attention's q/k/v projections (reference: none, L164, L188-190)")
+    shared_cross_norm: bool = option(
+        False, doc="one LayerNorm for the cross-attention's queries and context, as the reference (L192, L195-196)"
+    )
+    joint_self_bias: Literal["radar", "cross"] = option(
+        "radar",
+        doc="joint encoder's radar self-attention bias: 2D-ALiBi of the radar tokens, or the reference's "
+        "radar-to-optical X-ALiBi (L115-124, L255)",
+    )
+    alibi_slopes: Literal["geometric", "alibi"] = option(
+        "geometric", doc="slopes for heads not a power of 2: geometric 2^(-8h/H), or ALiBi's recipe (L298-309)"
+    )
+    decoder_positions: Literal["interleaved", "mae"] = option(
+        "interleaved", doc="decoder sin-cos table: rows|columns, sin/cos interleaved; or MAE's layout (L262-291)"
+    )
+    unbiased_patch_var: bool = option(False, doc="target normalisation with torch.var's n - 1, as the reference (L481)")
+    detach_keys: bool = option(
+        False, doc="InfoNCE keys without gradient, as the reference's dist.all_gather (L354-357, L382-388)"
+    )
+
+
+REFERENCE_CODE = {
+    "qkv_bias": False,
+    "shared_cross_norm": True,
+    "joint_self_bias": "cross",
+    "alibi_slopes": "alibi",
+    "decoder_positions": "mae",
+    "unbiased_patch_var": True,
+    "detach_keys": True,
+}
+"""The ``croma`` settings that reproduce antofuller/CROMA's ``pretrain_croma.py`` (``benchmarks/_equiv_croma.py``)."""
 
 
 @dataclass
@@ -197,12 +230,14 @@ class CROMAPlugin(_RSPlugin):
         from .model import CROMA
 
         return CROMA(len(datamodule.s2_bands), 2, cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.decoder_dim,
-                     cfg.decoder_depth, cfg.decoder_heads, cfg.embed_modality)  # fmt: skip
+                     cfg.decoder_depth, cfg.decoder_heads, cfg.embed_modality, qkv_bias=cfg.qkv_bias,
+                     shared_cross_norm=cfg.shared_cross_norm, joint_self_bias=cfg.joint_self_bias,
+                     alibi_slopes=cfg.alibi_slopes, decoder_positions=cfg.decoder_positions)  # fmt: skip
 
     def objective(self, cfg: CROMAConfig) -> Objective:
         from .objective import CROMAObjective
 
-        return CROMAObjective(cfg.mask_ratio, cfg.mae_weight, cfg.flips)
+        return CROMAObjective(cfg.mask_ratio, cfg.mae_weight, cfg.flips, cfg.unbiased_patch_var, cfg.detach_keys)
 
 
 class SSL4EOPlugin(_RSPlugin):
