@@ -6,7 +6,9 @@
 1-channel reconstruction head ``out``). Its forward re-runs MONAI's forward from the same submodules, adding two
 things pretraining needs: a learnable mask token on the patch embeddings of masked patches (Alice), and the
 intermediate maps (encoder tokens at 1/16, decoder features at 1/8 .. 1/2). The ViT blocks are switched to
-``scaled_dot_product_attention`` (MONAI's ``use_flash_attention`` path).
+``scaled_dot_product_attention`` (MONAI's ``use_flash_attention`` path). With ``decoder="autoenc"`` (ViT only)
+``net`` is instead MONAI's ``ViTAutoEnc``, the network of the MONAI ViT self-supervised tutorial: the same ViT
+and two transposed convolutions from the final tokens to the voxels, with no skip connections.
 """
 
 from __future__ import annotations
@@ -44,21 +46,27 @@ class VolumeNet(nn.Module):
         hidden_size: int = 384,
         num_heads: int = 6,
         out_channels: int = 1,
+        decoder: str = "unetr",
     ) -> None:
         super().__init__()
-        from monai.networks.nets import UNETR, SwinUNETR
+        from monai.networks.nets import UNETR, SwinUNETR, ViTAutoEnc
 
-        self.backbone, self.roi = backbone, roi
-        if backbone == "vit":
+        if decoder not in ("unetr", "autoenc") or (decoder == "autoenc" and backbone != "vit"):
+            raise ValueError(f"decoder must be 'unetr', or 'autoenc' with backbone 'vit', got {decoder!r}")
+        self.backbone, self.roi, self.decoder = backbone, roi, decoder
+        if backbone == "vit" and decoder == "autoenc":
+            # the tutorial's network (ssl_train.ipynb: ViTAutoEnc(in_channels=1, patch_size=16, proj_type="conv"))
+            self.net = ViTAutoEnc(1, roi, 16, out_channels=out_channels, hidden_size=hidden_size,
+                                  mlp_dim=4 * hidden_size, num_heads=num_heads, proj_type="conv")  # fmt: skip
+            self._vit_blocks()
+            self.patch, self.token_dim, embedding_dim = 16, hidden_size, hidden_size
+            deconv = self.net.conv3d_transpose.out_channels
+            self.pyramid_dims = (hidden_size, deconv)  # the 1/16 token grid, the 1/4 map
+        elif backbone == "vit":
             self.net = UNETR(1, out_channels, roi, feature_size=feature_size, hidden_size=hidden_size,
                              mlp_dim=4 * hidden_size, num_heads=num_heads, proj_type="conv", norm_name="instance",
                              res_block=True)  # fmt: skip
-            for block in self.net.vit.blocks:
-                block.attn.use_flash_attention = True
-                # MONAI builds a cross-attention norm in every block even without cross-attention; it never
-                # takes part in the loss, so it is frozen (kept for MONAI's state dict; DDP needs every
-                # trainable parameter to get a gradient)
-                block.norm_cross_attn.requires_grad_(False)
+            self._vit_blocks()
             self.patch, self.token_dim, embedding_dim = 16, hidden_size, hidden_size
             self.pyramid_dims = (hidden_size, 8 * feature_size, 4 * feature_size, 2 * feature_size)
         elif backbone == "swin":
@@ -71,19 +79,31 @@ class VolumeNet(nn.Module):
         self.embed_dim = self.token_dim
         self.decoder_dim = self.pyramid_dims[1]
 
+    def _vit_blocks(self) -> None:
+        for block in (self.net.vit if self.decoder == "unetr" else self.net).blocks:
+            block.attn.use_flash_attention = True
+            # MONAI builds a cross-attention norm in every block even without cross-attention; it never
+            # takes part in the loss, so it is frozen (kept for MONAI's state dict; DDP needs every
+            # trainable parameter to get a gradient)
+            block.norm_cross_attn.requires_grad_(False)
+
     @classmethod
     def from_config(cls, cfg: Any, out_channels: int = 1) -> VolumeNet:
         """From a plugin config's backbone fields."""
-        return cls(cfg.backbone, cfg.roi, cfg.feature_size, cfg.hidden_size, cfg.num_heads, out_channels)
+        decoder = getattr(cfg, "decoder", "unetr")
+        return cls(cfg.backbone, cfg.roi, cfg.feature_size, cfg.hidden_size, cfg.num_heads, out_channels, decoder)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, Any]:
         tokens, states = self.encode(x, mask)
+        if self.decoder == "autoenc":
+            return self._decode_autoenc(tokens)
         return self._decode_vit(x, tokens, states) if self.backbone == "vit" else self._decode_swin(x, states)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The encoder alone: ``(tokens [B, (r/16)^3, token_dim], hidden states)`` (see the class docstring)."""
         if self.backbone == "vit":
-            vit, embed = self.net.vit, self.net.vit.patch_embedding
+            vit = self.net.vit if self.decoder == "unetr" else self.net
+            embed = vit.patch_embedding
             tokens = embed.patch_embeddings(x).flatten(2).transpose(1, 2)
             if mask is not None:
                 hidden = mask[:, :: self.patch, :: self.patch, :: self.patch].flatten(1)[..., None]
@@ -121,6 +141,16 @@ class VolumeNet(nn.Module):
         output = net.out(net.decoder2(dec1, enc1))
         return {"output": output, "tokens": tokens, "pyramid": [dec4, dec3, dec2, dec1]}
 
+    def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        side = self.roi // self.patch
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side, side)
+
+    def _decode_autoenc(self, tokens: torch.Tensor) -> dict[str, Any]:
+        """``ViTAutoEnc.forward`` after its final norm: the tokens as a grid, two transposed convolutions."""
+        grid = self._grid(tokens)
+        up = self.net.conv3d_transpose(grid)
+        return {"output": self.net.conv3d_transpose_1(up), "tokens": tokens, "pyramid": [grid, up]}
+
     def _decode_swin(self, x: torch.Tensor, states: list[torch.Tensor]) -> dict[str, Any]:
         net = self.net
         enc0 = net.encoder1(x)
@@ -139,6 +169,8 @@ class VolumeNet(nn.Module):
         all that Alice's teacher reads, at a fraction of the decoder's full-resolution convolutions."""
         tokens, states = self.encode(x)
         net = self.net
+        if self.decoder == "autoenc":
+            return tokens, net.conv3d_transpose(self._grid(tokens))
         if self.backbone == "vit":
             return tokens, net.decoder5(net.proj_feat(tokens), net.encoder4(net.proj_feat(states[9])))
         dec3 = net.decoder5(net.encoder10(states[4]), states[3])
@@ -245,19 +277,22 @@ class Contrastive3DModel(nn.Module):
     every crop (cosine 0.999 between crops of different volumes after 300 steps), so a linear head leaves NT-Xent
     at its uniform value ``log(2N - 1)`` and the rotation at chance; the batch normalisation removes that common
     component.
+
+    ``projector=False`` (``loss_form: tutorial``, which contrasts the reconstructions) builds no projector.
     """
 
-    def __init__(self, net: VolumeNet, proj_dim: int = 512, rotation: bool = True) -> None:
+    def __init__(self, net: VolumeNet, proj_dim: int = 512, rotation: bool = True, projector: bool = True) -> None:
         super().__init__()
         self.net, self.embed_dim = net, net.embed_dim
         net.mask_token.requires_grad_(False)  # the recipe corrupts voxels; it never hides tokens
-        self.projector = _mlp_head(net.token_dim, proj_dim)
+        self.projector = _mlp_head(net.token_dim, proj_dim) if projector else None
         self.rotation_head = _mlp_head(net.token_dim, 4) if rotation else None
 
     def forward(self, x: torch.Tensor) -> dict[str, Any]:
         out = self.net(x)
         pooled = out["tokens"].mean(1)
-        out["z"] = self.projector(pooled)
+        if self.projector is not None:
+            out["z"] = self.projector(pooled)
         if self.rotation_head is not None:
             out["rotation"] = self.rotation_head(pooled)
         return out

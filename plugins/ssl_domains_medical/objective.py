@@ -31,8 +31,11 @@ class Contrastive3DObjective:
 
     - Tang's SSLHead reads the rotation and the contrastive vectors off two single tokens (token 0 and token 1
       of the last stage); here both heads read the *mean* of the encoder tokens, which is what ``embed`` returns.
-    - The MONAI ViT recipe multiplies its contrastive term by the L1 term (``L1 + C * L1``) and contrasts the
-      flattened reconstructions; we follow Tang's weighted sum on projections (weights 1, temperature 0.5).
+    - The MONAI ViT recipe multiplies its contrastive term by the L1 term (``L1 + C * L1``), contrasts the
+      flattened reconstructions and reconstructs the first view only; we follow Tang's weighted sum on
+      projections (weights 1, temperature 0.5). ``loss_form="tutorial"`` computes the recipe's
+      ``w_r * L1(recon_1, crop) + w_c * NT-Xent(flat recon_1, flat recon_2) * L1(recon_1, crop)`` (its
+      ``ssl_train.ipynb`` training cell) for the model built with ``projector=False``; rotation must be off.
     """
 
     def __init__(
@@ -42,8 +45,11 @@ class Contrastive3DObjective:
         recon_weight: float = 1.0,
         contrast_weight: float = 1.0,
         rotation_weight: float = 1.0,
+        loss_form: str = "tang",
     ) -> None:
-        self.temperature, self.rotation = temperature, rotation
+        if loss_form not in ("tang", "tutorial") or (loss_form == "tutorial" and rotation):
+            raise ValueError(f"loss_form must be 'tang', or 'tutorial' without rotation, got {loss_form!r}")
+        self.temperature, self.rotation, self.loss_form = temperature, rotation, loss_form
         self.recon_weight, self.contrast_weight, self.rotation_weight = recon_weight, contrast_weight, rotation_weight
 
     def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -53,7 +59,13 @@ class Contrastive3DObjective:
             turns = torch.randint(0, 4, (2 * b,), device=crop.device)
             views, target = rotate90(views, turns), rotate90(target, turns)
         out = model(views)
-        recon = F.l1_loss(out["output"].float(), target.float())
+        output = _at_least_32(out["output"])
+        if self.loss_form == "tutorial":
+            recon = F.l1_loss(output[:b], _at_least_32(target[:b]))
+            contrast = nt_xent(output[:b].flatten(1), output[b:].flatten(1), self.temperature)
+            loss = self.recon_weight * recon + self.contrast_weight * contrast * recon
+            return {"loss": loss, "recon_l1": recon.detach(), "nt_xent": contrast.detach()}
+        recon = F.l1_loss(output, _at_least_32(target))
         contrast = nt_xent(out["z"][:b], out["z"][b:], self.temperature)
         loss = self.recon_weight * recon + self.contrast_weight * contrast
         logs = {"recon_l1": recon.detach(), "nt_xent": contrast.detach()}
@@ -63,6 +75,11 @@ class Contrastive3DObjective:
             logs["rotation_ce"] = rotation.detach()
             logs["rotation_acc"] = (out["rotation"].argmax(-1) == turns).float().mean()
         return {"loss": loss, **logs}
+
+
+def _at_least_32(x: torch.Tensor) -> torch.Tensor:
+    """Half precision up to float32; float32 and float64 as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def dino_cross_entropy(

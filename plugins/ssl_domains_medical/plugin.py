@@ -93,10 +93,24 @@ class Contrastive3DConfig(MedicalConfig):
     recon_weight: float = option(1.0, doc="weight of the L1 reconstruction (Swin UNETR SSL: 1)")
     contrast_weight: float = option(1.0, doc="weight of NT-Xent (Swin UNETR SSL: 1)")
     rotation_weight: float = option(1.0, doc="weight of the rotation cross-entropy (Swin UNETR SSL: 1)")
+    decoder: Literal["unetr", "autoenc"] = option(
+        "unetr",
+        doc="reconstruction path: the UNETR/SwinUNETR decoder with skips, or (backbone vit) MONAI's ViTAutoEnc, the"
+        " MONAI ViT tutorial's network: two transposed convolutions from the final tokens, no skips",
+    )
+    loss_form: Literal["tang", "tutorial"] = option(
+        "tang",
+        doc="tang: weighted L1 + NT-Xent on projections (+ rotation); tutorial: the MONAI ViT notebook's"
+        " L1(recon of view 1) + NT-Xent(flattened reconstructions) x L1, no projector (needs rotation: false)",
+    )
 
     def validate(self) -> None:
         """Also reject options that exclude each other."""
         super().validate()
+        if self.decoder == "autoenc" and self.backbone != "vit":
+            raise ConfigError("decoder: autoenc is MONAI's ViTAutoEnc; it needs backbone: vit")
+        if self.loss_form == "tutorial" and self.rotation:
+            raise ConfigError("loss_form: tutorial is the MONAI ViT recipe, which has no rotation; set rotation: false")
         if self.positives == "corresponding" and self.crops_per_volume > 1:
             raise ConfigError(
                 "crops_per_volume > 1 draws several crops of one volume, positives: corresponding one crop per volume"
@@ -234,13 +248,13 @@ class Contrastive3DPlugin(_MedicalPlugin):
     def model(self, cfg: Contrastive3DConfig, datamodule: SSLDataModule) -> SSLModel:
         from .model import Contrastive3DModel, VolumeNet
 
-        return Contrastive3DModel(VolumeNet.from_config(cfg), cfg.proj_dim, cfg.rotation)
+        return Contrastive3DModel(VolumeNet.from_config(cfg), cfg.proj_dim, cfg.rotation, cfg.loss_form == "tang")
 
     def objective(self, cfg: Contrastive3DConfig) -> Objective:
         from .objective import Contrastive3DObjective
 
         return Contrastive3DObjective(
-            cfg.temperature, cfg.rotation, cfg.recon_weight, cfg.contrast_weight, cfg.rotation_weight
+            cfg.temperature, cfg.rotation, cfg.recon_weight, cfg.contrast_weight, cfg.rotation_weight, cfg.loss_form
         )
 
 
