@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ssl_domains.nn import nt_xent
+from ssl_domains.nn import at_least_float32, nt_xent
 
 from .masking import column_mask, rotate90
 
@@ -59,13 +59,13 @@ class Contrastive3DObjective:
             turns = torch.randint(0, 4, (2 * b,), device=crop.device)
             views, target = rotate90(views, turns), rotate90(target, turns)
         out = model(views)
-        output = _at_least_32(out["output"])
+        output = at_least_float32(out["output"])
         if self.loss_form == "tutorial":
-            recon = F.l1_loss(output[:b], _at_least_32(target[:b]))
+            recon = F.l1_loss(output[:b], at_least_float32(target[:b]))
             contrast = nt_xent(output[:b].flatten(1), output[b:].flatten(1), self.temperature)
             loss = self.recon_weight * recon + self.contrast_weight * contrast * recon
             return {"loss": loss, "recon_l1": recon.detach(), "nt_xent": contrast.detach()}
-        recon = F.l1_loss(output, _at_least_32(target))
+        recon = F.l1_loss(output, at_least_float32(target))
         contrast = nt_xent(out["z"][:b], out["z"][b:], self.temperature)
         loss = self.recon_weight * recon + self.contrast_weight * contrast
         logs = {"recon_l1": recon.detach(), "nt_xent": contrast.detach()}
@@ -75,11 +75,6 @@ class Contrastive3DObjective:
             logs["rotation_ce"] = rotation.detach()
             logs["rotation_acc"] = (out["rotation"].argmax(-1) == turns).float().mean()
         return {"loss": loss, **logs}
-
-
-def _at_least_32(x: torch.Tensor) -> torch.Tensor:
-    """Half precision up to float32; float32 and float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def dino_cross_entropy(

@@ -72,14 +72,6 @@ def mae_sincos_positions_2d(height: int, width: int, dim: int) -> torch.Tensor:
     return torch.cat([one_d(cols), one_d(rows)], dim=1).float()
 
 
-def _drop_qkv_bias(block: TransformerBlock) -> None:
-    """Replace the block's query/key/value projections by bias-free ones (the reference's ``bias=False``)."""
-    block.qkv = nn.Linear(block.qkv.in_features, block.qkv.out_features, bias=False)
-    if block.cross:
-        block.q_cross = nn.Linear(block.q_cross.in_features, block.q_cross.out_features, bias=False)
-        block.kv_cross = nn.Linear(block.kv_cross.in_features, block.kv_cross.out_features, bias=False)
-
-
 def alibi_bias(query_pos: torch.Tensor, key_pos: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
     """2D-ALiBi ``bias[b, h, i, j] = -m_h * ||p_i - p_j||_2`` (CROMA Eq. 1); X-ALiBi when the two sets differ.
 
@@ -105,10 +97,9 @@ class ALiBiViT(nn.Module):
         super().__init__()
         self.patch, self.heads = patch, heads
         self.embed = nn.Linear(in_channels * patch * patch, dim)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre") for _ in range(depth))
-        if not qkv_bias:
-            for block in self.blocks:
-                _drop_qkv_bias(block)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, heads, 4 * dim, norm="pre", qkv_bias=qkv_bias) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim)
         self.register_buffer("slopes", alibi_slopes(heads, slopes), persistent=False)
 
@@ -146,10 +137,9 @@ class MAEDecoder(nn.Module):
         self.project = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(dim))
         nn.init.normal_(self.mask_token, std=0.02)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre") for _ in range(depth))
-        if not qkv_bias:
-            for block in self.blocks:
-                _drop_qkv_bias(block)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, heads, 4 * dim, norm="pre", qkv_bias=qkv_bias) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, out_dim)
 
@@ -207,10 +197,10 @@ class CROMA(nn.Module):
         half = max(depth // 2, 1)
         self.optical = ALiBiViT(optical_channels, patch, dim, depth, heads, qkv_bias, alibi_slopes)
         self.radar = ALiBiViT(radar_channels, patch, dim, half, heads, qkv_bias, alibi_slopes)
-        self.joint = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre", cross=True) for _ in range(half))
+        self.joint = nn.ModuleList(
+            TransformerBlock(dim, heads, 4 * dim, norm="pre", cross=True, qkv_bias=qkv_bias) for _ in range(half)
+        )
         for block in self.joint:
-            if not qkv_bias:
-                _drop_qkv_bias(block)
             if shared_cross_norm:  # one module under two names: state-dict keys unchanged, one parameter set
                 block.norm_context = block.norm_cross
         self.joint_norm = nn.LayerNorm(dim)

@@ -10,20 +10,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ssl_domains.nn import info_nce
+from ssl_domains.nn import at_least_float32, info_nce
 
 from .masking import croma_masks, random_keep
 from .model import patchify
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32, or float64 when it is float64 (the equivalence checks run in float64)."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
 def masked_patch_mse(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
     """Mean squared error over masked patches only (MAE Eq. in §3), ``pred``/``target`` ``[B, N, D]``."""
-    per_patch = (_wide(pred) - _wide(target)).pow(2).mean(-1)
+    per_patch = (at_least_float32(pred) - at_least_float32(target)).pow(2).mean(-1)
     weight = masked.to(per_patch.dtype)
     return (per_patch * weight).sum() / weight.sum().clamp_min(1.0)
 
@@ -103,7 +98,8 @@ class CROMAObjective:
         key_r, key_o = (z_r.detach(), z_o.detach()) if self.detach_keys else (z_r, z_o)
         contrast = (info_nce(z_r, key_o, temperature) + info_nce(z_o, key_r, temperature)) / 2
         pred = model.decoder(out["joint"], keep_r, grid)
-        target = normalise_patches(_wide(patchify(torch.cat([optical, radar], dim=1), p)), self.unbiased_patch_var)
+        pixels = at_least_float32(patchify(torch.cat([optical, radar], dim=1), p))
+        target = normalise_patches(pixels, self.unbiased_patch_var)
         split = model.optical_channels * p * p
         mae_optical = masked_patch_mse(pred[..., :split], target[..., :split], masked_o)
         mae_radar = masked_patch_mse(pred[..., split:], target[..., split:], masked_r)

@@ -39,3 +39,9 @@ def masked_mean(states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     a row without a valid position gives zeros."""
     weights = valid.to(states.dtype)[:, :, None]
     return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` for a loss: half precision (autocast's bf16/fp16) up to float32, float32 and float64 as they are,
+    so the float64 equivalence checks against reference code stay in float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -67,7 +67,8 @@ class TransformerBlock(nn.Module):
 
     ``eps`` is every LayerNorm's epsilon (PyTorch 1e-5; BERT/s3prl 1e-12; timm's ViT 1e-6); ``ff_dropout=False``
     drops no units of the feed-forward's hidden layer (BERT), ``True`` does (timm's ``Mlp``); ``activation`` is the
-    feed-forward's (GELU; ``"relu"`` for PyTorch's ``TransformerEncoderLayer`` default, as T-JEPA's reference).
+    feed-forward's (GELU; ``"relu"`` for PyTorch's ``TransformerEncoderLayer`` default, as T-JEPA's reference);
+    ``qkv_bias=False`` builds the query/key/value projections without bias (CROMA's reference code).
     """
 
     def __init__(
@@ -81,13 +82,14 @@ class TransformerBlock(nn.Module):
         eps: float = 1e-5,
         ff_dropout: bool = True,
         activation: Literal["gelu", "relu"] = "gelu",
+        qkv_bias: bool = True,
     ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.dropout, self.norm = heads, dropout, norm
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim, bias=qkv_bias), nn.Linear(dim, dim)
         # BERT (TERA's reference) has no dropout on the feed-forward's hidden layer, timm's ViT Mlp does; the
         # module stays either way so that state-dict keys do not depend on it
         hidden_drop = nn.Dropout(dropout if ff_dropout else 0.0)
@@ -100,8 +102,8 @@ class TransformerBlock(nn.Module):
         if cross:
             self.norm_cross, self.norm_context = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
             self.q_cross, self.kv_cross, self.proj_cross = (
-                nn.Linear(dim, dim),
-                nn.Linear(dim, 2 * dim),
+                nn.Linear(dim, dim, bias=qkv_bias),
+                nn.Linear(dim, 2 * dim, bias=qkv_bias),
                 nn.Linear(dim, dim),
             )
 

@@ -192,3 +192,19 @@ def test_transformer_block_is_attention_and_feed_forward_with_residuals(norm):
         block(x, context=x)
     with pytest.raises(ValueError, match="divisible"):
         TransformerBlock(10, 4, 8)
+
+
+def test_at_least_float32_upcasts_half_precision_only() -> None:
+    from ssl_domains.nn import at_least_float32
+
+    for dtype, expected in [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                            (torch.float32, torch.float32), (torch.float64, torch.float64)]:  # fmt: skip
+        assert at_least_float32(torch.ones(2, dtype=dtype)).dtype == expected
+
+
+def test_transformer_block_without_qkv_bias() -> None:
+    block = TransformerBlock(16, 4, 32, cross=True, qkv_bias=False)
+    assert block.qkv.bias is None and block.q_cross.bias is None and block.kv_cross.bias is None
+    assert block.proj.bias is not None and block.proj_cross.bias is not None
+    x = torch.randn(2, 5, 16)
+    assert block(x, context=torch.randn(2, 3, 16)).shape == x.shape
