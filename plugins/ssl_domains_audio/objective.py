@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ssl_domains.nn import global_mean
+from ssl_domains.nn import at_least_float32, global_mean
 
 from .masking import patch_mask, tera_alter
 from .model import SSASTModel, TERAModel
@@ -78,11 +78,6 @@ def gather_masked(mask: torch.Tensor, max_count: int) -> tuple[torch.Tensor, tor
     return order, slot_valid
 
 
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32 when it is in a lower precision (autocast), unchanged in float64 (equivalence checks)."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
 class SSASTObjective:
     """``(model, batch) -> {"loss", "nce", "mse", "masked_acc"}``."""
 
@@ -114,7 +109,7 @@ class SSASTObjective:
     ) -> tuple[torch.Tensor, ...]:
         """InfoNCE over each clip's masked patches (Eq. 1), and the share of predictions matched correctly."""
         # [B, N, N]: prediction i, target j
-        logits = _at_least_float32(predictions) @ _at_least_float32(targets).transpose(1, 2)
+        logits = at_least_float32(predictions) @ at_least_float32(targets).transpose(1, 2)
         if self.cfg.nce_softmax == "reference":
             logits = logits.transpose(1, 2)
         pair_valid = slot_valid[:, None, :] & slot_valid[:, :, None]
@@ -132,7 +127,7 @@ class SSASTObjective:
         nce, accuracy = self.nce(discriminative, targets, slot_valid)
         if self.cfg.forward_passes == 2:  # the reference: a second pass with an independent mask for the MSE
             _, targets, _, generative, slot_valid = self.heads(model, batch)
-        generative, targets = _at_least_float32(generative), _at_least_float32(targets)
+        generative, targets = at_least_float32(generative), at_least_float32(targets)
         weights = slot_valid.to(targets.dtype)[:, :, None]
         mse = global_mean(((generative - targets).pow(2) * weights).sum(), weights.sum() * targets.shape[-1])
         loss = nce + self.cfg.mse_weight * mse

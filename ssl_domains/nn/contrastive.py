@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .reduction import at_least_float32
+
 __all__ = ["gather_with_grad", "info_nce", "nt_xent"]
 
 
@@ -37,13 +39,14 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """InfoNCE (van den Oord et al. 2018, Eq. 4): row ``i`` of ``query`` against all keys of all ranks, positive
-    ``key[i]``; the mean over this rank's rows. Both ``[B, D]``, L2-normalised here; computed in float32.
+    ``key[i]``; the mean over this rank's rows. Both ``[B, D]``, L2-normalised here; computed in float32 (float64
+    inputs stay float64, so the equivalence harnesses compare in double precision).
 
     With keys gathered from every rank (:func:`gather_with_grad`) the negatives are the global batch, as in
     CLIP / CROMA / MoCo v3 with large batches.
     """
-    q = F.normalize(query.float(), dim=-1)
-    k = F.normalize(key.float(), dim=-1)
+    q = F.normalize(at_least_float32(query), dim=-1)
+    k = F.normalize(at_least_float32(key), dim=-1)
     _, rank = _world()
     keys = gather_with_grad(k)
     logits = q @ keys.T / temperature
@@ -56,12 +59,12 @@ def nt_xent(view1: torch.Tensor, view2: torch.Tensor, temperature: float | torch
     of its item; every other view of the global batch, same-view ones included, is a negative.
 
     ``view1``/``view2`` ``[B, D]`` are the two views' projections (row ``i`` of each is item ``i``); L2-normalised
-    here and computed in float32; the mean over this rank's ``2B`` rows. Negatives come from every rank through
-    :func:`gather_with_grad`, as in :func:`info_nce`.
+    here and computed in at least float32; the mean over this rank's ``2B`` rows. Negatives come from every rank
+    through :func:`gather_with_grad`, as in :func:`info_nce`.
     """
     b = view1.shape[0]
     _, rank = _world()
-    z1, z2 = F.normalize(view1.float(), dim=-1), F.normalize(view2.float(), dim=-1)
+    z1, z2 = F.normalize(at_least_float32(view1), dim=-1), F.normalize(at_least_float32(view2), dim=-1)
     keys = torch.cat([gather_with_grad(z1), gather_with_grad(z2)])  # [2 W B]: all first views, then all second
     total = keys.shape[0] // 2
     logits = torch.cat([z1, z2]) @ keys.T / temperature
