@@ -44,12 +44,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import math
-import os
 import random
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,7 +57,6 @@ from _ssast_ref import REFERENCE_MSE_WEIGHT, deit_at_sizes, import_reference, re
 
 REFERENCE_COMMIT = "a1a3eecb94731e226308a6812f2fbf268d789caf"
 DATA = Path(__file__).resolve().parents[1] / "datasets" / "fsdd"
-TIMM_DIR = os.environ.get("SSAST_TIMM", "/tmp/timm045")
 SIZES = {"dim": 24, "depth": 2, "heads": 2, "ff_dim": 48, "dropout": 0.0, "mask_ratio": 0.5, "batch_size": 4}
 FRAMES, CLIPS, STEPS = 64, 4, 5
 TINY = {"dim": 192, "depth": 2, "heads": 3, "ff_dim": 768, "dropout": 0.0}  # DeiT-tiny blocks, 2 of its 12
@@ -95,11 +91,6 @@ def _float64(ast_models: Any) -> Iterator[None]:
     finally:
         ast_models.torch = original
         torch.set_default_dtype(previous)
-
-
-def _timm_on_path() -> None:
-    if importlib.util.find_spec("timm") is None and Path(TIMM_DIR, "timm").is_dir():
-        sys.path.insert(0, TIMM_DIR)
 
 
 def _clips(root: Path, n: int = 8) -> Path:
@@ -402,7 +393,6 @@ def _any_size() -> Iterator[None]:
 
 def compare(reference: Path) -> dict[str, Any]:
     """The SSAST figures of ``benchmarks/equivalence.py`` (see the module docstring)."""
-    _timm_on_path()
     # lightning (torchmetrics) probes torchvision when imported: import it before the reference's stand-in exists
     import ssl_domains_audio.data  # noqa: F401
 

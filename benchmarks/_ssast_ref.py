@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _timm import import_timm
 
 REFERENCE_PATCH_DIM = 256
 """The reference's heads and InfoNCE buffers are hard-coded to 256 outputs (16 × 16 patches, or 128 × 2 frames)."""
@@ -80,14 +81,6 @@ REFERENCE_MSE_WEIGHT = 10
 _LOADED: dict[Path, types.ModuleType] = {}
 
 
-def _stub(name: str, **attrs: object) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
-    module.__path__ = []
-    module.__dict__.update(attrs)
-    return module
-
-
 def import_reference(ref_dir: Path) -> types.ModuleType:
     """The reference's ``src/models/ast_models.py``, loaded by file path (with timm 0.4.5)."""
     path = Path(ref_dir).resolve() / "src" / "models" / "ast_models.py"
@@ -95,22 +88,7 @@ def import_reference(ref_dir: Path) -> types.ModuleType:
         return _LOADED[path]
     if not path.is_file():
         raise FileNotFoundError(f"{ref_dir} is not an ssast checkout (no src/models/ast_models.py)")
-    if importlib.util.find_spec("timm") is None:
-        raise ModuleNotFoundError("the SSAST reference needs timm 0.4.5: pip install --no-deps timm==0.4.5")
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
-        # timm.data imports torchvision.transforms at module level (image transforms, unused here)
-        transforms = _stub("torchvision.transforms", functional=_stub("torchvision.transforms.functional"))
-        sys.modules["torchvision"] = _stub("torchvision", transforms=transforms)
-        sys.modules["torchvision.transforms"] = transforms
-        sys.modules["torchvision.transforms.functional"] = transforms.functional
-    if "matplotlib" not in sys.modules and importlib.util.find_spec("matplotlib") is None:
-        # imported at the top of ast_models.py, used only by its __main__ example
-        sys.modules["matplotlib"] = _stub("matplotlib", pyplot=_stub("matplotlib.pyplot"))
-        sys.modules["matplotlib.pyplot"] = sys.modules["matplotlib"].pyplot
-    import timm
-
-    if timm.__version__ != "0.4.5":
-        raise RuntimeError(f"the SSAST reference needs timm 0.4.5 (installed: {timm.__version__})")
+    import_timm("the SSAST reference", "0.4.5")  # with torchvision and matplotlib stand-ins (_timm.py)
     spec = importlib.util.spec_from_file_location("_ssast_ast_models", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -55,21 +55,47 @@ def alibi_slopes(heads: int, rule: str = "geometric") -> torch.Tensor:
     return torch.cat([alibi_slopes(lower), alibi_slopes(2 * lower, "alibi")[0::2][: heads - lower]])
 
 
+def _blocked_sincos_positions_2d(
+    height: int, width: int, dim: int, first: str, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """``[height * width, dim]`` (row-major tokens): one half of the channels encodes ``first`` (``"rows"`` or
+    ``"cols"``), the other half the other axis, each as all sines then all cosines; computed in ``dtype`` (MAE's
+    numpy code: float64; MoCo v3's torch code: float32) and returned in float32, as the references store it."""
+    if dim % 4:
+        raise ValueError(f"dim {dim} must be divisible by 4 for 2-D sin-cos positions")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=dtype) / (dim / 4))
+
+    def one_d(pos: torch.Tensor) -> torch.Tensor:
+        out = pos.to(dtype).reshape(-1, 1) * omega
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    halves = (rows, cols) if first == "rows" else (cols, rows)
+    return torch.cat([one_d(h) for h in halves], dim=1).float()
+
+
 def mae_sincos_positions_2d(height: int, width: int, dim: int) -> torch.Tensor:
     """MAE's ``get_2d_sincos_pos_embed`` layout ``[height * width, dim]`` (row-major tokens), which CROMA's
     reference decoder uses (``pretrain_croma.py:262-291``): the first half of the channels encodes the *column*,
     the second the row, each as all sines then all cosines (``ssl_domains.nn.sincos_positions_2d``: rows first,
-    sine/cosine interleaved). Same frequencies, another channel order; float32 like the reference."""
-    if dim % 4:
-        raise ValueError(f"dim {dim} must be divisible by 4 for 2-D sin-cos positions")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    sine/cosine interleaved). Same frequencies, another channel order."""
+    return _blocked_sincos_positions_2d(height, width, dim, "cols")
 
-    def one_d(pos: torch.Tensor) -> torch.Tensor:
-        out = pos.double().reshape(-1, 1) * omega
-        return torch.cat([out.sin(), out.cos()], dim=1)
 
-    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    return torch.cat([one_d(cols), one_d(rows)], dim=1).float()
+def mocov3_sincos_positions_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """MoCo v3's ``build_2d_sincos_position_embedding`` layout (facebookresearch/moco-v3 ``vits.py`` L53-68):
+    sines then cosines of the *row*, then of the column. Its ``torch.meshgrid(grid_w, grid_h)`` indexes ``ij``, so
+    the table it calls ``out_w`` varies along the first (row) axis of the row-major tokens."""
+    return _blocked_sincos_positions_2d(height, width, dim, "rows", torch.float32)
+
+
+POSITION_TABLES = {
+    "interleaved": sincos_positions_2d,
+    "mae": mae_sincos_positions_2d,
+    "mocov3": mocov3_sincos_positions_2d,
+}
+"""The fixed 2-D sin-cos layouts: ours, MAE's and MoCo v3's. The same frequencies in another channel order; a
+checkpoint's weights only fit the layout it was trained with."""
 
 
 def alibi_bias(query_pos: torch.Tensor, key_pos: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
@@ -128,32 +154,40 @@ class MAEDecoder(nn.Module):
 
     def __init__(
         self, in_dim: int, dim: int, depth: int, heads: int, out_dim: int, positions: str = "interleaved",
-        qkv_bias: bool = True,
+        qkv_bias: bool = True, eps: float = 1e-5,
     ) -> None:  # fmt: skip
         super().__init__()
-        if positions not in ("interleaved", "mae"):
-            raise ValueError(f"positions must be interleaved or mae, got {positions!r}")
+        if positions not in POSITION_TABLES:
+            raise ValueError(f"positions must be one of {sorted(POSITION_TABLES)}, got {positions!r}")
         self.positions = positions
         self.project = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(dim))
         nn.init.normal_(self.mask_token, std=0.02)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, heads, 4 * dim, norm="pre", qkv_bias=qkv_bias) for _ in range(depth)
+            TransformerBlock(dim, heads, 4 * dim, norm="pre", qkv_bias=qkv_bias, eps=eps) for _ in range(depth)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
         self.head = nn.Linear(dim, out_dim)
 
-    def forward(self, tokens: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """Predictions ``[B, N, out_dim]`` for every patch of the grid, from the tokens kept at ``keep``."""
+    def forward(
+        self, tokens: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int], cls: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predictions ``[B, N, out_dim]`` for every patch of the grid, from the tokens kept at ``keep``.
+
+        With ``cls`` ``[B, 1, in_dim]`` (the encoder's class token) it is projected and prepended at a zero
+        position, attends with the patches and is dropped before the output, as MAE's ``forward_decoder`` does
+        (facebookresearch/mae ``models_mae.py`` L160-185)."""
         b, n_total = tokens.shape[0], grid[0] * grid[1]
         x = self.mask_token.to(tokens.dtype).expand(b, n_total, -1).clone()
         projected = self.project(tokens)
         x = x.to(projected.dtype).scatter(1, keep[..., None].expand(-1, -1, x.shape[-1]), projected)
-        table = sincos_positions_2d if self.positions == "interleaved" else mae_sincos_positions_2d
-        x = x + table(*grid, x.shape[-1]).to(x)
+        x = x + POSITION_TABLES[self.positions](*grid, x.shape[-1]).to(x)
+        if cls is not None:
+            x = torch.cat([self.project(cls).to(x.dtype), x], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
+        out = self.head(self.norm(x))
+        return out if cls is None else out[:, 1:]
 
 
 class CROMA(nn.Module):
@@ -260,19 +294,25 @@ class CROMA(nn.Module):
 class SinCosViT(nn.Module):
     """The MoCo v3 ViT (Chen, Xie, He 2021): patch embedding, a class token, fixed 2-D sin-cos positions, pre-LN."""
 
-    def __init__(self, in_channels: int, patch: int, dim: int, depth: int, heads: int) -> None:
+    def __init__(
+        self, in_channels: int, patch: int, dim: int, depth: int, heads: int, positions: str = "interleaved",
+        eps: float = 1e-5,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.patch = patch
+        if positions not in POSITION_TABLES:
+            raise ValueError(f"positions must be one of {sorted(POSITION_TABLES)}, got {positions!r}")
+        self.patch, self.positions = patch, positions
         self.embed = nn.Linear(in_channels * patch * patch, dim)
         self.cls = nn.Parameter(torch.zeros(dim))
         nn.init.normal_(self.cls, std=1e-6)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre") for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, 4 * dim, norm="pre", eps=eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, 1 + n, dim]``: the class token then the kept patch tokens."""
         grid = (x.shape[-2] // self.patch, x.shape[-1] // self.patch)
-        tokens = self.embed(patchify(x, self.patch)) + sincos_positions_2d(*grid, self.cls.shape[0]).to(x)
+        table = POSITION_TABLES[self.positions](*grid, self.cls.shape[0])
+        tokens = self.embed(patchify(x, self.patch)) + table.to(x)
         if keep is not None:
             tokens = gather_tokens(tokens, keep)
         tokens = torch.cat([self.cls.to(tokens.dtype).expand(tokens.shape[0], 1, -1), tokens], dim=1)
@@ -302,14 +342,18 @@ class SSL4EOModel(nn.Module):
     def __init__(
         self, in_channels: int, patch: int, dim: int, depth: int, heads: int, proj_dim: int, hidden_dim: int,
         decoder_dim: int, decoder_depth: int, decoder_heads: int, pooling: str = "cls",
-        key_momentum: float | None = None,
+        key_momentum: float | None = None, positions: str = "interleaved", eps: float = 1e-5,
     ) -> None:  # fmt: skip
         super().__init__()
         self.patch, self.pooling, self.in_channels = patch, pooling, in_channels
-        self.backbone = SinCosViT(in_channels, patch, dim, depth, heads)
+        self.backbone = SinCosViT(in_channels, patch, dim, depth, heads, positions, eps)
         self.projector = _mlp([dim, hidden_dim, hidden_dim, proj_dim], last_bn=True)
-        self.predictor = _mlp([proj_dim, hidden_dim, proj_dim], last_bn=False)
-        self.decoder = MAEDecoder(dim, decoder_dim, decoder_depth, decoder_heads, in_channels * patch * patch)
+        # "all layers in both MLPs have BN" (Chen et al. 2021, §4); moco-v3's MoCo_ViT builds it so (builder.py
+        # L122), where its ResNet predictor has no output BN (L109)
+        self.predictor = _mlp([proj_dim, hidden_dim, proj_dim], last_bn=True)
+        self.decoder = MAEDecoder(
+            dim, decoder_dim, decoder_depth, decoder_heads, in_channels * patch * patch, positions, eps=eps
+        )
         self.embed_dim = dim
         self.key_encoder = None if key_momentum is None else EMATeacher(self.query_encoder(), key_momentum, 1.0)
 

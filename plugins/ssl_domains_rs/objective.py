@@ -164,6 +164,11 @@ class MoCoObjective:
         grid = _crop_flip_grid(batch["view1"], self.min_scale) if self.shared_geometry else None
         x1 = augment(batch["view1"], self.min_scale, self.jitter, grid)
         x2 = augment(batch["view2"], self.min_scale, self.jitter, grid)
+        return self.loss(model, x1, x2)
+
+    def loss(self, model, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The symmetrised loss of two augmented views (``benchmarks/_equiv_ssl4eo.py`` injects the reference's);
+        MoCo v3's ``forward`` (``moco/builder.py`` L72-93) with ``contrastive_loss``'s ``2 tau`` factor."""
         q1 = model.predictor(model.projector(model.backbone(x1)[:, 0]))
         q2 = model.predictor(model.projector(model.backbone(x2)[:, 0]))
         with torch.no_grad():
@@ -179,16 +184,21 @@ class MAEObjective:
     """MAE on S2 chips (He et al. 2022; SSL4EO-S12's MAE ViT-S/16 baseline): random masking, the encoder sees the
     visible patches, the decoder predicts the per-patch-normalised pixels, loss on the masked patches."""
 
-    def __init__(self, mask_ratio: float = 0.75) -> None:
-        self.mask_ratio = mask_ratio
+    def __init__(self, mask_ratio: float = 0.75, decoder_cls: bool = False, unbiased_patch_var: bool = False) -> None:
+        self.mask_ratio, self.decoder_cls, self.unbiased_patch_var = mask_ratio, decoder_cls, unbiased_patch_var
 
     def __call__(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["view1"]
         b, _, h, w = x.shape
+        keep, masked = random_keep(b, (h // model.patch) * (w // model.patch), self.mask_ratio, x.device)
+        return self.loss(model, x, keep, masked)
+
+    def loss(self, model, x: torch.Tensor, keep: torch.Tensor, masked: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss for the kept token ids ``keep`` ``[B, n]`` and the mask ``masked`` ``[B, N]`` (True = hidden;
+        ``benchmarks/_equiv_ssl4eo.py`` injects MAE's ``random_masking``)."""
         p = model.patch
-        grid = (h // p, w // p)
-        keep, masked = random_keep(b, grid[0] * grid[1], self.mask_ratio, x.device)
-        tokens = model.backbone(x, keep)[:, 1:]
-        pred = model.decoder(tokens, keep, grid)
-        loss = masked_patch_mse(pred, normalise_patches(patchify(x.float(), p)), masked)
-        return {"loss": loss}
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
+        tokens = model.backbone(x, keep)
+        pred = model.decoder(tokens[:, 1:], keep, grid, tokens[:, :1] if self.decoder_cls else None)
+        target = normalise_patches(patchify(at_least_float32(x), p), self.unbiased_patch_var)
+        return {"loss": masked_patch_mse(pred, target, masked)}

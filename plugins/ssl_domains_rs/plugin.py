@@ -134,6 +134,23 @@ class SSL4EOConfig(RSDataConfig):
     decoder_depth: int = option(2, doc="MAE decoder layers")
     decoder_heads: int = option(4, doc="MAE decoder heads")
     pooling: Literal["cls", "mean"] = option("cls", doc="embedding: class token (MoCo v3's read-out) or mean patch")
+    positions: Literal["interleaved", "mocov3", "mae"] = option(
+        "interleaved",
+        doc="sin-cos table layout: ours (rows|columns, sin/cos interleaved), MoCo v3's (vits.py L53-68) or MAE's",
+    )
+    norm_eps: float = option(1e-5, doc="every LayerNorm's epsilon (timm's ViT, which MoCo v3 and MAE build on: 1e-6)")
+    decoder_cls: bool = option(False, doc="MAE: the class token also passes the decoder (models_mae.py L160-185)")
+    unbiased_patch_var: bool = option(
+        False, doc="MAE: target normalisation with torch.var's n - 1, as MAE's forward_loss (models_mae.py L206)"
+    )
+
+
+REFERENCE_CODE_SSL4EO = {
+    "moco": {"positions": "mocov3", "norm_eps": 1e-6},
+    "mae": {"positions": "mae", "norm_eps": 1e-6, "decoder_cls": True, "unbiased_patch_var": True},
+}
+"""The ``ssl4eo`` settings, per objective, that reproduce zhu-xlab/SSL4EO-S12's MoCo v3 and MAE code (itself
+facebookresearch/moco-v3 and mae with 13 input channels; ``benchmarks/_equiv_ssl4eo.py``)."""
 
 
 _FORMATS = (
@@ -270,7 +287,8 @@ class SSL4EOPlugin(_RSPlugin):
         model = SSL4EOModel(
             len(datamodule.bands), cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.proj_dim, cfg.hidden_dim,
             cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.pooling,
-            key_momentum=cfg.momentum if cfg.objective == "moco" else None,
+            key_momentum=cfg.momentum if cfg.objective == "moco" else None, positions=cfg.positions,
+            eps=cfg.norm_eps,
         )  # fmt: skip
         # The heads of the other objective stay in the state dict (one layout for both variants) but are frozen:
         # a trainable parameter without a gradient stalls DDP's reducer and costs optimiser state.
@@ -282,5 +300,5 @@ class SSL4EOPlugin(_RSPlugin):
         from .objective import MAEObjective, MoCoObjective
 
         if cfg.objective == "mae":
-            return MAEObjective(cfg.mask_ratio)
+            return MAEObjective(cfg.mask_ratio, cfg.decoder_cls, cfg.unbiased_patch_var)
         return MoCoObjective(cfg.temperature, cfg.min_scale, cfg.jitter, cfg.shared_geometry)
