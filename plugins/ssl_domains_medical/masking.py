@@ -11,21 +11,23 @@ import torch
 from ssl_domains.nn import per_sample_mask
 
 
-def column_mask(batch: int, roi: int, patch: int, ratio: float, device: torch.device) -> torch.Tensor:
+def column_mask(batch: int, roi: int, patch: int, ratio: float, device: torch.device, axis: int = 0) -> torch.Tensor:
     """Alice's masked-image-modelling mask (reference ``utils.MaskGenerator``): a random 2-D mask over a grid of
-    ``patch`` x ``patch`` cells, repeated along the first spatial axis, so every hidden cell is a column through
-    the crop.
+    ``patch`` x ``patch`` cells, repeated along one spatial axis, so every hidden cell is a column through the crop.
 
-    In the reference the crop is ``[B, C, D, H, W]`` after MONAI's loader, i.e. ``D`` is the volume's first axis,
-    and the (H, W) mask is repeated along it; here likewise the (y, z) grid is drawn and repeated along x.
-    Exactly ``round(ratio * g^2)`` of the ``g^2`` cells are hidden in every crop (``g = roi / patch``), one
-    ``argsort`` for the batch. Returns bool ``[B, X, Y, Z]``, True = hidden.
+    ``axis`` 0 (default) draws the (y, z) grid and repeats it along x. The reference (``utils.py:1071-1101``)
+    draws the grid over the first two axes of its ``[B, C, H, W, D]`` crops and repeats it along the last, i.e.
+    ``axis`` 2 here (after ``Orientationd(as_closest_canonical=True)`` its axes are RAS too: columns along z).
+    Exactly ``round(ratio * g^2)`` of the ``g^2`` cells are hidden in every crop (``g = roi / patch``; the
+    reference rounds up), one ``argsort`` for the batch. Returns bool ``[B, X, Y, Z]``, True = hidden.
     """
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
     cells = roi // patch
     hidden = round(ratio * cells * cells)
     grid = per_sample_mask(batch, cells * cells, hidden, device).view(batch, cells, cells)
     plane = grid.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
-    return plane[:, None].expand(batch, roi, roi, roi)
+    return plane.unsqueeze(1 + axis).expand(batch, roi, roi, roi)
 
 
 def rotate90(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:

@@ -330,6 +330,7 @@ class AliceModel(nn.Module):
         momentum: float = 0.996,
         center_momentum: float = 0.9,
         head_batch_norm: bool = False,
+        momentum_at_step_start: bool = False,
     ) -> None:
         super().__init__()
         self.net, self.embed_dim = net, net.embed_dim
@@ -339,6 +340,8 @@ class AliceModel(nn.Module):
         self.align = CrossAlignment(align_dim, align_heads, align_ff)
         self.teacher = EMATeacher(self.student(), momentum, 1.0, "cosine")
         self.center_momentum = center_momentum
+        self.momentum_at_step_start = momentum_at_step_start
+        self._step_start: float | None = None  # the progress of the last after_step (momentum_at_step_start)
         for name, size in (("center_cls", out_dim), ("center_patch", align_dim)):
             self.register_buffer(name, torch.zeros(size))
             self.register_buffer(name.replace("center", "pending"), torch.zeros(size))
@@ -350,8 +353,17 @@ class AliceModel(nn.Module):
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
-        """After each optimiser step: EMA teacher update, DINO centring, and the training progress (0..1)."""
-        self.teacher.update(self.student(), progress)
+        """After each optimiser step: EMA teacher update, DINO centring, and the training progress (0..1).
+
+        The core passes the step count *after* the step (``global_step / total``). With ``momentum_at_step_start``
+        the momentum is read at the progress the step started from instead (the previous call's; the ``progress``
+        buffer once after a resume), which is the reference's ``momentum_schedule[it]`` for step ``it``
+        (``engine_pretrain.py:148``)."""
+        at = progress
+        if self.momentum_at_step_start:
+            at = float(self.progress) if self._step_start is None else self._step_start
+            self._step_start = progress
+        self.teacher.update(self.student(), at)
         weight = 1.0 - self.center_momentum
         self.center_cls.lerp_(self.pending_cls, weight)
         self.center_patch.lerp_(self.pending_patch, weight)

@@ -88,7 +88,7 @@ def dino_cross_entropy(
 
 def dino_targets(teacher: torch.Tensor, center: torch.Tensor, teacher_temp: torch.Tensor) -> torch.Tensor:
     """DINO's centred, sharpened teacher distribution ``softmax((t - c) / tau_t)`` (Caron et al. 2021, §3.1)."""
-    return F.softmax((teacher.float() - center) / teacher_temp, dim=-1)
+    return F.softmax((at_least_float32(teacher) - center) / teacher_temp, dim=-1)
 
 
 def soft_cross_entropy(
@@ -96,7 +96,7 @@ def soft_cross_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``-sum target * log softmax(s / tau_s)`` averaged over all leading dimensions, and the targets' mean
     entropy."""
-    loss = -(target * F.log_softmax(student.float() / student_temp, dim=-1)).sum(-1).mean()
+    loss = -(target * F.log_softmax(at_least_float32(student) / student_temp, dim=-1)).sum(-1).mean()
     entropy = -(target * target.clamp_min(1e-12).log()).sum(-1).mean()
     return loss, entropy
 
@@ -160,8 +160,16 @@ class AliceObjective:
         self.cfg = cfg
 
     def teacher_temperature(self, progress: torch.Tensor) -> torch.Tensor:
+        """Linear in ``progress`` over ``teacher_temp_warmup``; with ``teacher_temp_epochs`` N > 0, the reference's
+        table instead (``loss.py:46-50``): constant within an epoch, ``np.linspace(start, end, W)[epoch]`` for the
+        first ``W = round(teacher_temp_warmup * N)`` epochs (so ``end`` is reached at epoch ``W - 1``)."""
         c = self.cfg
-        ramp = (progress / max(c.teacher_temp_warmup, 1e-8)).clamp(0.0, 1.0)
+        if c.teacher_temp_epochs > 0:
+            warm = max(round(c.teacher_temp_warmup * c.teacher_temp_epochs), 1)
+            epoch = torch.floor(progress * c.teacher_temp_epochs + 1e-6)
+            ramp = (epoch / max(warm - 1, 1)).clamp(0.0, 1.0)
+        else:
+            ramp = (progress / max(c.teacher_temp_warmup, 1e-8)).clamp(0.0, 1.0)
         return c.teacher_temp_start + (c.teacher_temp - c.teacher_temp_start) * ramp
 
     def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -169,7 +177,8 @@ class AliceObjective:
         crops = torch.cat([batch["query"], batch["anchor"]])
         views = torch.cat([batch["query_view"], batch["anchor_view"]])
         b = batch["query"].shape[0]
-        hidden = column_mask(2 * b, crops.shape[-1], c.mask_patch, c.mask_ratio, crops.device)
+        axis = 0 if c.mask_axis == "x" else 2
+        hidden = column_mask(2 * b, crops.shape[-1], c.mask_patch, c.mask_ratio, crops.device, axis)
         student = model.net(views.masked_fill(hidden[:, None], 0.0), hidden)
         teacher_net, teacher_cls, teacher_context = model.teacher.module
         queries = model.query_proj(student["tokens"])
@@ -189,10 +198,10 @@ class AliceObjective:
         swapped = torch.cat([target_cls[b:], target_cls[:b]])  # query's target is the anchor's teacher output and back
         loss_cls, entropy_cls = soft_cross_entropy(swapped, cls_s, c.student_temp)
         loss_patch, entropy_patch = soft_cross_entropy(target_patch, patch_s, c.student_temp)
-        loss_mim = F.mse_loss(student["output"].float(), crops.float())
+        loss_mim = F.mse_loss(at_least_float32(student["output"]), at_least_float32(crops))
         with torch.no_grad():
-            model.pending_cls.copy_(_mean_over_ranks(cls_t.float().mean(0)))
-            model.pending_patch.copy_(_mean_over_ranks(patch_t.float().mean((0, 1))))
+            model.pending_cls.copy_(_mean_over_ranks(at_least_float32(cls_t).mean(0)))
+            model.pending_patch.copy_(_mean_over_ranks(at_least_float32(patch_t).mean((0, 1))))
         loss = c.cls_weight * loss_cls + c.patch_weight * loss_patch + c.recon_weight * loss_mim
         return {
             "loss": loss,

@@ -130,6 +130,9 @@ class AliceConfig(MedicalConfig):
         0.75, doc="share of (y, z) cells hidden from the student as columns along x (reference: 0.75)"
     )
     mask_patch: int = option(16, doc="side of a mask cell in voxels (reference: 16)")
+    mask_axis: Literal["x", "z"] = option(
+        "x", doc="axis the mask columns run along (x); z: the reference's (utils.MaskGenerator repeats along the last)"
+    )
     out_dim: int = option(512, doc="DINO head output (prototype) count (reference: 512)")
     head_hidden: int = option(512, doc="DINO head hidden width (reference: 2048)")
     head_bottleneck: int = option(256, doc="DINO head bottleneck (reference: 256)")
@@ -143,12 +146,18 @@ class AliceConfig(MedicalConfig):
     teacher_temp: float = option(0.01, doc="teacher temperature after warm-up (reference: 0.01)")
     teacher_temp_start: float = option(0.008, doc="teacher temperature at the start (reference: 0.008)")
     teacher_temp_warmup: float = option(0.1, doc="share of training over which it rises (reference: 30 of 1000 epochs)")
+    teacher_temp_epochs: int = option(
+        0, doc="0: the teacher temperature rises with every step; N > 0: the reference's per-epoch table over N epochs"
+    )
     centering: Literal["ema", "sinkhorn"] = option(
         "ema", doc="teacher centring: DINO's EMA centre (reference) or Sinkhorn-Knopp within the batch (DINOv2/iBOT)"
     )
     sinkhorn_iterations: int = option(3, doc="Sinkhorn-Knopp iterations (DINOv2: 3)")
     center_momentum: float = option(0.9, doc="DINO centring momentum (reference: 0.9; unused by sinkhorn)")
     momentum: float = option(0.996, doc="teacher EMA momentum at the start, raised to 1 on a cosine (reference)")
+    momentum_at_step_start: bool = option(
+        False, doc="EMA momentum of the step's own index, as the reference (default: of the step count after it)"
+    )
     cls_weight: float = option(1.0, doc="lambda_1, cross-volume [CLS] loss (reference: 1)")
     patch_weight: float = option(1.0, doc="lambda_2, aligned patch loss (reference: 1)")
     recon_weight: float = option(10.0, doc="lambda_3, masked-image reconstruction MSE (reference: 10)")
@@ -290,6 +299,7 @@ class AlicePlugin(_MedicalPlugin):
         return AliceModel(
             VolumeNet.from_config(cfg), cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck, cfg.align_dim,
             cfg.align_heads, cfg.align_ff, cfg.momentum, cfg.center_momentum, cfg.head_batch_norm,
+            cfg.momentum_at_step_start,
         )  # fmt: skip
 
     def objective(self, cfg: AliceConfig) -> Objective:
