@@ -21,7 +21,8 @@ with ``.cuda()`` (L69), an identity on the host while the reference runs; ``conc
 - Measured in float64: the position tables, every block's output, the heads, the loss, every gradient, and 5
   AdamW steps (MoCo: with the momentum encoder on its cosine schedule, the reference's ``_update_momentum_encoder``
   before each step's keys against our ``after_step``; fresh views or masks each step).
-- Import of the released SSL4EO-S12 weights: not measured (no ``ssl-domains import --plugin ssl4eo`` yet).
+- Import (``_equiv_ssl4eo_import.py``): checkpoints in the three forms the reference's code saves or torchgeo
+  ships, through ``ssl-domains import``, embedded by ours against the reference encoder, in float32.
 """
 
 from __future__ import annotations
@@ -402,19 +403,21 @@ def compare(reference: Path) -> dict[str, Any]:
     if own_group:  # MoCo's concat_all_gather and get_rank (one process here)
         dist.init_process_group("gloo", init_method=f"file://{work / 'store'}", rank=0, world_size=1)
     try:
+        from _equiv_ssl4eo_import import check
+
         result: dict[str, Any] = {}
+        setups = {}
         for objective in ("moco", "mae"):
-            plugin, cfg, dm, batch = _setup(objective)
+            plugin, cfg, dm, batch = setups[objective] = _setup(objective)
             block = one_step(ref, plugin, cfg, dm, batch)
             block.update(steps(ref, plugin, cfg, dm, batch))
             block["switch_off"] = switch_off(ref, plugin, cfg, dm, batch)
             result[objective] = block
         for key in ("output_max_abs_diff", "loss_rel_diff", "grad_max_rel_diff", "steps_loss_max_rel_diff"):
             result[key] = max(result[o][key] for o in ("moco", "mae"))
-        result.update(
-            config=dict(SIZES), bands=len(dm.bands), chips=int(batch["view1"].shape[0]),
-            import_note="no SSL4EO import format yet: import_max_abs_diff not measured",
-        )  # fmt: skip
+        result["import"] = check(ref, setups)
+        result["import_max_abs_diff"] = result["import"].pop("import_max_abs_diff")
+        result.update(config=dict(SIZES), bands=len(dm.bands), chips=int(batch["view1"].shape[0]))
         return result
     finally:
         if own_group:

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ssl_domains import ConfigError, ModalityPlugin, Objective, PluginCommand, SSLDataModule, SSLModel, option
+from ssl_domains import (
+    ConfigError,
+    ModalityPlugin,
+    Objective,
+    PluginCommand,
+    SSLDataModule,
+    SSLModel,
+    WeightFormat,
+    option,
+)
 
 if TYPE_CHECKING:  # annotations only: this module must not import torch
     import torch
@@ -273,6 +282,25 @@ class SSL4EOPlugin(_RSPlugin):
         "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.1, "warmup_steps": 0.05, "gradient_clip_val": 1.0},
         "trainer": {"max_epochs": 100},
     }
+    weight_formats = (
+        WeightFormat(
+            "ssl4eo-moco",
+            "SSL4EO-S12's MoCo v3 ViT checkpoint (zhu-xlab/SSL4EO-S12, e.g. B13_vits16_moco_0099_ckpt.pth: "
+            "module.base_encoder / momentum_encoder / predictor), sizes and bands from the shapes",
+            reader="ssl_domains_rs.weights_ssl4eo:read_moco",
+        ),
+        WeightFormat(
+            "ssl4eo-mae",
+            "SSL4EO-S12's MAE ViT checkpoint (facebookresearch/mae's save_model: 'model' = MaskedAutoencoderViT)",
+            reader="ssl_domains_rs.weights_ssl4eo:read_mae",
+        ),
+        WeightFormat(
+            "timm",
+            "a timm VisionTransformer state dict with a fixed sin-cos pos_embed (torchgeo's ViTSmall16_Weights."
+            "SENTINEL2_ALL_MOCO / _MAE): the encoder alone",
+            reader="ssl_domains_rs.weights_ssl4eo:read_timm",
+        ),
+    )
 
     def example_overrides(self) -> dict[str, Any]:
         return {

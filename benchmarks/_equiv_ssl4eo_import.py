@@ -1,0 +1,82 @@
+"""SSL4EO-S12 checkpoints, saved as the reference's own training code saves them, through ``ssl-domains import``
+(the ``import_max_abs_diff`` of ``benchmarks/equivalence.py --plugin ssl4eo``).
+
+Three files from reference networks at the harness's sizes (``_equiv_ssl4eo.SIZES``), in float32 as users run:
+
+- ``ssl4eo-moco``: ``{"epoch", "arch", "state_dict", "optimizer", "scaler"}`` as ``pretrain_moco_v3_s2c.py``
+  L436-442 saves it, the state dict a DistributedDataParallel one (``module.`` keys; ``DataParallel`` gives the
+  same names without a GPU);
+- ``ssl4eo-mae``: ``{"model", "optimizer", "epoch", "scaler", "args"}`` as MAE's ``util/misc.py`` ``save_model``
+  L303-309 (``args`` an ``argparse.Namespace``);
+- ``timm``: the MoCo ``base_encoder`` (a timm ``VisionTransformer``) without its head, torchgeo's layout.
+
+Each is imported into a run folder (``ssl_domains.transfer.import_weights`` on the shipped SSL4EO-S12 chips, heads
+given with ``--set`` as the weights do not store them), loaded with ``load_encoder``, and our ``embed`` of 6 L1C
+chips is compared with the reference encoder's class token: ``base_encoder.forward_features`` (MoCo, timm) and
+``forward_encoder(x, 0)[0][:, 0]`` (MAE: mask ratio 0, whose shuffle leaves the class token unchanged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from _equiv_ssl4eo import DATA, SIZES, reference_model
+
+
+def _sets(objective: str) -> list[str]:
+    sizes = {"heads": SIZES["heads"], "batch_size": SIZES["batch_size"]}
+    if objective == "mae":
+        sizes["decoder_heads"] = SIZES["decoder_heads"]
+    return [f"ssl4eo.{k}={v}" for k, v in sizes.items()]
+
+
+def _chips(dm: Any) -> torch.Tensor:
+    dm.setup("predict")
+    return next(iter(dm.predict_dataloader()))["view1"].float()
+
+
+def _save(ref: Any, cfg: Any, objective: str, path: Path) -> torch.nn.Module:
+    model = reference_model(ref, cfg, 13, seed=3).float().eval()
+    optimizer = torch.optim.AdamW(model.parameters())
+    if objective == "moco":
+        torch.save({"epoch": 1, "arch": "vit_small", "state_dict": torch.nn.DataParallel(model).state_dict(),
+                    "optimizer": optimizer.state_dict(), "scaler": {}}, path)  # fmt: skip
+        return model
+    args = argparse.Namespace(model="mae_vit_small_patch16", norm_pix_loss=True, mask_ratio=cfg.mask_ratio)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1, "scaler": {},
+                "args": args}, path)  # fmt: skip
+    return model
+
+
+def check(ref: Any, setups: dict[str, tuple]) -> dict[str, Any]:
+    """``setups[objective] = (plugin, cfg, dm, batch)`` from the harness; the import figures per format."""
+    from ssl_domains import load_encoder
+    from ssl_domains.transfer import import_weights
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ssl4eo_import_") as tmp:
+        work = Path(tmp)
+        for fmt, objective in (("ssl4eo-moco", "moco"), ("ssl4eo-mae", "mae"), ("timm", "moco")):
+            plugin, cfg, _dm, _batch = setups[objective]
+            path = work / f"{fmt}.pth"
+            reference = _save(ref, cfg, objective, path)
+            if fmt == "timm":
+                state = {k: v for k, v in reference.base_encoder.state_dict().items() if not k.startswith("head.")}
+                torch.save(state, path)
+            run = import_weights(plugin, path, DATA, work / f"run-{fmt}", fmt=fmt, overrides=_sets(objective))
+            ours, dm = load_encoder(run, DATA)
+            x = _chips(dm)
+            with torch.no_grad():
+                mine = ours.eval().embed({"view1": x})
+                if objective == "moco":
+                    theirs = reference.base_encoder.forward_features(x)
+                else:
+                    theirs = reference.forward_encoder(x, 0.0)[0][:, 0]
+            out[fmt] = {"max_abs_diff": float((mine - theirs).abs().max()), "embed_abs_max": float(theirs.abs().max()),
+                        "chips": int(x.shape[0]), "bands": int(x.shape[1])}  # fmt: skip
+    out["import_max_abs_diff"] = max(v["max_abs_diff"] for v in out.values())
+    return out
