@@ -141,6 +141,9 @@ class RSDataModule(FittedDataModule):
         self.s2_bands = tuple(cfg.s2_bands) if cfg.s2_bands else bands_for(cfg.s2_level)
         self.s1_bands = S1_GRD
         self.scenes: list[Scene] = []
+        # None, or the one view every item holds when data that cannot be paired is read for embedding only:
+        # "optical"/"radar" (CROMA, by embed_modality) or "view1" (SSL4EO, single-date chips)
+        self.single_view: str | None = None
 
     def input_spec(self) -> dict[str, Any]:
         """Bands in the order the channels hold them, their statistics and the normalisation (:func:`normalise`)."""
@@ -173,14 +176,27 @@ class RSDataModule(FittedDataModule):
         stats = self.fit("stats", lambda: load_stats(cfg.stats, self.s2_bands + self.s1_bands, cfg.s2_level))
         self.fit("normalize", lambda: cfg.normalize)
         acqs = [a for a in find_acquisitions(self.data) if self._wanted(a)]
-        for group in group_locations(acqs):
-            scene = self._scene(group, stats)
-            if scene is not None:
-                self.scenes.append(scene)
+        groups = group_locations(acqs)
+        self.scenes = [scene for group in groups if (scene := self._scene(group, stats)) is not None]
+        if not self.scenes and stage == "predict":
+            # nothing pairs (S2-only chips for a CROMA run, single-date chips for SSL4EO): embed one view alone
+            self.single_view = self._single_view()
+            if self.single_view is not None:
+                self.scenes = [scene for group in groups if (scene := self._scene(group, stats)) is not None]
         if not self.scenes:
             need = "an S1 (VV, VH) and an S2 acquisition of one location" if self.mode == "s1s2" else "S2 chips"
-            raise DataError(f"{self.data}: no usable location; the plugin needs {need} with bands {list(self.bands)}")
+            hint = (" (to embed S2 or S1 chips alone, train with embed_modality: optical or radar)"
+                    if self.mode == "s1s2" and stage == "predict" else "")  # fmt: skip
+            raise DataError(
+                f"{self.data}: no usable location; the plugin needs {need} with bands {list(self.bands)}{hint}"
+            )
         self._index()
+
+    def _single_view(self) -> str | None:
+        if self.mode == "temporal":
+            return "view1"
+        modality = getattr(self.cfg, "embed_modality", "joint")
+        return modality if modality in ("optical", "radar") else None
 
     def _wanted(self, acq: Acquisition) -> bool:
         if acq.sensor == "s1":
@@ -213,12 +229,16 @@ class RSDataModule(FittedDataModule):
         if self.mode == "s1s2":
             s1 = [a for a in group if a.sensor == "s1"]
             s2 = [a for a in group if a.sensor == "s2"]
-            if not s1 or not s2:
-                return None
             chosen = s1 + s2
+            if self.single_view is not None:
+                chosen = s2 if self.single_view == "optical" else s1
+            elif not s1 or not s2:
+                return None
+            if not chosen:
+                return None
         else:
             chosen = group
-            if len(chosen) < 2 and self.cfg.single_date == "skip":
+            if len(chosen) < 2 and self.cfg.single_date == "skip" and self.single_view is None:
                 return None
         read = [self._read(a, stats) for a in chosen]
         shapes = {a.shape for a in chosen}
@@ -320,6 +340,9 @@ class RSDataModule(FittedDataModule):
                 a, b = torch.randperm(len(scene.views))[:2].tolist()
             else:
                 a = b = 0
+        elif self.single_view is not None:  # embedding one view alone (see read)
+            view = torch.from_numpy(scene.views[0][:, y : y + chip, x : x + chip].copy())
+            return {self.single_view: view, "id": index, "split": split, "location": s}
         else:
             a, b = self.eval_pair(scene)
         first = torch.from_numpy(scene.views[a][:, y : y + chip, x : x + chip].copy())

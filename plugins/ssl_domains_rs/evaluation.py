@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssl_domains import DataError
 from ssl_domains.evaluation.rankme import rankme
 
 from .model import resize_to
@@ -27,6 +28,11 @@ def retrieval_embeddings(
     120² chips at 240².
     """
     model.eval()
+    if datamodule.single_view is not None:
+        raise DataError(
+            f"{datamodule.data}: retrieval compares two views of each location (S1 and S2, or two dates); these "
+            f"chips have one ({datamodule.single_view}), which `embed` takes but `evaluate` cannot"
+        )
     queries, gallery = [], []
     for batch in datamodule.predict_dataloader():
         keys = ("radar", "optical") if "radar" in batch else ("view1", "view2")

@@ -283,12 +283,13 @@ class CROMA(nn.Module):
         }
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self(batch["radar"], batch["optical"], None, None)
+        """One modality's GAP head needs only that modality's encoder (``use_croma.py`` returns the same), so a
+        batch of S2 (or S1) chips alone embeds; ``joint`` needs both."""
         if self.embed_modality == "optical":
-            return self.gap_optical(out["optical"].mean(1))
+            return self.gap_optical(self.optical(batch["optical"])[0].mean(1))
         if self.embed_modality == "radar":
-            return self.gap_radar(out["radar"].mean(1))
-        return out["joint"].mean(1)
+            return self.gap_radar(self.radar(batch["radar"])[0].mean(1))
+        return self(batch["radar"], batch["optical"], None, None)["joint"].mean(1)
 
 
 class SinCosViT(nn.Module):

@@ -1,0 +1,86 @@
+"""Embedding chips that cannot be paired: S2-only chips for a CROMA run (embed_modality optical) and single-date
+chips for SSL4EO, read from EuroSAT MS files whose 13 bands are a superset of the model's 12 (selected by name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from ssl_domains import DataError, registry
+from ssl_domains_rs.bands import EUROSAT_ORDER, S2_L2A
+from ssl_domains_rs.data import normalise
+from ssl_domains_rs.evaluation import retrieval_embeddings
+from ssl_domains_rs.plugin import CROMAConfig, SSL4EOConfig
+
+ROOT = Path(__file__).resolve().parents[3] / "datasets" / "sentinel_s1s2"
+EUROSAT = ROOT / "eurosat_ms"
+
+
+def _dm(name: str, cfg, data: Path, stage: str):
+    dm = registry.load(name).datamodule(cfg, data)
+    dm.setup(stage)
+    return dm
+
+
+def _expected_views(dm) -> list[np.ndarray]:
+    """Every EuroSAT file's 12 L2A bands, picked by name from its 13 (B8A last), normalised as the module does."""
+    out = []
+    for path in sorted(EUROSAT.rglob("*.tif")):
+        with rasterio.open(path) as src:
+            image = src.read().astype(np.float32)
+        picked = image[[EUROSAT_ORDER.index(b) for b in S2_L2A]]
+        out.append(normalise(picked, S2_L2A, dm.fitted["stats"], dm.fitted["normalize"]))
+    return out
+
+
+def test_croma_optical_embeds_s2_chips_alone():
+    cfg = CROMAConfig(chip=32, dim=32, depth=2, heads=2, decoder_dim=32, decoder_heads=2, embed_modality="optical")
+    dm = _dm("croma", cfg, EUROSAT, "predict")
+    assert dm.single_view == "optical"
+    batch = next(iter(dm.predict_dataloader()))
+    assert set(batch) == {"optical", "id", "split", "location"} and batch["optical"].shape[1:] == (12, 32, 32)
+    expected = _expected_views(dm)
+    for scene in dm.scenes:  # the superset's bands, by name and in the model's order
+        assert any(np.array_equal(scene.views[0], e) for e in expected)
+    model = registry.load("croma").model(cfg, dm).eval()
+    with torch.no_grad():
+        z = model.embed(batch)
+    assert z.shape == (batch["optical"].shape[0], 32) and torch.isfinite(z).all()
+    with pytest.raises(DataError, match="retrieval compares two views"):
+        retrieval_embeddings(model, dm, "cpu")
+
+
+def test_croma_optical_embed_is_the_optical_head_of_the_full_forward():
+    cfg = CROMAConfig(chip=32, dim=32, depth=2, heads=2, decoder_dim=32, decoder_heads=2, embed_modality="optical")
+    dm = _dm("croma", cfg, ROOT / "bigearthnet_v1_mm", "predict")
+    assert dm.single_view is None  # paired data: both views, as before
+    batch = next(iter(dm.predict_dataloader()))
+    model = registry.load("croma").model(cfg, dm).eval()
+    with torch.no_grad():
+        full = model(batch["radar"], batch["optical"], None, None)["optical"].mean(1)
+        assert torch.allclose(model.embed(batch), model.gap_optical(full), atol=1e-6)
+
+
+def test_unpaired_chips_still_refused_for_training_and_joint_embeddings():
+    with pytest.raises(DataError, match="needs an S1"):
+        _dm("croma", CROMAConfig(chip=32, embed_modality="optical"), EUROSAT, "fit")
+    with pytest.raises(DataError, match="train with embed_modality: optical or radar"):
+        _dm("croma", CROMAConfig(chip=32), EUROSAT, "predict")
+
+
+def test_ssl4eo_embeds_single_date_chips_even_when_training_skips_them():
+    cfg = SSL4EOConfig(chip=32, dim=32, depth=2, heads=2, proj_dim=16, hidden_dim=32, single_date="skip")
+    with pytest.raises(DataError, match="no usable location"):
+        _dm("ssl4eo", cfg, EUROSAT, "fit")
+    dm = _dm("ssl4eo", cfg, EUROSAT, "predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert set(batch) == {"view1", "id", "split", "location"} and batch["view1"].shape[1] == 12
+    expected = _expected_views(dm)
+    assert all(any(np.array_equal(scene.views[0], e) for e in expected) for scene in dm.scenes)
+    model = registry.load("ssl4eo").model(cfg, dm).eval()
+    with torch.no_grad():
+        assert model.embed(batch).shape == (batch["view1"].shape[0], 32)
