@@ -24,6 +24,8 @@ sides call.
   convolutions (each view: the notebook runs them one at a time, ours as one batch), the L1, the contrastive term
   and the total loss, every gradient, and 5 optimiser steps (the notebook's ``torch.optim.Adam(lr=lr)`` against
   the core's ``build_optimizer`` with ``adam`` at the same rate, no weight decay, no clipping), new views each step.
+- Import (``_equiv_contrastive3d_import.py``): a Swin UNETR encoder file in ``model_swinvit.pt``'s layout, read by
+  MONAI's ``SwinUNETR.load_from`` (the reference) and by ``ssl-domains import --format swinvit``, float32 tokens.
 """
 
 from __future__ import annotations
@@ -278,6 +280,9 @@ def compare(reference: Path) -> dict[str, Any]:
     result.update(_one_step(tutorial, reference_model, ours, registry.load("contrastive3d").objective(cfg), batches))
     result.update(_steps(tutorial, initial, cfg, volume))
     sizes = {"num_layers": len(initial.blocks), "temperature": temperature, "lr": tutorial.ns["lr"]}
+    from _equiv_contrastive3d_import import check
+
+    result.update(check())
     result.update(
         config={**SHRUNK, **sizes, "crops": int(batches[0]["image"].shape[0])},
         key_map="identity: reference k -> ours net.net.k (ours is MONAI's ViTAutoEnc with decoder: autoenc)",

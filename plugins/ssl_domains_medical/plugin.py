@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ssl_domains import ConfigError, ModalityPlugin, Objective, SSLDataModule, SSLModel, option
+from ssl_domains import ConfigError, ModalityPlugin, Objective, SSLDataModule, SSLModel, WeightFormat, option
 
 if TYPE_CHECKING:  # annotations only: this module must not import torch
     import torch
@@ -247,6 +247,14 @@ class Contrastive3DPlugin(_MedicalPlugin):
         "optim": {"name": "adamw", "lr": 4e-4, "weight_decay": 0.1, "warmup_steps": 0.05, "gradient_clip_val": 1.0},
         "trainer": {"max_epochs": 100},
     }
+    weight_formats = (
+        WeightFormat(
+            "swinvit",
+            "Swin UNETR's self-supervised encoder (Tang et al. 2022, model_swinvit.pt, as MONAI's SwinUNETR.load_from "
+            "reads it; or a SwinUNETR/Pretrain checkpoint): backbone swin, the decoder and heads fresh",
+            reader="ssl_domains_medical.weights_swinvit:read",
+        ),
+    )
 
     def example_overrides(self) -> dict[str, Any]:
         return {

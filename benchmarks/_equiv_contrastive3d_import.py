@@ -1,0 +1,66 @@
+"""Swin UNETR's self-supervised encoder file through ``ssl-domains import --plugin contrastive3d --format swinvit``
+(the ``import_max_abs_diff`` of ``benchmarks/equivalence.py --plugin contrastive3d``).
+
+The file is written in the layout MONAI's ``SwinUNETR.load_from`` reads (Tang et al.'s ``model_swinvit.pt``:
+``{"state_dict": {"module.<SwinTransformer key, mlp.fc1 / fc2>": ...}}``) from a MONAI ``SwinUNETR`` (feature
+size 12, its own initialisation plus noise). MONAI's ``load_from`` reads it back into a fresh ``SwinUNETR`` (the
+reference, and the check that the layout is the one MONAI expects: ``loadfrom_max_abs_diff``); ours imports it
+into a run on the shipped volumes (``datasets/medical3d``), is loaded with ``load_encoder``, and our encoder tokens
+(the 1/16 stage, ``VolumeNet.encode``) of 64³ crops are compared with ``swinViT(x, normalize=True)[3]`` of the
+reference, in float32.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DATA = Path(__file__).resolve().parents[1] / "datasets" / "medical3d"
+FEATURE_SIZE, ROI = 12, 64
+
+
+def _file_layout(swin_vit: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """MONAI's ``SwinTransformer`` state in ``model_swinvit.pt``'s names (``SwinTransformerBlock.load_from``)."""
+    return {
+        "module." + k.replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2."): v.clone()
+        for k, v in swin_vit.state_dict().items()
+    }
+
+
+def check() -> dict[str, Any]:
+    from monai.networks.nets import SwinUNETR
+
+    from ssl_domains import load_encoder, registry
+    from ssl_domains.transfer import import_weights
+
+    torch.manual_seed(0)
+    source = SwinUNETR(in_channels=1, out_channels=1, feature_size=FEATURE_SIZE, spatial_dims=3)
+    with torch.no_grad():
+        for p in source.swinViT.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    weights = {"state_dict": _file_layout(source.swinViT)}
+    reference = SwinUNETR(in_channels=1, out_channels=1, feature_size=FEATURE_SIZE, spatial_dims=3).eval()
+    reference.load_from(weights)
+    theirs_state, source_state = reference.swinViT.state_dict(), source.swinViT.state_dict()
+    loadfrom = max(float((theirs_state[k] - v).abs().max()) for k, v in source_state.items() if v.is_floating_point())
+    with tempfile.TemporaryDirectory(prefix="swinvit_import_") as tmp:
+        path = Path(tmp) / "model_swinvit.pt"
+        torch.save(weights, path)
+        run = import_weights(registry.load("contrastive3d"), path, DATA, Path(tmp) / "run",
+                             fmt="swinvit", overrides=[f"contrastive3d.roi={ROI}"])  # fmt: skip
+        ours, _dm = load_encoder(run, DATA)
+    torch.manual_seed(1)
+    x = torch.rand(2, 1, ROI, ROI, ROI)
+    with torch.no_grad():
+        mine = ours.net.encode(x)[0]
+        out = reference.swinViT(x, normalize=True)[3]
+    theirs = out.flatten(2).transpose(1, 2)
+    return {
+        "import_max_abs_diff": float((mine - theirs).abs().max()),
+        "import_tokens_abs_max": float(theirs.abs().max()),
+        "import_loadfrom_max_abs_diff": loadfrom,
+        "import_config": {"feature_size": FEATURE_SIZE, "roi": ROI, "crops": int(x.shape[0])},
+    }
