@@ -24,8 +24,9 @@ the module's ``np`` is replaced after loading by a stand-in that forwards to num
   the GAP heads and projections, the contrastive and MAE losses, every gradient (the reference's mapped into our
   layout), and 5 optimiser steps (fresh masks each step), each side with ``torch.optim.AdamW`` at our
   ``run_defaults`` (lr 5e-4, weight decay 0.05, constant rate, no clipping: the reference has no training loop).
-- Import: not measured. There is no CROMA import format yet (``ssl-domains import --plugin croma``), so
-  ``import_max_abs_diff`` is absent.
+- Import (``_equiv_croma_import.py``): files laid out as the released ``CROMA_base.pt`` and as torchgeo's ``CROMA``
+  module saves them, written from ``use_croma.py``'s networks, through ``ssl-domains import``, embedded by ours
+  (optical GAP, radar GAP, joint GAP) against the reference's forward, in float32: ``import_max_abs_diff``.
 """
 
 from __future__ import annotations
@@ -354,11 +355,11 @@ def compare(reference: Path) -> dict[str, Any]:
         result = _one_step(ref, plugin, cfg, reference_model, ours, batch)
         result.update(_steps(ref, plugin, cfg, dm, batch))
         result["switch_off"] = _switch_off(ref, plugin, cfg, dm, batch)
-        result.update(
-            config={k: getattr(cfg, k) for k in SIZES},
-            chips=int(batch["radar"].shape[0]),
-            import_note="no CROMA import format yet: import_max_abs_diff not measured",
-        )
+        result.update(config={k: getattr(cfg, k) for k in SIZES}, chips=int(batch["radar"].shape[0]))
+        from _equiv_croma_import import check
+
+        result["import"] = check(reference)
+        result["import_max_abs_diff"] = result["import"].pop("import_max_abs_diff")
         return result
     finally:
         if own_group:

@@ -238,6 +238,20 @@ class CROMAPlugin(_RSPlugin):
         "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.05, "warmup_steps": 0.05, "gradient_clip_val": 1.0},
         "trainer": {"max_epochs": 100},
     }
+    weight_formats = (
+        WeightFormat(
+            "croma",
+            "CROMA's released CROMA_base.pt / CROMA_large.pt (antofuller/CROMA, as use_croma.py reads them: "
+            "s1_encoder, s1_GAP_FFN, s2_encoder, s2_GAP_FFN, joint_encoder), sizes from the shapes, 16 heads",
+            reader="ssl_domains_rs.weights_croma:read_released",
+        ),
+        WeightFormat(
+            "torchgeo",
+            "the state dict of torchgeo's torchgeo.models.croma.CROMA (croma_base / croma_large: s1_encoder.*, ..., "
+            "attn_bias), both modalities",
+            reader="ssl_domains_rs.weights_croma:read_torchgeo",
+        ),
+    )
 
     def example_overrides(self) -> dict[str, Any]:
         return {
