@@ -193,7 +193,8 @@ def reference_model(ref: types.SimpleNamespace, cfg: Any, channels: int, seed: i
            "depth": cfg.depth, "num_heads": cfg.heads, "mlp_ratio": 4, "norm_layer": norm}  # fmt: skip
     torch.manual_seed(seed)
     if cfg.objective == "moco":
-        base = functools.partial(ref.vits.VisionTransformerMoCo, qkv_bias=True, **vit)
+        base = functools.partial(ref.vits.VisionTransformerMoCo, qkv_bias=True, stop_grad_conv1=cfg.stop_grad_conv1,
+                                 **vit)  # fmt: skip
         model = ref.builder.MoCo_ViT(base, cfg.proj_dim, cfg.hidden_dim, cfg.temperature)
         model = _noise(model.double(), seed)
         with torch.no_grad():  # the momentum encoder starts as a copy (builder.py L33-35)
@@ -301,12 +302,13 @@ def _grad_figures(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[s
 
 def _positions(ref, cfg, reference) -> float:
     from ssl_domains_rs.model import POSITION_TABLES
+    from ssl_domains_rs.plugin import resolved_positions
 
-    grid = cfg.chip // cfg.patch
+    grid, layout = cfg.chip // cfg.patch, resolved_positions(cfg)
     table = reference.base_encoder.pos_embed if cfg.objective == "moco" else reference.pos_embed
-    diff = (table[0, 1:].double() - POSITION_TABLES[cfg.positions](grid, grid, cfg.dim).double()).abs().max()
+    diff = (table[0, 1:].double() - POSITION_TABLES[layout](grid, grid, cfg.dim).double()).abs().max()
     if cfg.objective == "mae":
-        decoder = POSITION_TABLES[cfg.positions](grid, grid, cfg.decoder_dim).double()
+        decoder = POSITION_TABLES[layout](grid, grid, cfg.decoder_dim).double()
         diff = torch.maximum(diff, (reference.decoder_pos_embed[0, 1:].double() - decoder).abs().max())
     return float(diff)
 
@@ -417,6 +419,7 @@ def compare(reference: Path) -> dict[str, Any]:
             result[key] = max(result[o][key] for o in ("moco", "mae"))
         result["import"] = check(ref, setups)
         result["import_max_abs_diff"] = result["import"].pop("import_max_abs_diff")
+        result["export_max_abs_diff"] = result["import"].pop("export_max_abs_diff")
         result.update(config=dict(SIZES), bands=len(dm.bands), chips=int(batch["view1"].shape[0]))
         return result
     finally:

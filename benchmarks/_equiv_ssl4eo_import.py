@@ -10,6 +10,10 @@ Three files from reference networks at the harness's sizes (``_equiv_ssl4eo.SIZE
   L303-309 (``args`` an ``argparse.Namespace``);
 - ``timm``: the MoCo ``base_encoder`` (a timm ``VisionTransformer``) without its head, torchgeo's layout.
 
+Then the way back (``export_max_abs_diff``): the imported run, perturbed, exported in the same format and loaded
+*strictly* by the reference's classes (timm's ``VisionTransformer(num_classes=0)`` for ``timm``, as torchgeo's
+``vit_small_patch16_224`` builds it), whose forward is compared with our embedding.
+
 Each is imported into a run folder (``ssl_domains.transfer.import_weights`` on the shipped SSL4EO-S12 chips, heads
 given with ``--set`` as the weights do not store them), loaded with ``load_encoder``, and our ``embed`` of 6 L1C
 chips is compared with the reference encoder's class token: ``base_encoder.forward_features`` (MoCo, timm) and
@@ -78,5 +82,43 @@ def check(ref: Any, setups: dict[str, tuple]) -> dict[str, Any]:
                     theirs = reference.forward_encoder(x, 0.0)[0][:, 0]
             out[fmt] = {"max_abs_diff": float((mine - theirs).abs().max()), "embed_abs_max": float(theirs.abs().max()),
                         "chips": int(x.shape[0]), "bands": int(x.shape[1])}  # fmt: skip
+            out[fmt]["export_max_abs_diff"] = _export(ref, cfg, fmt, run, ours, x, work)
     out["import_max_abs_diff"] = max(v["max_abs_diff"] for v in out.values())
+    out["export_max_abs_diff"] = max(v["export_max_abs_diff"] for k, v in out.items() if isinstance(v, dict))
     return out
+
+
+def _export(ref: Any, cfg: Any, fmt: str, run: Path, ours: torch.nn.Module, x: torch.Tensor, work: Path) -> float:
+    """Our imported run, its weights perturbed (so that nothing is the file read), through ``ssl-domains export``
+    and loaded strictly by the reference's own classes: ``MoCo_ViT`` (``module.`` removed, as ``main_lincls``
+    does), ``MaskedAutoencoderViT``, or timm's ``VisionTransformer(num_classes=0)`` (the torchgeo route); the
+    reference's forward against our embedding."""
+    import functools
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    from ssl_domains.checkpoint import save_weights
+    from ssl_domains.run import WEIGHTS_FILE
+    from ssl_domains.transfer import export_weights
+
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_weights(ours, run / WEIGHTS_FILE)
+    path = export_weights(run, fmt, work / f"exported-{fmt}.pth")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    objective = "mae" if fmt == "ssl4eo-mae" else "moco"
+    if fmt == "timm":
+        norm = functools.partial(torch.nn.LayerNorm, eps=1e-6)
+        model = VisionTransformer(img_size=cfg.chip, patch_size=cfg.patch, in_chans=13, num_classes=0,
+                                  embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.heads, norm_layer=norm)  # fmt: skip
+        model.load_state_dict(saved, strict=True)
+        embed = model.forward_features
+    else:
+        model = reference_model(ref, cfg, 13, seed=4).float()
+        state = saved["state_dict"] if objective == "moco" else saved["model"]
+        model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()}, strict=True)
+        embed = model.base_encoder.forward_features if objective == "moco" else (
+            lambda t: model.forward_encoder(t, 0.0)[0][:, 0])  # fmt: skip
+    with torch.no_grad():
+        return float((ours.eval().embed({"view1": x}) - embed(x)).abs().max())

@@ -343,7 +343,8 @@ class SSL4EOModel(nn.Module):
     def __init__(
         self, in_channels: int, patch: int, dim: int, depth: int, heads: int, proj_dim: int, hidden_dim: int,
         decoder_dim: int, decoder_depth: int, decoder_heads: int, pooling: str = "cls",
-        key_momentum: float | None = None, positions: str = "interleaved", eps: float = 1e-5,
+        key_momentum: float | None = None, positions: str = "interleaved", eps: float = 1e-5, init: str = "pytorch",
+        stop_grad_conv1: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         self.patch, self.pooling, self.in_channels = patch, pooling, in_channels
@@ -356,6 +357,10 @@ class SSL4EOModel(nn.Module):
             dim, decoder_dim, decoder_depth, decoder_heads, in_channels * patch * patch, positions, eps=eps
         )
         self.embed_dim = dim
+        if init != "pytorch":
+            reference_init(self, init)
+        if stop_grad_conv1:  # MoCo v3's random patch projection (§4.2; SSL4EO-S12's --stop-grad-conv1)
+            self.backbone.embed.requires_grad_(False)
         self.key_encoder = None if key_momentum is None else EMATeacher(self.query_encoder(), key_momentum, 1.0)
 
     def query_encoder(self) -> nn.ModuleList:
@@ -374,6 +379,33 @@ class SSL4EOModel(nn.Module):
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.features(batch["view1"])
+
+
+@torch.no_grad()
+def reference_init(model: SSL4EOModel, scheme: str) -> None:
+    """The references' ViT initialisation. ``mocov3`` (moco-v3 ``vits.py`` L33-50): Xavier-uniform linears, q, k
+    and v each as its own matrix, zero biases, the patch embedding uniform in ``±sqrt(6 / (C p² + D))`` (the
+    reference writes 3 for C, its RGB; we take the real band count), the MLP heads PyTorch's default (they are
+    built after it). ``mae`` (``models_mae.py`` ``initialize_weights``): Xavier-uniform linears and patch
+    embedding, zero biases, class and mask tokens N(0, 0.02). LayerNorms are 1 / 0 in both."""
+    if scheme not in ("mocov3", "mae"):
+        raise ValueError(f"init must be pytorch, mocov3 or mae, got {scheme!r}")
+    modules = [model.backbone] + ([model.decoder] if scheme == "mae" else [])
+    for name, m in (item for module in modules for item in module.named_modules()):
+        if isinstance(m, nn.Linear) and not name.startswith("embed"):
+            if scheme == "mocov3" and name.endswith("qkv"):
+                bound = math.sqrt(6.0 / (m.weight.shape[0] // 3 + m.weight.shape[1]))
+                nn.init.uniform_(m.weight, -bound, bound)
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    embed = model.backbone.embed
+    bound = math.sqrt(6.0 / (embed.weight.shape[1] + embed.weight.shape[0]))  # C p p + D, the Xavier bound
+    nn.init.uniform_(embed.weight, -bound, bound)
+    nn.init.zeros_(embed.bias)
+    nn.init.normal_(model.backbone.cls, std=1e-6 if scheme == "mocov3" else 0.02)
+    if scheme == "mae":
+        nn.init.normal_(model.decoder.mask_token, std=0.02)
 
 
 def resize_to(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -143,20 +143,27 @@ class SSL4EOConfig(RSDataConfig):
     decoder_depth: int = option(2, doc="MAE decoder layers")
     decoder_heads: int = option(4, doc="MAE decoder heads")
     pooling: Literal["cls", "mean"] = option("cls", doc="embedding: class token (MoCo v3's read-out) or mean patch")
-    positions: Literal["interleaved", "mocov3", "mae"] = option(
-        "interleaved",
-        doc="sin-cos table layout: ours (rows|columns, sin/cos interleaved), MoCo v3's (vits.py L53-68) or MAE's",
+    positions: Literal["auto", "interleaved", "mocov3", "mae"] = option(
+        "auto",
+        doc="sin-cos table layout: auto = the objective's reference (moco: MoCo v3's vits.py L53-68; mae: MAE's "
+        "pos_embed.py), which published and torchgeo weights need; or interleaved (rows|columns, sin/cos mixed)",
     )
-    norm_eps: float = option(1e-5, doc="every LayerNorm's epsilon (timm's ViT, which MoCo v3 and MAE build on: 1e-6)")
+    norm_eps: float = option(1e-6, doc="every LayerNorm's epsilon (timm's ViT, which MoCo v3 and MAE build on: 1e-6)")
+    init: Literal["reference", "pytorch"] = option(
+        "reference", doc="ViT initialisation: the objective's reference (MoCo v3's vits.py, MAE's) or PyTorch's"
+    )
+    stop_grad_conv1: bool = option(
+        True, doc="MoCo: freeze the random patch projection (MoCo v3 §4.2; SSL4EO-S12's ViT script passes it)"
+    )
     decoder_cls: bool = option(False, doc="MAE: the class token also passes the decoder (models_mae.py L160-185)")
     unbiased_patch_var: bool = option(
         False, doc="MAE: target normalisation with torch.var's n - 1, as MAE's forward_loss (models_mae.py L206)"
     )
 
 
-REFERENCE_CODE_SSL4EO = {
-    "moco": {"positions": "mocov3", "norm_eps": 1e-6},
-    "mae": {"positions": "mae", "norm_eps": 1e-6, "decoder_cls": True, "unbiased_patch_var": True},
+REFERENCE_CODE_SSL4EO: dict[str, dict[str, Any]] = {
+    "moco": {},
+    "mae": {"decoder_cls": True, "unbiased_patch_var": True},
 }
 """The ``ssl4eo`` settings, per objective, that reproduce zhu-xlab/SSL4EO-S12's MoCo v3 and MAE code (itself
 facebookresearch/moco-v3 and mae with 13 input channels; ``benchmarks/_equiv_ssl4eo.py``)."""
@@ -167,6 +174,13 @@ _FORMATS = (
     "multi-band GeoTIFF chips (EuroSAT MS, Hydro): bands by description, else by count (2, 12 or 13)",
     "S1 GRD as VV/VH in dB; S2 as reflectance x 10000; 20 m and 60 m bands resampled to 10 m",
 )
+
+
+def resolved_positions(cfg: SSL4EOConfig) -> str:
+    """``positions`` with ``auto`` resolved: MoCo v3's table for ``moco``, MAE's for ``mae``."""
+    if cfg.positions != "auto":
+        return cfg.positions
+    return "mae" if cfg.objective == "mae" else "mocov3"
 
 
 class _RSPlugin(ModalityPlugin):
@@ -302,17 +316,21 @@ class SSL4EOPlugin(_RSPlugin):
             "SSL4EO-S12's MoCo v3 ViT checkpoint (zhu-xlab/SSL4EO-S12, e.g. B13_vits16_moco_0099_ckpt.pth: "
             "module.base_encoder / momentum_encoder / predictor), sizes and bands from the shapes",
             reader="ssl_domains_rs.weights_ssl4eo:read_moco",
+            writer="ssl_domains_rs.weights_ssl4eo:write_moco",
         ),
         WeightFormat(
             "ssl4eo-mae",
             "SSL4EO-S12's MAE ViT checkpoint (facebookresearch/mae's save_model: 'model' = MaskedAutoencoderViT)",
             reader="ssl_domains_rs.weights_ssl4eo:read_mae",
+            writer="ssl_domains_rs.weights_ssl4eo:write_mae",
+            example_overrides={"ssl4eo": {"objective": "mae", "decoder_cls": True}},
         ),
         WeightFormat(
             "timm",
             "a timm VisionTransformer state dict with a fixed sin-cos pos_embed (torchgeo's ViTSmall16_Weights."
             "SENTINEL2_ALL_MOCO / _MAE): the encoder alone",
             reader="ssl_domains_rs.weights_ssl4eo:read_timm",
+            writer="ssl_domains_rs.weights_ssl4eo:write_timm",
         ),
     )
 
@@ -326,11 +344,13 @@ class SSL4EOPlugin(_RSPlugin):
 
         from .model import SSL4EOModel
 
+        init = "pytorch" if cfg.init == "pytorch" else ("mae" if cfg.objective == "mae" else "mocov3")
         model = SSL4EOModel(
             len(datamodule.bands), cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.proj_dim, cfg.hidden_dim,
             cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.pooling,
-            key_momentum=cfg.momentum if cfg.objective == "moco" else None, positions=cfg.positions,
-            eps=cfg.norm_eps,
+            key_momentum=cfg.momentum if cfg.objective == "moco" else None, positions=resolved_positions(cfg),
+            eps=cfg.norm_eps, init=init,
+            stop_grad_conv1=cfg.stop_grad_conv1 and cfg.objective == "moco",
         )  # fmt: skip
         # The heads of the other objective stay in the state dict (one layout for both variants) but are frozen:
         # a trainable parameter without a gradient stalls DDP's reducer and costs optimiser state.

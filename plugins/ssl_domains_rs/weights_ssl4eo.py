@@ -1,4 +1,5 @@
-"""SSL4EO-S12's released ViT weights in (``ssl-domains import --plugin ssl4eo --format ssl4eo-moco|ssl4eo-mae|timm``).
+"""SSL4EO-S12's released ViT weights in and out (``ssl-domains import|export --plugin ssl4eo --format
+ssl4eo-moco|ssl4eo-mae|timm``).
 
 Three forms of the same networks (Wang et al. 2022, zhu-xlab/SSL4EO-S12 @ 2156913):
 
@@ -37,7 +38,17 @@ import torch
 
 from ssl_domains import UserError
 
-__all__ = ["from_mae", "from_moco", "from_timm", "read_mae", "read_moco", "read_timm"]
+__all__ = [
+    "from_mae",
+    "from_moco",
+    "from_timm",
+    "read_mae",
+    "read_moco",
+    "read_timm",
+    "write_mae",
+    "write_moco",
+    "write_timm",
+]
 
 _BLOCK = {"norm1": "norm1", "attn.qkv": "qkv", "attn.proj": "proj", "norm2": "norm2", "mlp.fc1": "ff.0",
           "mlp.fc2": "ff.3"}  # fmt: skip
@@ -266,3 +277,93 @@ def read_mae(path: Path) -> Any:
 def read_timm(path: Path) -> Any:
     """``--format timm``: a timm ViT state dict (torchgeo's SSL4EO-S12 weights; ``state_dict`` / ``model`` too)."""
     return from_timm(_read(path, "state_dict", "model"), str(path))
+
+
+# ---- out: ``ssl-domains export`` ---------------------------------------------------------------------------------
+_TO_TIMM = {v: k for k, v in _BLOCK.items()}
+
+
+def _timm_state(backbone: Any, prefix: str, channels: int, patch: int, grid: int) -> dict[str, torch.Tensor]:
+    """Our ``SinCosViT`` in timm's names, with the fixed table it uses as ``pos_embed`` (class row zero)."""
+    from .model import POSITION_TABLES
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in backbone.state_dict().items():
+        match = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key)
+        if key.startswith("embed."):
+            leaf = key.split(".")[1]
+            kernel = value.reshape(-1, channels, patch, patch) if leaf == "weight" else value
+            out[f"{prefix}patch_embed.proj.{leaf}"] = kernel
+        elif key == "cls":
+            out[f"{prefix}cls_token"] = value.reshape(1, 1, -1)
+        elif match:
+            out[f"{prefix}blocks.{match.group(1)}.{_TO_TIMM[match.group(2)]}.{match.group(3)}"] = value
+        else:
+            out[prefix + key] = value
+    dim = backbone.cls.shape[0]
+    table = POSITION_TABLES[backbone.positions](grid, grid, dim).to(backbone.cls.dtype)
+    out[f"{prefix}pos_embed"] = torch.cat([torch.zeros(1, dim, dtype=table.dtype), table])[None]
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def _sizes(model: Any, cfg: Any) -> tuple[int, int, int]:
+    if cfg.chip % cfg.patch:
+        raise UserError(f"chip {cfg.chip} is not a multiple of patch {cfg.patch}")
+    return model.in_channels, model.patch, cfg.chip // cfg.patch
+
+
+def write_timm(model: Any, cfg: Any, path: Path) -> None:
+    """``--format timm``: the encoder as a timm ``VisionTransformer`` state dict (``num_classes=0``), loadable with
+    ``timm.create_model("vit_small_patch16_224", in_chans=13, num_classes=0).load_state_dict(...)`` at ViT-S sizes
+    and by torchgeo's ViT; ``pos_embed`` holds our fixed table (a timm ViT learns it from there)."""
+    channels, patch, grid = _sizes(model, cfg)
+    torch.save(_timm_state(model.backbone, "", channels, patch, grid), path)
+
+
+def write_moco(model: Any, cfg: Any, path: Path) -> None:
+    """``--format ssl4eo-moco``: MoCo v3's checkpoint layout, which SSL4EO-S12's ``main_lincls``-style loaders and
+    ``MoCo_ViT.load_state_dict`` (after removing ``module.``) read."""
+    if model.key_encoder is None:
+        raise UserError("this run trained objective mae: it has no MoCo heads or momentum encoder; export --format "
+                        "ssl4eo-mae (or timm for the encoder alone)")  # fmt: skip
+    channels, patch, grid = _sizes(model, cfg)
+    key_backbone, key_projector = model.key_encoder.module
+    state = _timm_state(model.backbone, "base_encoder.", channels, patch, grid)
+    state.update(_timm_state(key_backbone, "momentum_encoder.", channels, patch, grid))
+    for prefix, module in (("base_encoder.head.", model.projector), ("momentum_encoder.head.", key_projector),
+                           ("predictor.", model.predictor)):  # fmt: skip
+        state.update({prefix + k: v.detach().clone() for k, v in module.state_dict().items()})
+    torch.save({"epoch": 0, "arch": "vit_small", "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+
+
+def write_mae(model: Any, cfg: Any, path: Path) -> None:
+    """``--format ssl4eo-mae``: MAE's checkpoint layout (``{"model": MaskedAutoencoderViT state dict}``)."""
+    from .model import POSITION_TABLES
+
+    if cfg.objective != "mae" or not cfg.decoder_cls:
+        raise UserError("MAE's code passes the class token through its decoder: export --format ssl4eo-mae needs a "
+                        "run trained with objective: mae and decoder_cls: true (or export --format timm)")  # fmt: skip
+    channels, patch, grid = _sizes(model, cfg)
+    state = _timm_state(model.backbone, "", channels, patch, grid)
+    decoder = {k: v.detach().clone() for k, v in model.decoder.state_dict().items()}
+    state["mask_token"] = decoder.pop("mask_token").reshape(1, 1, -1)
+    for ours, theirs in (("project", "decoder_embed"), ("norm", "decoder_norm")):
+        for leaf in ("weight", "bias"):
+            state[f"{theirs}.{leaf}"] = decoder.pop(f"{ours}.{leaf}")
+    for leaf in ("weight", "bias"):  # our (c, p, q) patch layout -> MAE's (p, q, c)
+        value = decoder.pop(f"head.{leaf}")
+        rest = value.shape[1:]
+        state[f"decoder_pred.{leaf}"] = (
+            value.reshape(channels, patch, patch, *rest)
+            .permute(1, 2, 0, *range(3, 3 + len(rest)))
+            .reshape(value.shape)
+            .contiguous()
+        )
+    for key, value in decoder.items():
+        i, sub = key.removeprefix("blocks.").split(".", 1)
+        module, leaf = sub.rsplit(".", 1)
+        state[f"decoder_blocks.{i}.{_TO_TIMM[module]}.{leaf}"] = value
+    dim = model.decoder.mask_token.shape[0]
+    table = POSITION_TABLES[model.decoder.positions](grid, grid, dim)
+    state["decoder_pos_embed"] = torch.cat([torch.zeros(1, dim), table])[None].to(state["mask_token"].dtype)
+    torch.save({"model": state, "epoch": 0}, path)

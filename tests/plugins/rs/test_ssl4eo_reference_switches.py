@@ -86,3 +86,32 @@ def test_moco_call_is_loss_of_the_augmented_views():
     grid = _crop_flip_grid(batch["view1"], 1.0)
     x1, x2 = augment(batch["view1"], 1.0, 0.0, grid), augment(batch["view2"], 1.0, 0.0, grid)
     assert drawn.item() == pytest.approx(objective.loss(model, x1, x2)["loss"].item(), rel=1e-6)
+
+
+def test_reference_init_mocov3_and_mae():
+    import math
+
+    moco = _model(init="mocov3")
+    qkv = moco.backbone.blocks[0].qkv
+    assert qkv.weight.abs().max() <= math.sqrt(6 / (16 + 16)) and torch.count_nonzero(qkv.bias) == 0
+    assert moco.backbone.cls.abs().max() < 1e-5  # N(0, 1e-6)
+    embed = moco.backbone.embed
+    assert embed.weight.abs().max() <= math.sqrt(6 / (4 * 4 * 4 + 16)) and torch.count_nonzero(embed.bias) == 0
+    assert torch.equal(moco.projector[0].weight, _model().projector[0].weight)  # heads: PyTorch's default
+    mae = _model(init="mae")
+    assert 0.005 < mae.backbone.cls.std() < 0.05 and 0.005 < mae.decoder.mask_token.std() < 0.05
+    assert torch.count_nonzero(mae.decoder.head.bias) == 0
+    with pytest.raises(ValueError, match="init must be"):
+        _model(init="xavier")
+
+
+def test_stop_grad_conv1_freezes_the_patch_projection_on_both_encoders():
+    model = _model(key_momentum=0.9, stop_grad_conv1=True)
+    assert not any(p.requires_grad for p in model.backbone.embed.parameters())
+    before = model.backbone.embed.weight.clone()
+    with torch.no_grad():
+        model.backbone.blocks[0].qkv.weight.add_(1.0)
+    model.after_step(0.5)
+    key_backbone = model.key_encoder.module[0]
+    assert torch.equal(key_backbone.embed.weight, before) and torch.equal(model.backbone.embed.weight, before)
+    assert not torch.equal(key_backbone.blocks[0].qkv.weight, _model().backbone.blocks[0].qkv.weight)
