@@ -93,7 +93,11 @@ def knn_by_location(model: Any, datamodule: Any, device: torch.device | str, k: 
 def evaluate_retrieval(
     model: Any, datamodule: Any, device: torch.device | str, size: int | None = None
 ) -> dict[str, float]:
-    """Recall@1/5 in both directions, chance, gallery size, RankMe, and a kNN probe where locations are labelled."""
+    """Recall@1/5 in both directions, chance, gallery size, RankMe, and a kNN probe where locations are labelled.
+    Chips with one view (:attr:`RSDataModule.single_view`: S2-only chips for CROMA, single dates for SSL4EO) have
+    no retrieval task: only the kNN probe (empty when fewer than two labelled locations per class)."""
+    if datamodule.single_view is not None:
+        return {"n_chips": float(len(datamodule.test_items)), **knn_by_location(model, datamodule, device)}
     queries, gallery = retrieval_embeddings(model, datamodule, device, size)
     n = len(queries)
     if n < 2:

@@ -13,7 +13,7 @@ import torch
 from ssl_domains import DataError, registry
 from ssl_domains_rs.bands import EUROSAT_ORDER, S2_L2A
 from ssl_domains_rs.data import normalise
-from ssl_domains_rs.evaluation import retrieval_embeddings
+from ssl_domains_rs.evaluation import evaluate_retrieval, retrieval_embeddings
 from ssl_domains_rs.plugin import CROMAConfig, SSL4EOConfig
 
 ROOT = Path(__file__).resolve().parents[3] / "datasets" / "sentinel_s1s2"
@@ -52,6 +52,8 @@ def test_croma_optical_embeds_s2_chips_alone():
     assert z.shape == (batch["optical"].shape[0], 32) and torch.isfinite(z).all()
     with pytest.raises(DataError, match="retrieval compares two views"):
         retrieval_embeddings(model, dm, "cpu")
+    # evaluate: no retrieval task; the kNN probe needs two labelled locations per class (EuroSAT here: one each)
+    assert evaluate_retrieval(model, dm, "cpu") == {"n_chips": float(len(dm.test_items))}
 
 
 def test_croma_optical_embed_is_the_optical_head_of_the_full_forward():
