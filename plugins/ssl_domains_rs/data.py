@@ -144,6 +144,7 @@ class RSDataModule(FittedDataModule):
         # None, or the one view every item holds when data that cannot be paired is read for embedding only:
         # "optical"/"radar" (CROMA, by embed_modality) or "view1" (SSL4EO, single-date chips)
         self.single_view: str | None = None
+        self._noted: set[tuple[str, ...]] = set()
 
     def input_spec(self) -> dict[str, Any]:
         """Bands in the order the channels hold them, their statistics and the normalisation (:func:`normalise`)."""
@@ -210,6 +211,11 @@ class RSDataModule(FittedDataModule):
                 f"{acq.name} has {len(acq.bands)} bands {list(acq.bands)}; the config expects {len(self.s2_bands)} "
                 f"({', '.join(self.s2_bands)}). Set s2_level (L1C: 13 bands, L2A: 12) or s2_bands to match"
             )
+        extra = tuple(b for b in acq.bands if b not in self.s2_bands) if acq.band_index else ()
+        if extra and extra not in self._noted:  # a band superset: read by name, said once per kind of file
+            self._noted.add(extra)
+            log.warning("%s holds %d bands: using %d by name, leaving out %s (and so for files like it)",
+                        acq.name, len(acq.bands), len(self.s2_bands), ", ".join(extra))  # fmt: skip
         return True
 
     def _read(self, acq: Acquisition, stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -74,11 +74,15 @@ def test_unpaired_chips_still_refused_for_training_and_joint_embeddings():
         _dm("croma", CROMAConfig(chip=32), EUROSAT, "predict")
 
 
-def test_ssl4eo_embeds_single_date_chips_even_when_training_skips_them():
+def test_ssl4eo_embeds_single_date_chips_even_when_training_skips_them(caplog):
     cfg = SSL4EOConfig(chip=32, dim=32, depth=2, heads=2, proj_dim=16, hidden_dim=32, single_date="skip")
     with pytest.raises(DataError, match="no usable location"):
         _dm("ssl4eo", cfg, EUROSAT, "fit")
-    dm = _dm("ssl4eo", cfg, EUROSAT, "predict")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ssl_domains_rs.data"):
+        dm = _dm("ssl4eo", cfg, EUROSAT, "predict")
+    notes = [r.getMessage() for r in caplog.records if "leaving out" in r.getMessage()]
+    assert len(notes) == 1 and "holds 13 bands: using 12 by name, leaving out B10" in notes[0]
     batch = next(iter(dm.predict_dataloader()))
     assert set(batch) == {"view1", "id", "split", "location"} and batch["view1"].shape[1] == 12
     expected = _expected_views(dm)
