@@ -79,7 +79,8 @@ def import_reference(reference: Path) -> types.SimpleNamespace:
     pos_embed = _load("_ssl4eo_mae.util.pos_embed", root / "mae" / "util" / "pos_embed.py")
     pos_embed.np = _NumpyWithFloat("numpy")  # np.float (pos_embed.py L56), removed in numpy 1.24
     mae = _load("_ssl4eo_mae.models_mae", root / "mae" / "models_mae.py")
-    return types.SimpleNamespace(builder=builder, vits=vits, mae=mae)
+    builder_v2 = _load("_ssl4eo_moco_v2_builder", root / "moco_v2" / "builder.py")
+    return types.SimpleNamespace(builder=builder, vits=vits, mae=mae, builder_v2=builder_v2)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ chips is compared with the reference encoder's class token: ``base_encoder.forwa
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def check(ref: Any, setups: dict[str, tuple]) -> dict[str, Any]:
             out[fmt] = {"max_abs_diff": float((mine - theirs).abs().max()), "embed_abs_max": float(theirs.abs().max()),
                         "chips": int(x.shape[0]), "bands": int(x.shape[1])}  # fmt: skip
             out[fmt]["export_max_abs_diff"] = _export(ref, cfg, fmt, run, ours, x, work)
+        out.update(_resnet(ref, setups["moco"][0], work))
     out["import_max_abs_diff"] = max(v["max_abs_diff"] for v in out.values())
     out["export_max_abs_diff"] = max(v["export_max_abs_diff"] for k, v in out.items() if isinstance(v, dict))
     return out
@@ -93,8 +95,6 @@ def _export(ref: Any, cfg: Any, fmt: str, run: Path, ours: torch.nn.Module, x: t
     and loaded strictly by the reference's own classes: ``MoCo_ViT`` (``module.`` removed, as ``main_lincls``
     does), ``MaskedAutoencoderViT``, or timm's ``VisionTransformer(num_classes=0)`` (the torchgeo route); the
     reference's forward against our embedding."""
-    import functools
-
     from timm.models.vision_transformer import VisionTransformer
 
     from ssl_domains.checkpoint import save_weights
@@ -122,3 +122,59 @@ def _export(ref: Any, cfg: Any, fmt: str, run: Path, ours: torch.nn.Module, x: t
             lambda t: model.forward_encoder(t, 0.0)[0][:, 0])  # fmt: skip
     with torch.no_grad():
         return float((ours.eval().embed({"view1": x}) - embed(x)).abs().max())
+
+
+def _noised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():  # weights and BN statistics, so that a wrong key map shows
+                t.add_(0.05 * torch.randn_like(t)).abs_() if name.endswith("running_var") else t.add_(
+                    0.05 * torch.randn_like(t))
+    return model.eval()
+
+
+def _resnet(ref: Any, plugin: Any, work: Path) -> dict[str, Any]:
+    """ResNet-50: SSL4EO-S12's MoCo v2 ``builder.MoCo(resnet50, mlp=True, bands="B13")`` with timm 0.4.9's
+    ``resnet50`` for torchvision's (the same network and key names; torchvision is not installed here), saved as
+    ``pretrain_moco_v2_s2c.py`` saves it; and timm's ``resnet50(in_chans=13, num_classes=0)`` (torchgeo's layout).
+    Each imported, embedded against the reference encoder's pooled features, then exported (``ssl4eo-moco`` as MoCo
+    v3's ``MoCo_ResNet``, ``timm``) and loaded strictly by MoCo v3's ``MoCo_ResNet`` / timm's ``resnet50``."""
+    from timm.models.resnet import resnet50
+
+    from ssl_domains import load_encoder
+    from ssl_domains.transfer import export_weights, import_weights
+
+    out: dict[str, Any] = {}
+    sets = ["ssl4eo.chip=64", f"ssl4eo.batch_size={SIZES['batch_size']}"]
+    v2 = _noised(ref.builder_v2.MoCo(resnet50, dim=128, K=256, mlp=True, bands="B13"), 5)
+    tv = _noised(resnet50(in_chans=13, num_classes=0), 6)
+    for fmt, payload, encoder in (
+        ("ssl4eo-moco", {"epoch": 1, "arch": "resnet50", "state_dict": torch.nn.DataParallel(v2).state_dict()},
+         lambda t: v2.encoder_q.global_pool(v2.encoder_q.forward_features(t))),
+        ("timm", tv.state_dict(), tv),
+    ):  # fmt: skip
+        path = work / f"rn50-{fmt}.pth"
+        torch.save(payload, path)
+        run = import_weights(plugin, path, DATA, work / f"run-rn50-{fmt}", fmt=fmt, overrides=sets)
+        ours, dm = load_encoder(run, DATA)
+        x = _chips(dm)
+        with torch.no_grad():
+            theirs = encoder(x)
+            diff = float((ours.eval().embed({"view1": x}) - theirs).abs().max())
+        exported = export_weights(run, fmt, work / f"rn50-exported-{fmt}.pth")
+        saved = torch.load(exported, map_location="cpu", weights_only=True)
+        if fmt == "timm":
+            back = resnet50(in_chans=13, num_classes=0)
+            back.load_state_dict(saved, strict=True)
+        else:
+            hidden, proj = ours.projector[0].out_features, ours.projector[3].out_features
+            back = ref.builder.MoCo_ResNet(functools.partial(resnet50, in_chans=13), proj, hidden)
+            back.load_state_dict({k.removeprefix("module."): v for k, v in saved["state_dict"].items()}, strict=True)
+            back = back.base_encoder
+            back.fc = torch.nn.Identity()
+        with torch.no_grad():
+            back_diff = float((ours.embed({"view1": x}) - back.eval()(x)).abs().max())
+        out[f"{fmt} (resnet50)"] = {"max_abs_diff": diff, "embed_abs_max": float(theirs.abs().max()),
+                                    "export_max_abs_diff": back_diff, "chips": int(x.shape[0])}  # fmt: skip
+    return out

@@ -367,6 +367,11 @@ class SSL4EOModel(nn.Module):
         """What the key encoder follows: backbone and projector (MoCo v3's momentum encoder)."""
         return nn.ModuleList([self.backbone, self.projector])
 
+    @staticmethod
+    def head_input(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """What MoCo's projector reads: the class token (MoCo v3's ViT)."""
+        return backbone(x)[:, 0]
+
     def after_step(self, progress: float) -> None:
         """After each optimiser step: the key encoder moves towards the query encoder (cosine momentum schedule)."""
         if self.key_encoder is not None:

@@ -169,12 +169,13 @@ class MoCoObjective:
     def loss(self, model, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
         """The symmetrised loss of two augmented views (``benchmarks/_equiv_ssl4eo.py`` injects the reference's);
         MoCo v3's ``forward`` (``moco/builder.py`` L72-93) with ``contrastive_loss``'s ``2 tau`` factor."""
-        q1 = model.predictor(model.projector(model.backbone(x1)[:, 0]))
-        q2 = model.predictor(model.projector(model.backbone(x2)[:, 0]))
+        head_input = model.head_input  # the ViT's class token, or the ResNet's pooled features
+        q1 = model.predictor(model.projector(head_input(model.backbone, x1)))
+        q2 = model.predictor(model.projector(head_input(model.backbone, x2)))
         with torch.no_grad():
             key_backbone, key_projector = model.key_encoder.module
-            k1 = key_projector(key_backbone(x1)[:, 0])
-            k2 = key_projector(key_backbone(x2)[:, 0])
+            k1 = key_projector(head_input(key_backbone, x1))
+            k2 = key_projector(head_input(key_backbone, x2))
         t = self.temperature
         loss = 2 * t * (info_nce(q1, k2, t) + info_nce(q2, k1, t))
         return {"loss": loss}

@@ -125,6 +125,9 @@ class SSL4EOConfig(RSDataConfig):
         "augment", doc="a location seen once: two augmented crops of its one date, or leave it out"
     )
     objective: Literal["moco", "mae"] = option("moco", doc="MoCo v3 with seasonal positives, or MAE")
+    backbone: Literal["vit", "resnet50"] = option(
+        "vit", doc="ViT (patch, dim, depth, heads below) or ResNet-50 (SSL4EO-S12's other backbone; MoCo only)"
+    )
     patch: int = option(8, doc="patch side (SSL4EO ViT-S/16 on 224²: 16)")
     dim: int = option(192, doc="ViT width (ViT-S: 384)")
     depth: int = option(6, doc="ViT layers (ViT-S: 12)")
@@ -159,6 +162,13 @@ class SSL4EOConfig(RSDataConfig):
     unbiased_patch_var: bool = option(
         False, doc="MAE: target normalisation with torch.var's n - 1, as MAE's forward_loss (models_mae.py L206)"
     )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.backbone == "resnet50" and self.objective != "moco":
+            raise ConfigError("backbone resnet50 trains with objective moco only (MAE needs the ViT's patches)")
+        if self.backbone == "resnet50" and self.chip < 32:
+            raise ConfigError(f"backbone resnet50 downsamples by 32: chip {self.chip} must be at least 32")
 
 
 REFERENCE_CODE_SSL4EO: dict[str, dict[str, Any]] = {
@@ -344,6 +354,10 @@ class SSL4EOPlugin(_RSPlugin):
 
         from .model import SSL4EOModel
 
+        if cfg.backbone == "resnet50":
+            from .resnet import SSL4EOResNetModel
+
+            return SSL4EOResNetModel(len(datamodule.bands), cfg.proj_dim, cfg.hidden_dim, cfg.momentum)
         init = "pytorch" if cfg.init == "pytorch" else ("mae" if cfg.objective == "mae" else "mocov3")
         model = SSL4EOModel(
             len(datamodule.bands), cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.proj_dim, cfg.hidden_dim,

@@ -38,6 +38,9 @@ import torch
 
 from ssl_domains import UserError
 
+from . import weights_ssl4eo_resnet as resnet_weights
+from .weights_ssl4eo_resnet import is_resnet
+
 __all__ = [
     "from_mae",
     "from_moco",
@@ -148,6 +151,8 @@ def from_moco(state: Mapping[str, Any], source: str = "the checkpoint") -> Any:
     from ssl_domains.transfer import ImportedWeights
 
     sd = _tensors(state, source)
+    if is_resnet(sd, "encoder_q.") or is_resnet(sd, "base_encoder."):
+        return resnet_weights.from_moco(sd, source)
     ours, sizes, used = _vit(sd, "base_encoder.", "backbone.", source)
     has_momentum = "momentum_encoder.patch_embed.proj.weight" in sd
     if has_momentum:
@@ -235,6 +240,8 @@ def from_timm(state: Mapping[str, Any], source: str = "the checkpoint") -> Any:
     from ssl_domains.transfer import ImportedWeights
 
     sd = _tensors(state, source)
+    if is_resnet(sd):
+        return resnet_weights.from_timm(sd, source)
     ours, sizes, used = _vit(sd, "", "backbone.", source)
     used |= {k for k in sd if k.startswith(("head.", "fc_norm."))}
     unknown = sorted(set(sd) - used)
@@ -316,6 +323,9 @@ def write_timm(model: Any, cfg: Any, path: Path) -> None:
     """``--format timm``: the encoder as a timm ``VisionTransformer`` state dict (``num_classes=0``), loadable with
     ``timm.create_model("vit_small_patch16_224", in_chans=13, num_classes=0).load_state_dict(...)`` at ViT-S sizes
     and by torchgeo's ViT; ``pos_embed`` holds our fixed table (a timm ViT learns it from there)."""
+    if cfg.backbone == "resnet50":  # torchvision / timm resnet50(num_classes=0), torchgeo's ResNet50 weights
+        torch.save(resnet_weights.timm_state(model), path)
+        return
     channels, patch, grid = _sizes(model, cfg)
     torch.save(_timm_state(model.backbone, "", channels, patch, grid), path)
 
@@ -326,6 +336,10 @@ def write_moco(model: Any, cfg: Any, path: Path) -> None:
     if model.key_encoder is None:
         raise UserError("this run trained objective mae: it has no MoCo heads or momentum encoder; export --format "
                         "ssl4eo-mae (or timm for the encoder alone)")  # fmt: skip
+    if cfg.backbone == "resnet50":
+        state = {f"module.{k}": v for k, v in resnet_weights.moco_state(model).items()}
+        torch.save({"epoch": 0, "arch": "resnet50", "state_dict": state}, path)
+        return
     channels, patch, grid = _sizes(model, cfg)
     key_backbone, key_projector = model.key_encoder.module
     state = _timm_state(model.backbone, "base_encoder.", channels, patch, grid)
