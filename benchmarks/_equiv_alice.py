@@ -13,6 +13,10 @@ files loaded by path (nothing of them is copied here; the shims applied are list
   ``mask_model``) with the reference's masks (``utils.random_mask``) injected into ours.
 - ``casa``: ``CASA/CASA_Module.py`` ``CASA`` (its weights copied into our ``CrossAlignment`` through
   ``CASA_KEYS``) on the same queries and contexts, through to the patch loss.
+- ``patch_head``: ``models/head.py`` ``AliceHead`` (the student's, and the teacher's with its shared prototypes)
+  against our ``patch_head: dino`` (the [CLS] head's MLP and the patch prototypes on ``query_proj`` /
+  ``context_proj`` tokens), their weights copied into ours, on the same encoder and decoder tokens, through the
+  same CASA to the [CLS] and patch terms of ``loss.py`` ``Loss``.
 - ``ema``: the EMA lines of ``engine_pretrain.py`` (L49-58, L147-150, parsed with ``ast`` and executed) with
   ``utils.cosine_scheduler``'s momentum table, against ``AliceModel.after_step`` on a small AliceModel over a run
   of 40 steps, each side driven as its trainer drives it (ours: the core's ``global_step / total`` after a step).
@@ -46,7 +50,10 @@ EPOCHS, WARMUP_EPOCHS, EPOCH, NITER = 1000, 30, 7, 4  # the reference's schedule
 LAMBDA3 = 10.0  # main-DDP.py --lambda3; loss.py:112 divides the MSE by 2 again, so ours runs at LAMBDA3 / 2
 CASA_SIZES = (512, 2048, 8, 64, 64)  # main-DDP.py:212, CASA(d_out, d_inner, n_head, d_k, d_v)
 EMA_EPOCHS = 10  # x NITER = 40 EMA steps
-SWITCHES: dict[str, Any] = {"mask_axis": "z", "teacher_temp_epochs": EPOCHS, "momentum_at_step_start": True}
+SWITCHES: dict[str, Any] = {"mask_axis": "z", "teacher_temp_epochs": EPOCHS, "momentum_at_step_start": True,
+                            "momentum_ref_steps": 0, "patch_head": "dino"}  # fmt: skip
+TOKEN_DIM, DECODER_DIM = 384, 192  # models/head.py:176-177 hard-codes mlp3 (384 ->) and mlp4 (192 ->)
+HEAD_KEYS = {"mlp.0": "mlp.0", "mlp.2": "mlp.3", "mlp.4": "mlp.6"}  # the reference's Linear/GELU (no norm) MLP
 CASA_KEYS = {
     "Cross_Att.MH_attn.w_qs": "q", "Cross_Att.MH_attn.w_ks": "k", "Cross_Att.MH_attn.w_vs": "v",
     "Cross_Att.MH_attn.fc": "proj", "Cross_Att.MH_attn.layer_norm": "norm1", "Cross_Att.pos_ffn.w_1": "ff.0",
@@ -95,6 +102,13 @@ class Reference:
         with _modules({"utils": self.utils, "models": _stand_in("models")}):
             self.loss = _load("alice_ref_loss", root / "loss.py")
         self.casa = _load("alice_ref_casa", root / "CASA" / "CASA_Module.py")
+        with _modules({"utils": self.utils}):
+            self.head = _load("alice_ref_head", root / "models" / "head.py")
+        self.head.Att_iBOTHead = self.head.AliceHead
+        self.shims.append(
+            "models/head.py:146 calls super(Att_iBOTHead, self), a name defined nowhere: the module's "
+            "global Att_iBOTHead is bound to AliceHead, so the call is DINOHead.__init__ (head.py:60)"
+        )
         self.ema = _ema_statements(root / "engine_pretrain.py")
         if not torch.cuda.is_available():
             self.shims.append("loss.py:110 moves the (unused) interpolated masks to CUDA: Tensor.cuda is the "
@@ -148,7 +162,8 @@ def _ema_statements(path: Path) -> tuple[Any, Any]:
 
 
 class _Given(nn.Module):
-    """Returns a fixed tensor whatever its input: a network part the component leaves out."""
+    """Returns a fixed tensor whatever its input: a network part the component leaves out (with ``patch_head:
+    dino`` the head's ``embed`` passes the given tokens on)."""
 
     def __init__(self, value: torch.Tensor) -> None:
         super().__init__()
@@ -156,6 +171,9 @@ class _Given(nn.Module):
 
     def forward(self, *args: Any) -> torch.Tensor:
         return self.value
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 class _Context(nn.Module):
@@ -166,29 +184,45 @@ class _Context(nn.Module):
 
 
 class _Nets(nn.Module):
-    """The student network (records its input and mask) and the teacher's ``context``."""
+    """The student network (records its input and mask) and the teacher's ``context``: given encoder tokens and
+    decoder map (placeholders where the component does not read them)."""
 
-    def __init__(self, recon: torch.Tensor) -> None:
+    def __init__(self, recon: torch.Tensor, tokens: torch.Tensor | None = None, decoder: torch.Tensor | None = None):
         super().__init__()
         self.recon, self.seen = recon, None
-        self.dummy = torch.zeros(recon.shape[0], 1, 1, dtype=recon.dtype)
+        dummy = torch.zeros(recon.shape[0], 1, 1, dtype=recon.dtype)
+        self.tokens = dummy if tokens is None else tokens
+        self.decoder = dummy[..., None, None] if decoder is None else decoder
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, Any]:
         self.seen = (x.detach(), mask)
-        return {"output": self.recon, "tokens": self.dummy, "pyramid": [None, self.dummy[..., None, None]]}
+        return {"output": self.recon, "tokens": self.tokens, "pyramid": [None, self.decoder]}
 
     def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.dummy, self.dummy[..., None, None]
+        return self.tokens, self.decoder
 
 
-def _stub_model(inputs: dict[str, torch.Tensor], align: nn.Module, centres: tuple, progress: float) -> Any:
-    nets = _Nets(inputs["recon"])
-    teacher = types.SimpleNamespace(module=(nets, _Given(inputs["cls_t"]), _Given(inputs["ctx_t"])),
-                                    update=lambda student, progress: None)  # fmt: skip
+def _stub_model(
+    inputs: dict[str, torch.Tensor],
+    align: nn.Module,
+    centres: tuple,
+    progress: float,
+    parts: dict[str, Any] | None = None,
+) -> Any:
+    """Our objective's view of an AliceModel: given outputs for the network parts (``parts`` replaces them by
+    real modules), ``align`` as CASA. The identity prototypes pass the given CASA inputs on under ``patch_head:
+    dino``."""
+    parts = parts or {"net": _Nets(inputs["recon"]), "query_proj": _Given(inputs["query"]),
+                      "cls_head": _Given(inputs["cls_s"]), "context_proj": _Given(inputs["ctx_s"]),
+                      "patch_prototypes": nn.Identity()}  # fmt: skip
+    teacher_parts = parts.get("teacher") or (parts["net"], _Given(inputs["cls_t"]), _Given(inputs["ctx_t"]),
+                                             nn.Identity())  # fmt: skip
+    teacher = types.SimpleNamespace(module=teacher_parts, update=lambda student, progress: None)
+    own = {k: v for k, v in parts.items() if k != "teacher"}
     return types.SimpleNamespace(
-        net=nets, teacher=teacher, query_proj=_Given(inputs["query"]), cls_head=_Given(inputs["cls_s"]),
-        context_proj=_Given(inputs["ctx_s"]), align=align, center_momentum=0.9, momentum_at_step_start=False,
-        _step_start=None, student=lambda: None, progress=torch.tensor(progress, dtype=torch.float64),
+        **own, teacher=teacher, align=align, center_momentum=0.9, momentum_at_step_start=False,
+        _step_start=None, _momentum_base=0.996, student=lambda: None,
+        progress=torch.tensor(progress, dtype=torch.float64),
         center_cls=centres[0].clone(), center_patch=centres[1].clone(),
         pending_cls=torch.zeros_like(centres[0]), pending_patch=torch.zeros_like(centres[1]),
     )  # fmt: skip
@@ -259,12 +293,14 @@ def _reference_loss(ref: Reference, x: dict[str, torch.Tensor]) -> nn.Module:
     return loss
 
 
-def _ours(x: dict[str, torch.Tensor], align: nn.Module, cfg: Any, hidden: torch.Tensor) -> tuple[dict, Any]:
+def _ours(
+    x: dict[str, torch.Tensor], align: nn.Module, cfg: Any, hidden: torch.Tensor, parts: dict[str, Any] | None = None
+) -> tuple[dict, Any]:
     from ssl_domains_medical.model import AliceModel
     from ssl_domains_medical.objective import AliceObjective
 
     step = EPOCH * NITER + 1  # a step inside the warm-up epoch
-    model = _stub_model(x, align, (x["centre_cls"], x["centre_patch"]), step / (EPOCHS * NITER))
+    model = _stub_model(x, align, (x["centre_cls"], x["centre_patch"]), step / (EPOCHS * NITER), parts)
     q, a = x["query_crop"], x["anchor_crop"]
     with _injected_mask(hidden):
         out = AliceObjective(cfg)(model, {"query": q, "anchor": a, "query_view": q, "anchor_view": a})
@@ -339,19 +375,33 @@ def _constant_axes(mask: torch.Tensor) -> list[str]:
             if torch.equal(mask, mask.narrow(dim, 0, 1).expand_as(mask))]  # fmt: skip
 
 
-def _casa(ref: Reference) -> dict[str, Any]:
+def _noisy(module: nn.Module) -> nn.Module:
+    """Its init plus noise, so no LayerNorm sits at its identity init and no bias at 0 (weight_g, the prototypes'
+    norm the reference fixes at 1, is kept)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if not name.endswith("weight_g"):
+                p.add_(0.1 * p.abs().mean().clamp(min=0.1) * torch.randn_like(p))
+    return module
+
+
+def _casa_pair(ref: Reference) -> tuple[nn.Module, nn.Module]:
+    """The reference's CASA (main-DDP.py:212 sizes, in eval: its dropout 0.1 off, ours has none) and ours with its
+    weights."""
     from ssl_domains_medical.model import CrossAlignment
 
-    torch.manual_seed(0)
-    theirs = ref.casa.CASA(*CASA_SIZES).double().eval()  # eval: its dropout 0.1 off (ours has none)
-    with torch.no_grad():
-        for p in theirs.parameters():  # its init plus noise, so no LayerNorm sits at its identity init
-            p.add_(0.1 * p.abs().mean().clamp(min=0.1) * torch.randn_like(p))
+    theirs = _noisy(ref.casa.CASA(*CASA_SIZES).double().eval())
     d_out, d_inner, heads, _, _ = CASA_SIZES
     ours = CrossAlignment(d_out, heads, d_inner).double()
     state = {CASA_KEYS[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: v for k, v in theirs.state_dict().items()
              if k.rsplit(".", 1)[0] in CASA_KEYS}  # fmt: skip
     ours.load_state_dict(state, strict=True)
+    return theirs, ours
+
+
+def _casa(ref: Reference) -> dict[str, Any]:
+    torch.manual_seed(0)
+    theirs, ours = _casa_pair(ref)
     x, masks = _inputs(1, CONTEXT_TOKENS), _reference_masks(ref)
     feats = theirs([None, x["query"], x["ctx_s"]], [None, None, x["ctx_t"]])
     loss_ref = _reference_loss(ref, x)
@@ -383,12 +433,99 @@ def _casa(ref: Reference) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _ema(ref: Reference, switch: bool) -> dict[str, Any]:
+def _our_head(state: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
+    """Our ``patch_head: dino`` modules with an ``AliceHead`` state dict: the [CLS] head (MLP, prototypes), the
+    patch prototypes (``last_layer2``), ``query_proj`` (``mlp3``) and ``context_proj`` (``mlp4``)."""
+    from ssl_domains_medical.model import DINOHead, PatchPrototypes
+
+    head = DINOHead(TOKEN_DIM, OUT_DIM, 2048, 256).double()  # main-DDP.py:217-226: hidden 2048, bottleneck 256
+    head.load_state_dict({**{f"{HEAD_KEYS[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in state.items()
+                             if k.rsplit(".", 1)[0] in HEAD_KEYS},
+                          "prototypes": state["last_layer.weight_v"]}, strict=True)  # fmt: skip
+    prototypes = PatchPrototypes(PATCH_DIM, 256).double()  # float64 before loading: load_state_dict casts
+    query, context = nn.Linear(TOKEN_DIM, TOKEN_DIM).double(), nn.Linear(DECODER_DIM, TOKEN_DIM).double()
+    prototypes.load_state_dict({"weight": state["last_layer2.weight_v"]})
+    query.load_state_dict({"weight": state["mlp3.weight"], "bias": state["mlp3.bias"]})
+    context.load_state_dict({"weight": state["mlp4.weight"], "bias": state["mlp4.bias"]})
+    return {"cls_head": head, "patch_prototypes": prototypes, "query_proj": query, "context_proj": context}
+
+
+def _patch_head(ref: Reference) -> dict[str, Any]:
+    """The patch branch through the reference's head: ``AliceHead`` -> CASA -> ``Loss``, against ours."""
+    torch.manual_seed(2)
+    n = 2 * PAIRS
+    kwargs = {"patch_out_dim": PATCH_DIM, "norm": None, "act": "gelu", "norm_last_layer": True}
+    head_s = _noisy(ref.head.AliceHead(TOKEN_DIM, OUT_DIM, shared_head=False, **kwargs).double())
+    head_t = _noisy(ref.head.AliceHead(TOKEN_DIM, OUT_DIM, shared_head=True, **kwargs).double())  # L73, L236
+    head_t.requires_grad_(False)
+    casa_ref, casa = _casa_pair(ref)
+    x, masks = _inputs(3), _reference_masks(ref)
+    side = ROI // 16  # the 1/16 encoder grid and (below) the 1/8 decoder grid
+    enc = {k: torch.randn(n, TOKEN_DIM, side, side, side, dtype=torch.float64, requires_grad=k == "s") for k in "st"}
+    dec = {k: torch.randn(n, DECODER_DIM, 2 * side, 2 * side, 2 * side, dtype=torch.float64, requires_grad=k == "s")
+           for k in "st"}  # fmt: skip
+    cls = {k: enc[k].flatten(2).mean(-1) for k in "st"}  # the average-pooled bottleneck (nnFormer.py:830)
+    out_s, out_t = head_s(cls["s"], enc["s"], dec["s"]), head_t(cls["t"], enc["t"], dec["t"])
+    feats = casa_ref([None, out_s[1], out_s[2]], [None, None, out_t[2]])
+    theirs = ref.loss_forward(_reference_loss(ref, x), [x["query_crop"], x["anchor_crop"]],
+                              [out_s[0], None, None, x["recon"]], [out_t[0], None, None, None], feats[0], feats[1],
+                              masks, EPOCH)  # fmt: skip
+    theirs["loss"].backward()
+    named = dict(head_s.named_parameters())
+    ref_grads = {k: p.grad.clone() for k, p in named.items() if p.requires_grad}
+    ref_grads.update({f"input_{k}": t.grad.clone() for k, t in (("encoder", enc["s"]), ("decoder", dec["s"]))})
+    enc["s"].grad, dec["s"].grad = None, None
+    student, teacher = _our_head(head_s.state_dict()), _our_head(head_t.state_dict())
+    teacher["patch_prototypes"].load_state_dict({"weight": head_t.state_dict()["last_layer.weight_v"]})  # shared
+    tokens = {k: enc[k].flatten(2).transpose(1, 2) for k in "st"}
+    parts = {"net": _Nets(x["recon"], tokens["s"], dec["s"]), **student,
+             "teacher": (_Nets(x["recon"], tokens["t"], dec["t"]), teacher["cls_head"], teacher["context_proj"],
+                         teacher["patch_prototypes"])}  # fmt: skip
+    scores: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: scores.append(out.detach()))
+             for m in (student["patch_prototypes"], teacher["patch_prototypes"])]  # fmt: skip
+    mine, _ = _ours(x, casa, _config(), _full(masks), parts)
+    for h in hooks:
+        h.remove()
+    mine["loss"].backward()
+    ours_by_ref = {"mlp.0": "cls_head.mlp.0", "mlp.2": "cls_head.mlp.3", "mlp.4": "cls_head.mlp.6",
+                   "last_layer": "cls_head.prototypes", "last_layer2": "patch_prototypes.weight",
+                   "mlp3": "query_proj", "mlp4": "context_proj"}  # fmt: skip
+    ours_params = {f"{k}.{n}": p for k, m in student.items() for n, p in m.named_parameters()}
+    grads = {}
+    for name, ref_grad in ref_grads.items():
+        if name.startswith("input_"):
+            grads[name] = _rel((enc if name == "input_encoder" else dec)["s"].grad, ref_grad)
+            continue
+        module, leaf = name.rsplit(".", 1)
+        target = ours_by_ref[module]
+        key = target if leaf == "weight_v" else f"{target}.{leaf}"
+        grads[name] = _rel(ours_params[key].grad, ref_grad)
+    worst = max(grads, key=grads.get)
+    # our scores in call order: student queries, student context, teacher context (objective.py)
+    outputs = {"query": (scores[0], out_s[1]), "context_student": (scores[1], out_s[2]),
+               "context_teacher": (scores[2], out_t[2])}  # fmt: skip
+    return {
+        "output_max_abs_diff": max(float((a - b.detach()).abs().max()) for a, b in outputs.values()),
+        "loss_rel_diff": _rel_float(mine["loss_cls"] + mine["loss_patch"], theirs["cls"] + theirs["patch"]),
+        "patch_rel_diff": _rel_float(mine["loss_patch"], theirs["patch"]),
+        "cls_rel_diff": _rel_float(mine["loss_cls"], theirs["cls"]),
+        "grad_max_rel_diff": grads[worst], "grad_worst": worst, "grads_compared": len(grads),
+        "output": "the head's prototype scores of the student's encoder and decoder tokens and the teacher's "
+                  "decoder tokens (CASA's inputs)",
+        "loss": "the [CLS] and patch terms, through the head and CASA",
+        "grad_over": "the student head's parameters (weight_g fixed) and its encoder/decoder token inputs",
+        "teacher_patch_prototypes": "the reference teacher's shared last_layer (shared_head_teacher, main-DDP.py:73; "
+                                    "head.py:166-169), copied into our teacher's patch prototypes",
+    }  # fmt: skip
+
+
+def _ema(ref: Reference, **overrides: Any) -> dict[str, Any]:
     from ssl_domains import registry
 
     plugin = registry.load("alice")
     sizes = plugin.example_overrides()["alice"]
-    cfg = _config(**{**sizes, "roi": 32, "out_dim": 32, "align_dim": 32, "momentum_at_step_start": switch})
+    cfg = _config(**{**sizes, "roi": 32, "out_dim": 32, "align_dim": 32, **overrides})
     torch.manual_seed(0)
     ours = plugin.model(cfg, None).double()
     theirs = copy.deepcopy(ours)
@@ -433,10 +570,14 @@ def compare(reference: Path) -> dict[str, Any]:
     try:
         components = _dino_and_reconstruction(ref)
         components["casa"] = _casa(ref)
-        components["ema"] = _ema(ref, switch=True)
-        off = _ema(ref, switch=False)
+        components["patch_head"] = _patch_head(ref)
+        components["ema"] = _ema(ref)
         keys = ("output_max_abs_diff", "teacher_rel_to_movement", "momentum_max_abs_diff")
-        components["ema"]["switch_off"] = {"momentum_at_step_start": {k: off[k] for k in keys}}
+        components["ema"]["switch_off"] = {
+            "momentum_at_step_start": {k: v for k, v in _ema(ref, momentum_at_step_start=False).items() if k in keys},
+            "momentum_ref_steps": {k: v for k, v in _ema(ref, momentum_ref_steps=3000).items() if k in keys},
+        }  # our default 3000 scales a 40-step run's base momentum to the floor, 0.9
+        components["patch_head"]["switch_off"] = {"patch_head": "not comparable: linear (ours) has no head here"}
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -447,8 +588,9 @@ def compare(reference: Path) -> dict[str, Any]:
                   casa_key_map=CASA_KEYS, pairs=PAIRS, roi=ROI)  # fmt: skip
     result["not_compared"] = [
         "the backbone: the reference builds nnFormer (main-DDP.py:198-209), ours MONAI's UNETR/SwinUNETR",
-        "the patch head: the reference puts mlp3/mlp4 tokens through the DINO MLP and last_layer2 before CASA "
-        "(models/head.py:189-196); ours a linear projection (model.py AliceModel.query_proj/context_proj)",
+        "which prototypes the teacher's patch scores follow over a run: the reference's teacher shares its [CLS] "
+        "prototypes (main-DDP.py:73, head.py:166-169), which its by-name EMA pairing (engine_pretrain.py:49-58) "
+        "moves towards the student's [CLS] prototypes; ours follows the student's patch prototypes",
         "the view mining (SAM embeddings, interfaces.find_point_in_vol): ours uses geometric correspondence",
     ]  # fmt: skip
     return result

@@ -47,12 +47,16 @@ class VolumeNet(nn.Module):
         num_heads: int = 6,
         out_channels: int = 1,
         decoder: str = "unetr",
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         from monai.networks.nets import UNETR, SwinUNETR, ViTAutoEnc
 
         if decoder not in ("unetr", "autoenc") or (decoder == "autoenc" and backbone != "vit"):
             raise ValueError(f"decoder must be 'unetr', or 'autoenc' with backbone 'vit', got {decoder!r}")
+        if drop_path and backbone != "swin":
+            # MONAI 1.6's ViT TransformerBlock has no stochastic depth (its dropout_rate is plain dropout)
+            raise ValueError(f"drop_path {drop_path}: only backbone 'swin' has stochastic depth in MONAI")
         self.backbone, self.roi, self.decoder = backbone, roi, decoder
         if backbone == "vit" and decoder == "autoenc":
             # the tutorial's network (ssl_train.ipynb: ViTAutoEnc(in_channels=1, patch_size=16, proj_type="conv"))
@@ -70,7 +74,8 @@ class VolumeNet(nn.Module):
             self.patch, self.token_dim, embedding_dim = 16, hidden_size, hidden_size
             self.pyramid_dims = (hidden_size, 8 * feature_size, 4 * feature_size, 2 * feature_size)
         elif backbone == "swin":
-            self.net = SwinUNETR(in_channels=1, out_channels=out_channels, feature_size=feature_size, spatial_dims=3)
+            self.net = SwinUNETR(in_channels=1, out_channels=out_channels, feature_size=feature_size, spatial_dims=3,
+                                 dropout_path_rate=drop_path)  # fmt: skip
             self.patch, self.token_dim, embedding_dim = 2, 8 * feature_size, feature_size
             self.pyramid_dims = (8 * feature_size, 4 * feature_size, 2 * feature_size, feature_size)
         else:
@@ -88,10 +93,12 @@ class VolumeNet(nn.Module):
             block.norm_cross_attn.requires_grad_(False)
 
     @classmethod
-    def from_config(cls, cfg: Any, out_channels: int = 1) -> VolumeNet:
-        """From a plugin config's backbone fields."""
+    def from_config(cls, cfg: Any, out_channels: int = 1, drop_path: float = 0.0) -> VolumeNet:
+        """From a plugin config's backbone fields; ``drop_path``: SwinUNETR's ``dropout_path_rate`` (stochastic
+        depth, rising linearly over the Swin blocks to this rate; ``swin`` only)."""
         decoder = getattr(cfg, "decoder", "unetr")
-        return cls(cfg.backbone, cfg.roi, cfg.feature_size, cfg.hidden_size, cfg.num_heads, out_channels, decoder)
+        return cls(cfg.backbone, cfg.roi, cfg.feature_size, cfg.hidden_size, cfg.num_heads, out_channels, decoder,
+                   drop_path)  # fmt: skip
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, Any]:
         tokens, states = self.encode(x, mask)
@@ -224,7 +231,23 @@ class DINOHead(nn.Module):
         self.prototypes = nn.Parameter(torch.randn(out_dim, bottleneck) * 0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(x), dim=-1) @ F.normalize(self.prototypes, dim=-1).T
+        return self.embed(x) @ F.normalize(self.prototypes, dim=-1).T
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised bottleneck ``[..., bottleneck]`` the prototypes score."""
+        return F.normalize(self.mlp(x), dim=-1)
+
+
+class PatchPrototypes(nn.Module):
+    """The patch tokens' own weight-normalised prototypes (norm fixed to 1) on a :class:`DINOHead` bottleneck: the
+    reference's ``last_layer2`` (``models/head.py:160-164``)."""
+
+    def __init__(self, out_dim: int, bottleneck: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, bottleneck) * 0.02)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ F.normalize(self.weight, dim=-1).T
 
 
 class _TokenBatchNorm(nn.BatchNorm1d):
@@ -302,18 +325,40 @@ class Contrastive3DModel(nn.Module):
         return self.net.embed_volume(batch["image"])
 
 
+def scaled_momentum(momentum: float, ref_steps: int, steps: int, floor: float) -> float:
+    """The EMA's base momentum for a run of ``steps`` optimiser steps: ``1 - (1 - momentum) * ref_steps / steps``,
+    bounded to ``[floor, momentum]``, so that a run shorter than the reference's ``ref_steps`` moves its teacher
+    as far from its initialisation as the reference's run does (the sum of ``1 - m`` over a cosine schedule is
+    ``(1 - m0) * steps / 2``, and the teacher keeps ``prod m ~ exp(-(1 - m0) steps / 2)`` of its init). A run of
+    ``ref_steps`` or more, or ``ref_steps <= 0`` or ``steps <= 0``, keeps ``momentum``."""
+    if ref_steps <= 0 or steps <= 0:
+        return momentum
+    return min(momentum, max(floor, 1.0 - (1.0 - momentum) * ref_steps / steps))
+
+
 class AliceModel(nn.Module):
     """Alice's student and its EMA teacher (reference ``models/head.py``, ``CASA/CASA_Module.py``).
 
     - ``cls_head``: a DINO head on the [CLS] embedding, the average-pooled encoder output (the reference's
       average-pooled bottleneck).
     - ``query_proj`` / ``context_proj``: linear maps of the encoder tokens (1/16 grid) and of the decoder tokens
-      (1/8 grid) to ``align_dim`` (the reference head's ``mlp3`` / ``mlp4``).
+      (1/8 grid) (the reference head's ``mlp3`` / ``mlp4``). With ``patch_head="linear"`` (default) they map to
+      ``align_dim`` and go straight into CASA. With ``patch_head="dino"`` (the reference's arrangement,
+      ``models/head.py:179-196``) they map to the token width, and the tokens then go through ``cls_head``'s MLP
+      (shared with [CLS]), L2 normalisation and ``patch_prototypes`` (``align_dim`` prototypes, the reference's
+      ``last_layer2``) before CASA, so CASA aligns prototype scores.
     - ``align``: the shared :class:`CrossAlignment`; its ``align_dim`` outputs per token are the patch logits
       (the reference feeds CASA's output to the loss directly).
 
-    The teacher is an EMA copy of ``net``, ``cls_head`` and ``context_proj``: its decoder tokens go through its
-    own projection, then through the student's alignment layer with the student's queries, as in the reference.
+    The teacher is an EMA copy of ``net``, ``cls_head`` and ``context_proj`` (and ``patch_prototypes``): its
+    decoder tokens go through its own projection (and head), then through the student's alignment layer with
+    the student's queries, as in the reference. The teacher has no stochastic depth (``drop_path`` of the
+    student's SwinUNETR is switched off in its copy), as DINO's teacher.
+
+    The EMA momentum rises from its base to 1 on a cosine. With ``momentum_ref_steps`` N > 0 the base is
+    :func:`scaled_momentum` of ``momentum`` for the run's planned step count, which the plugin does not get: it
+    is read off the core's progress at the first :meth:`after_step` (``global_step / total``, so its increment is
+    ``1 / total``) and kept in the ``planned_steps`` buffer, so a resumed run keeps its base.
     DINO's centres are buffers: the objective writes the batch means it saw into ``pending_*`` and
     :meth:`after_step` moves the centres, so a loss never depends on a centre its own batch has just changed.
     """
@@ -331,25 +376,58 @@ class AliceModel(nn.Module):
         center_momentum: float = 0.9,
         head_batch_norm: bool = False,
         momentum_at_step_start: bool = False,
+        momentum_ref_steps: int = 0,
+        momentum_floor: float = 0.9,
+        patch_head: str = "linear",
     ) -> None:
         super().__init__()
-        self.net, self.embed_dim = net, net.embed_dim
+        from monai.networks.layers import DropPath
+
+        if patch_head not in ("linear", "dino"):
+            raise ValueError(f"patch_head must be 'linear' or 'dino', got {patch_head!r}")
+        self.net, self.embed_dim, self.patch_head = net, net.embed_dim, patch_head
         self.cls_head = DINOHead(net.token_dim, out_dim, head_hidden, bottleneck, head_batch_norm)
-        self.query_proj = nn.Linear(net.token_dim, align_dim)
-        self.context_proj = nn.Linear(net.decoder_dim, align_dim)
+        width = align_dim if patch_head == "linear" else net.token_dim
+        self.query_proj = nn.Linear(net.token_dim, width)
+        self.context_proj = nn.Linear(net.decoder_dim, width)
+        self.patch_prototypes = PatchPrototypes(align_dim, bottleneck) if patch_head == "dino" else None
         self.align = CrossAlignment(align_dim, align_heads, align_ff)
+        self.momentum, self.momentum_ref_steps, self.momentum_floor = momentum, momentum_ref_steps, momentum_floor
         self.teacher = EMATeacher(self.student(), momentum, 1.0, "cosine")
+        for module in self.teacher.modules():  # the teacher without stochastic depth (DINO's teacher)
+            if isinstance(module, DropPath):
+                module.drop_prob = 0.0
         self.center_momentum = center_momentum
         self.momentum_at_step_start = momentum_at_step_start
         self._step_start: float | None = None  # the progress of the last after_step (momentum_at_step_start)
+        self._momentum_base: float | None = None  # the EMA's base momentum, set at the first after_step
         for name, size in (("center_cls", out_dim), ("center_patch", align_dim)):
             self.register_buffer(name, torch.zeros(size))
             self.register_buffer(name.replace("center", "pending"), torch.zeros(size))
         self.register_buffer("progress", torch.zeros(()))
+        self.register_buffer("planned_steps", torch.zeros(()))  # 0: not read yet (momentum_ref_steps)
 
     def student(self) -> nn.ModuleList:
         """The modules the teacher follows, in the teacher's order."""
-        return nn.ModuleList([self.net, self.cls_head, self.context_proj])
+        parts = [self.net, self.cls_head, self.context_proj]
+        return nn.ModuleList(parts + ([self.patch_prototypes] if self.patch_prototypes is not None else []))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # checkpoints written before planned_steps existed: 0, i.e. read again from the next step's progress
+        state_dict.setdefault(prefix + "planned_steps", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def base_momentum(self, progress: float) -> float:
+        """The EMA's base momentum: ``momentum``, or with ``momentum_ref_steps`` its :func:`scaled_momentum` for
+        the planned steps (``planned_steps``, else ``1 / (progress - last progress)`` at this first step)."""
+        if self.momentum_ref_steps <= 0:
+            return self.momentum
+        steps = float(self.planned_steps)
+        if steps <= 0:
+            increment = progress - float(self.progress)
+            steps = float(max(round(1.0 / increment), 1)) if increment > 0 else 0.0
+            self.planned_steps.fill_(steps)
+        return scaled_momentum(self.momentum, self.momentum_ref_steps, int(steps), self.momentum_floor)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
@@ -358,7 +436,10 @@ class AliceModel(nn.Module):
         The core passes the step count *after* the step (``global_step / total``). With ``momentum_at_step_start``
         the momentum is read at the progress the step started from instead (the previous call's; the ``progress``
         buffer once after a resume), which is the reference's ``momentum_schedule[it]`` for step ``it``
-        (``engine_pretrain.py:148``)."""
+        (``engine_pretrain.py:148``). The base momentum is fixed at the first call (:meth:`base_momentum`)."""
+        if self._momentum_base is None:
+            self._momentum_base = self.base_momentum(progress)
+            self.teacher.momentum_start = self._momentum_base
         at = progress
         if self.momentum_at_step_start:
             at = float(self.progress) if self._step_start is None else self._step_start

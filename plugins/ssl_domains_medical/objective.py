@@ -145,7 +145,9 @@ class AliceObjective:
     - ``L_patch``: the student's projected encoder tokens query, by cross-attention (:class:`.model.CrossAlignment`),
       the student's own projected decoder tokens (1/8 grid) and, separately, the teacher's; the outputs are the
       patch logits, and the teacher-side ones are the target for the student-side ones, token by token, on the
-      same crop.
+      same crop. With ``patch_head: dino`` the projected tokens (queries and both contexts) are first scored by
+      the DINO head's MLP and the patch prototypes (the reference, ``models/head.py:179-196``), each side by its
+      own network's head.
     - ``L_mim``: MSE between the student's reconstruction and the whole unmasked crop. As in the reference the
       mask is not applied in the loss (the paper's text scores masked voxels only).
 
@@ -180,14 +182,21 @@ class AliceObjective:
         axis = 0 if c.mask_axis == "x" else 2
         hidden = column_mask(2 * b, crops.shape[-1], c.mask_patch, c.mask_ratio, crops.device, axis)
         student = model.net(views.masked_fill(hidden[:, None], 0.0), hidden)
-        teacher_net, teacher_cls, teacher_context = model.teacher.module
+        teacher_net, teacher_cls, teacher_context, *teacher_prototypes = model.teacher.module
         queries = model.query_proj(student["tokens"])
+        context_s = model.context_proj(_tokens(student["pyramid"][1]))
+        if c.patch_head == "dino":  # the reference's: tokens through the shared DINO MLP and patch prototypes
+            queries = model.patch_prototypes(model.cls_head.embed(queries))
+            context_s = model.patch_prototypes(model.cls_head.embed(context_s))
         with torch.no_grad():
             teacher_tokens, teacher_map = teacher_net.context(crops)
             cls_t = teacher_cls(teacher_tokens.mean(1))
-            patch_t = model.align(queries, teacher_context(_tokens(teacher_map)))
+            context_t = teacher_context(_tokens(teacher_map))
+            if c.patch_head == "dino":
+                context_t = teacher_prototypes[0](teacher_cls.embed(context_t))
+            patch_t = model.align(queries, context_t)
         cls_s = model.cls_head(student["tokens"].mean(1))
-        patch_s = model.align(queries, model.context_proj(_tokens(student["pyramid"][1])))
+        patch_s = model.align(queries, context_s)
         temp = self.teacher_temperature(model.progress)
         if c.centering == "sinkhorn":
             target_cls = sinkhorn_knopp(cls_t, temp, c.sinkhorn_iterations)

@@ -155,15 +155,47 @@ class AliceConfig(MedicalConfig):
     sinkhorn_iterations: int = option(3, doc="Sinkhorn-Knopp iterations (DINOv2: 3)")
     center_momentum: float = option(0.9, doc="DINO centring momentum (reference: 0.9; unused by sinkhorn)")
     momentum: float = option(0.996, doc="teacher EMA momentum at the start, raised to 1 on a cosine (reference)")
+    momentum_ref_steps: int = option(
+        3000,
+        doc="scale the starting momentum to the run: 1 - (1 - momentum) * N / steps, within [momentum_floor,"
+        " momentum], so a run shorter than N steps (the reference's 1000 epochs x 3 iterations) moves its teacher as"
+        " far from its init as the reference's; 0: the reference's schedule unscaled",
+    )
+    momentum_floor: float = option(0.9, doc="lowest starting momentum momentum_ref_steps may give (BYOL: >= 0.9)")
     momentum_at_step_start: bool = option(
         False, doc="EMA momentum of the step's own index, as the reference (default: of the step count after it)"
+    )
+    patch_head: Literal["linear", "dino"] = option(
+        "linear",
+        doc="patch tokens into CASA: linear projections (ours); dino: through the [CLS] head's MLP and patch"
+        " prototypes first (the reference, models/head.py:179-196)",
+    )
+    drop_path: float | None = option(
+        None,
+        doc="student stochastic depth (the teacher has none). null: 0.1 with backbone swin (SwinUNETR's"
+        " dropout_path_rate), none with vit: MONAI's UNETR ViT has no stochastic depth, so vit takes only 0",
     )
     cls_weight: float = option(1.0, doc="lambda_1, cross-volume [CLS] loss (reference: 1)")
     patch_weight: float = option(1.0, doc="lambda_2, aligned patch loss (reference: 1)")
     recon_weight: float = option(10.0, doc="lambda_3, masked-image reconstruction MSE (reference: 10)")
 
+    def student_drop_path(self) -> float:
+        """``drop_path`` with null resolved: 0.1 for ``swin`` (the reference's ``--drop_path``), 0 for ``vit``."""
+        if self.drop_path is None:
+            return 0.1 if self.backbone == "swin" else 0.0
+        return self.drop_path
+
     def validate(self) -> None:
         super().validate()
+        if self.drop_path is not None and not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError(f"alice.drop_path {self.drop_path} must be in [0, 1)")
+        if self.backbone == "vit" and self.drop_path:
+            raise ConfigError(
+                "alice.drop_path needs backbone swin: MONAI's UNETR ViT blocks have no stochastic depth (their "
+                "dropout_rate is plain dropout); set drop_path: 0 or null"
+            )
+        if self.momentum_ref_steps < 0 or not 0.0 <= self.momentum_floor <= 1.0:
+            raise ConfigError("alice.momentum_ref_steps must be >= 0 and alice.momentum_floor in [0, 1]")
         patch = 16 if self.backbone == "vit" else 2
         if self.mask_patch % patch or self.roi % self.mask_patch:
             raise ConfigError(
@@ -305,9 +337,10 @@ class AlicePlugin(_MedicalPlugin):
         from .model import AliceModel, VolumeNet
 
         return AliceModel(
-            VolumeNet.from_config(cfg), cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck, cfg.align_dim,
-            cfg.align_heads, cfg.align_ff, cfg.momentum, cfg.center_momentum, cfg.head_batch_norm,
-            cfg.momentum_at_step_start,
+            VolumeNet.from_config(cfg, drop_path=cfg.student_drop_path()), cfg.out_dim, cfg.head_hidden,
+            cfg.head_bottleneck, cfg.align_dim, cfg.align_heads, cfg.align_ff, cfg.momentum, cfg.center_momentum,
+            cfg.head_batch_norm, cfg.momentum_at_step_start, cfg.momentum_ref_steps, cfg.momentum_floor,
+            cfg.patch_head,
         )  # fmt: skip
 
     def objective(self, cfg: AliceConfig) -> Objective:
