@@ -1,5 +1,6 @@
-"""CROMA's released weights, saved as released, through ``ssl-domains import`` (the ``import_max_abs_diff`` of
-``benchmarks/equivalence.py --plugin croma``; Fuller et al. 2023, antofuller/CROMA @ 59505a6).
+"""CROMA's released weights, saved as released, through ``ssl-domains import`` and back out through ``ssl-domains
+export`` (the ``import_max_abs_diff`` and ``import.export_max_abs_diff`` of ``benchmarks/equivalence.py --plugin
+croma``; Fuller et al. 2023, antofuller/CROMA @ 59505a6).
 
 The reference networks are ``use_croma.py``'s own classes (the inference code the released files are read with;
 its ``Attention`` names ``to_qkv`` / ``to_out`` and its ``FFN`` ``net.0`` / ``net.3``, where ``pretrain_croma.py``
@@ -29,6 +30,12 @@ also compares the three token sets (not part of the figure). ``CROMA_IMPORT_SIZE
 released sizes instead (768 wide, 12/6/6 layers; 1024, 24/12/12). The released model was trained on 120² chips
 with patch 8; ``use_croma.py`` builds its ALiBi table for one square ``image_resolution`` (a multiple of 8), ours
 computes it for any grid.
+
+Then the way back (``export_max_abs_diff``, per format and overall): the ``croma`` and ``torchgeo`` runs, their
+weights perturbed, exported in the same format (``weights_croma_out.py``) and loaded strictly by the same reference
+code (``PretrainedCROMA``'s parts from the ``croma`` file; torchgeo's ``CROMA.load_state_dict`` from the
+``torchgeo`` file, or without torchgeo's code the file split at ``<entry>.`` into those parts), whose forward on the
+same chips is compared with our ``embed`` at every ``embed_modality``.
 """
 
 from __future__ import annotations
@@ -207,7 +214,50 @@ def check(reference: Path) -> dict[str, Any]:
             block.update(chips=int(radar.shape[0]), chip=int(radar.shape[-1]), optical_bands=int(optical.shape[1]))
             block["reference"] = "torchgeo CROMA" if torchgeo_forward else "use_croma.py PretrainedCROMA"
             block["attn_bias_in_file"] = label == "torchgeo_attn_bias"
+            if label in ("croma", "torchgeo"):
+                block["export"] = _export(use, tg, fmt, run, ours, radar, optical, work)
+                block["export_max_abs_diff"] = block["export"].pop("max_abs_diff")
             out[label] = block
     out["import_max_abs_diff"] = max(out[f]["max_abs_diff"] for f in paths)
+    out["export_max_abs_diff"] = max(out[f]["export_max_abs_diff"] for f in ("croma", "torchgeo"))
     out["config"] = {"size": SIZE, "dim": DIM, "depth": DEPTH, "heads": HEADS, "patch": 8, "chip": CHIP}
     return out
+
+
+def _export(use: types.ModuleType, tg: types.ModuleType | None, fmt: str, run: Path, ours: nn.Module,
+            radar: torch.Tensor, optical: torch.Tensor, work: Path) -> dict[str, Any]:  # fmt: skip
+    """The way back: the imported run, its weights perturbed (so that nothing is the file read), through ``ssl-domains
+    export --format fmt`` and loaded strictly by the reference's code as the import check builds it: the ``croma``
+    file by ``PretrainedCROMA``'s parts (``load_state_dict`` of each entry, L63-88), the ``torchgeo`` file by
+    ``torchgeo.models.croma.CROMA(...).load_state_dict`` (or, without torchgeo's code, split at ``<entry>.`` into
+    ``use_croma.py``'s parts); the reference's forward against our ``embed`` at each ``embed_modality``."""
+    from ssl_domains.checkpoint import save_weights
+    from ssl_domains.run import WEIGHTS_FILE
+    from ssl_domains.transfer import export_weights
+
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.01 * p.abs().mean().clamp(min=0.1) * torch.randn_like(p))
+    save_weights(ours, run / WEIGHTS_FILE)
+    path = export_weights(run, fmt, work / f"exported-{fmt}.pt")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    torchgeo_forward = fmt == "torchgeo" and tg is not None
+    if torchgeo_forward:
+        model = tg.CROMA(encoder_dim=DIM, encoder_depth=DEPTH, num_heads=HEADS, patch_size=8, image_size=CHIP)
+        model.load_state_dict(saved, strict=True)
+        model.eval()
+    else:
+        if fmt == "torchgeo":  # the layout derived from torchgeo's CROMA.__init__: back to the five entries
+            path = work / "exported-torchgeo-entries.pt"
+            torch.save({e: {k.removeprefix(f"{e}."): v for k, v in saved.items() if k.startswith(f"{e}.")}
+                        for e in _ENTRIES}, path)  # fmt: skip
+        model = _pretrained(use, path)
+    theirs = _reference_out(model, radar, optical, torchgeo_forward)
+    block: dict[str, Any] = {"reference": "torchgeo CROMA" if torchgeo_forward else "use_croma.py PretrainedCROMA"}
+    with torch.no_grad():
+        for modality, key in (("optical", "optical_GAP"), ("radar", "SAR_GAP"), ("joint", "joint_GAP")):
+            ours.embed_modality = modality
+            mine = ours.eval().embed({"radar": radar, "optical": optical})
+            block[f"{modality}_max_abs_diff"] = float((mine - theirs[key]).abs().max())
+    block["max_abs_diff"] = max(block[f"{m}_max_abs_diff"] for m in ("optical", "radar", "joint"))
+    return block

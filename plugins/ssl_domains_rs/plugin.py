@@ -268,12 +268,16 @@ class CROMAPlugin(_RSPlugin):
             "CROMA's released CROMA_base.pt / CROMA_large.pt (antofuller/CROMA, as use_croma.py reads them: "
             "s1_encoder, s1_GAP_FFN, s2_encoder, s2_GAP_FFN, joint_encoder), sizes from the shapes, 16 heads",
             reader="ssl_domains_rs.weights_croma:read_released",
+            writer="ssl_domains_rs.weights_croma_out:write_released",
+            example_overrides={"croma": {"heads": 16, "qkv_bias": False, "shared_cross_norm": True}},
         ),
         WeightFormat(
             "torchgeo",
             "the state dict of torchgeo's torchgeo.models.croma.CROMA (croma_base / croma_large: s1_encoder.*, ..., "
             "attn_bias), both modalities",
             reader="ssl_domains_rs.weights_croma:read_torchgeo",
+            writer="ssl_domains_rs.weights_croma_out:write_torchgeo",
+            example_overrides={"croma": {"heads": 16, "qkv_bias": False, "shared_cross_norm": True}},
         ),
     )
 

@@ -38,6 +38,8 @@ inputs), optical bands from the optical one, depth from the layer count (radar a
 Heads leave no trace in the released file: ``use_croma.py``'s ``ViT`` fixes 16 for base and large (L306-307), as
 its ``PretrainedCROMA`` does (L34-46); torchgeo's ``attn_bias`` holds them. Not in either file, left at their
 initialisation: the contrastive projections, the logit scale and the MAE decoder.
+
+The way out (``ssl-domains export --format croma|torchgeo``), this map reversed, is ``weights_croma_out.py``.
 """
 
 from __future__ import annotations

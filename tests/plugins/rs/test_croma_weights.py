@@ -1,4 +1,5 @@
-"""``ssl-domains import --plugin croma``: CROMA's released files and torchgeo's layout (weights_croma.py).
+"""``ssl-domains import|export --plugin croma``: CROMA's released files and torchgeo's layout (weights_croma.py,
+weights_croma_out.py).
 
 The files are written here from one of our models through the documented key map in reverse (Fuller et al.
 2023's ``use_croma.py`` layout; the reference code itself is checked in benchmarks/_equiv_croma_import.py):
@@ -14,8 +15,9 @@ import torch
 import yaml
 
 from ssl_domains import UserError, load_encoder, registry
-from ssl_domains.transfer import import_weights
+from ssl_domains.transfer import export_weights, import_weights
 from ssl_domains_rs.model import CROMA, alibi_bias, alibi_slopes, grid_positions
+from ssl_domains_rs.weights_croma_out import to_released, to_torchgeo, write_released, write_torchgeo
 
 DATA = Path(__file__).resolve().parents[3] / "datasets" / "sentinel_s1s2" / "bigearthnet_v1_mm"
 DIM, DEPTH = 32, 2
@@ -137,3 +139,90 @@ def test_wrong_files_are_refused_with_the_fix(tmp_path: Path):
         with pytest.raises(UserError, match=message):
             _import(tmp_path / str(i), payload, fmt)
         assert not (tmp_path / str(i) / "run").exists()
+
+
+# ---- out: ``ssl-domains export --format croma|torchgeo`` (weights_croma_out.py) -----------------------------------
+def _same_tensors(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        if isinstance(a[key], dict):
+            _same_tensors(a[key], b[key])
+        else:
+            assert a[key].shape == b[key].shape and torch.equal(a[key], b[key]), key
+
+
+def test_writers_are_the_readers_inverse(tmp_path: Path):
+    model = _model()
+    _same_tensors(to_released(model), _released(model))  # the hand-written reverse map above
+    _same_tensors(to_torchgeo(model), _torchgeo(model, bias=False))
+    for fmt, writer in (("croma", write_released), ("torchgeo", write_torchgeo)):
+        path = tmp_path / f"{fmt}.pt"
+        writer(model, None, path)
+        ours, _ = _import(tmp_path / fmt, torch.load(path, weights_only=True), fmt)
+        _same_network(ours, model)
+
+
+def test_export_of_an_imported_run_gives_the_file_back(tmp_path: Path):
+    model = _model()
+    run = import_weights(registry.load("croma"), _save(tmp_path / "in.pt", _released(model)), DATA,
+                         tmp_path / "run", fmt="croma")  # fmt: skip
+    for fmt, original in (("croma", _released(model)), ("torchgeo", _torchgeo(model, bias=False))):
+        out = export_weights(run, fmt, tmp_path / f"out-{fmt}.pt")
+        _same_tensors(torch.load(out, weights_only=True), original)
+
+
+def _save(path: Path, payload: object) -> Path:
+    torch.save(payload, path)
+    return path
+
+
+def _variant(**kwargs) -> CROMA:
+    sizes = {"optical_channels": 12, "patch": 8, "dim": DIM, "depth": DEPTH, "heads": 16}
+    sizes.update({k: kwargs.pop(k) for k in list(kwargs) if k in sizes})
+    torch.manual_seed(0)
+    return CROMA(sizes["optical_channels"], 2, sizes["patch"], sizes["dim"], sizes["depth"], sizes["heads"], 32, 1,
+                 8, **{"qkv_bias": False, "shared_cross_norm": True, **kwargs})  # fmt: skip
+
+
+def test_unfaithful_models_are_refused_with_the_fix(tmp_path: Path):
+    biased = _variant(qkv_bias=True)  # PyTorch's Linear init: nonzero biases
+    two_norms = _variant(shared_cross_norm=False)
+    with torch.no_grad():
+        two_norms.joint[0].norm_context.weight.add_(0.1)
+    cases = [
+        (biased, "no q/k/v biases.*--set croma.qkv_bias=false"),
+        (two_norms, "norm_cross and norm_context differ in joint.0.*--set croma.shared_cross_norm=true"),
+        (_variant(heads=8), "8 heads.*--set croma.heads=16"),
+        (_variant(patch=4), "patch 4.*--set croma.patch=8"),
+        (_variant(optical_channels=13), "2 radar \\+ 13 optical bands"),
+        (_variant(depth=1), "optical depth 1 with radar and joint 1"),
+    ]
+    for model, message in cases:
+        for fmt, writer in (("croma", write_released), ("torchgeo", write_torchgeo)):
+            path = tmp_path / f"{fmt}.pt"
+            with pytest.raises(UserError, match=f"--format {fmt}: .*{message}"):
+                writer(model, None, path)
+            assert not path.exists()
+
+
+def test_zero_biases_and_equal_norms_are_written(tmp_path: Path):
+    model = _variant(qkv_bias=True, shared_cross_norm=False)  # two norms at their identical initialisation
+    with torch.no_grad():
+        for module in model.modules():
+            for name in ("qkv", "q_cross", "kv_cross"):
+                if isinstance(getattr(module, name, None), torch.nn.Linear):
+                    getattr(module, name).bias.zero_()
+    released = to_released(model)
+    assert not any(k.endswith(("to_qkv.bias", "to_q.bias", "to_k.bias", "to_v.bias")) for k in released["s2_encoder"])
+    assert not any("norm_context" in k for k in released["joint_encoder"])
+    ours, _ = _import(tmp_path, released, "croma")
+    _same_network_no_bias(ours, model)
+
+
+def _same_network_no_bias(ours: torch.nn.Module, model: CROMA) -> None:
+    torch.manual_seed(1)
+    batch = {"radar": torch.rand(2, 2, 32, 40), "optical": torch.rand(2, 12, 32, 40)}
+    with torch.no_grad():
+        for modality in ("optical", "radar", "joint"):
+            ours.embed_modality = model.embed_modality = modality
+            assert torch.allclose(ours.eval().embed(batch), model.eval().embed(batch), atol=1e-6), modality
