@@ -360,6 +360,7 @@ def compare(reference: Path) -> dict[str, Any]:
 
         result["import"] = check(reference)
         result["import_max_abs_diff"] = result["import"].pop("import_max_abs_diff")
+        result["export_max_abs_diff"] = result["import"].pop("export_max_abs_diff")
         return result
     finally:
         if own_group:
