@@ -58,9 +58,50 @@ def check() -> dict[str, Any]:
         mine = ours.net.encode(x)[0]
         out = reference.swinViT(x, normalize=True)[3]
     theirs = out.flatten(2).transpose(1, 2)
+    bundle = _bundles()
     return {
-        "import_max_abs_diff": float((mine - theirs).abs().max()),
+        "import_max_abs_diff": max(float((mine - theirs).abs().max()), *bundle.values()),
+        "import_swinvit_max_abs_diff": float((mine - theirs).abs().max()),
+        **{f"import_bundle_{k}_max_abs_diff": v for k, v in bundle.items()},
         "import_tokens_abs_max": float(theirs.abs().max()),
         "import_loadfrom_max_abs_diff": loadfrom,
         "import_config": {"feature_size": FEATURE_SIZE, "roi": ROI, "crops": int(x.shape[0])},
     }
+
+
+def _bundles() -> dict[str, float]:
+    """``monai-bundle``: a SwinUNETR with a 14-class head (``swin_unetr_btcv_segmentation``'s network, feature size
+    12 here) and a UNETR, built by MONAI, noised, saved as a bundle's ``models/model.pt`` (a plain state dict),
+    imported, and our encoder tokens against MONAI's own forward (``swinViT(x)[3]``; ``vit(x)[0]``)."""
+    from monai.networks.nets import UNETR, SwinUNETR
+
+    from ssl_domains import load_encoder, registry
+    from ssl_domains.transfer import import_weights
+
+    torch.manual_seed(2)
+    nets = {
+        "swinunetr": SwinUNETR(in_channels=1, out_channels=14, feature_size=FEATURE_SIZE, spatial_dims=3),
+        "unetr": UNETR(1, 14, ROI, feature_size=8, hidden_size=128, mlp_dim=512, num_heads=2, proj_type="conv",
+                       norm_name="instance", res_block=True),
+    }  # fmt: skip
+    x = torch.rand(2, 1, ROI, ROI, ROI)
+    out = {}
+    for name, net in nets.items():
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        net.eval()
+        with tempfile.TemporaryDirectory(prefix="bundle_import_") as tmp:
+            path = Path(tmp) / "model.pt"
+            torch.save(net.state_dict(), path)
+            sets = [f"contrastive3d.roi={ROI}"] + (["contrastive3d.num_heads=2"] if name == "unetr" else [])
+            run = import_weights(registry.load("contrastive3d"), path, DATA, Path(tmp) / "run", fmt="monai-bundle",
+                                 overrides=sets)  # fmt: skip
+            ours, _dm = load_encoder(run, DATA)
+        with torch.no_grad():
+            mine = ours.net.encode(x)[0]
+            theirs = (
+                net.swinViT(x, normalize=True)[3].flatten(2).transpose(1, 2) if name == "swinunetr" else net.vit(x)[0]
+            )
+        out[name] = float((mine - theirs).abs().max())
+    return out

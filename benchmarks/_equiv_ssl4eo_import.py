@@ -130,7 +130,8 @@ def _noised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
         for name, t in model.state_dict().items():
             if t.is_floating_point():  # weights and BN statistics, so that a wrong key map shows
                 t.add_(0.05 * torch.randn_like(t)).abs_() if name.endswith("running_var") else t.add_(
-                    0.05 * torch.randn_like(t))
+                    0.05 * torch.randn_like(t)
+                )
     return model.eval()
 
 

@@ -52,8 +52,12 @@ class VolumeNet(nn.Module):
         super().__init__()
         from monai.networks.nets import UNETR, SwinUNETR, ViTAutoEnc
 
-        if decoder not in ("unetr", "autoenc") or (decoder == "autoenc" and backbone != "vit"):
-            raise ValueError(f"decoder must be 'unetr', or 'autoenc' with backbone 'vit', got {decoder!r}")
+        if decoder == "auto":  # the references' pretraining decoders: no skip connections
+            decoder = "autoenc" if backbone == "vit" else "bottleneck"
+        allowed = {"vit": ("unetr", "autoenc"), "swin": ("unetr", "bottleneck")}.get(backbone, ())
+        if decoder not in allowed:
+            raise ValueError(f"decoder {decoder!r} with backbone {backbone!r}: vit takes unetr or autoenc, swin "
+                             "unetr or bottleneck")  # fmt: skip
         if drop_path and backbone != "swin":
             # MONAI 1.6's ViT TransformerBlock has no stochastic depth (its dropout_rate is plain dropout)
             raise ValueError(f"drop_path {drop_path}: only backbone 'swin' has stochastic depth in MONAI")
@@ -78,6 +82,14 @@ class VolumeNet(nn.Module):
                                  dropout_path_rate=drop_path)  # fmt: skip
             self.patch, self.token_dim, embedding_dim = 2, 8 * feature_size, feature_size
             self.pyramid_dims = (8 * feature_size, 4 * feature_size, 2 * feature_size, feature_size)
+            if decoder == "bottleneck":  # Tang et al.'s decoder replaces SwinUNETR's (no skips): drop the unused
+                from .bottleneck import BottleneckDecoder
+
+                for name in ("encoder1", "encoder2", "encoder3", "encoder4", "encoder10", "decoder5", "decoder4",
+                             "decoder3", "decoder2", "decoder1", "out"):  # fmt: skip
+                    delattr(self.net, name)
+                self.bottleneck = BottleneckDecoder(16 * feature_size, out_channels)
+                self.pyramid_dims = self.bottleneck.pyramid_dims
         else:
             raise ValueError(f"backbone must be 'vit' or 'swin', got {backbone!r}")
         self.mask_token = nn.Parameter(torch.randn(embedding_dim) * 0.02)
@@ -104,6 +116,9 @@ class VolumeNet(nn.Module):
         tokens, states = self.encode(x, mask)
         if self.decoder == "autoenc":
             return self._decode_autoenc(tokens)
+        if self.decoder == "bottleneck":
+            output, maps = self.bottleneck(states[4])
+            return {"output": output, "tokens": tokens, "pyramid": maps}
         return self._decode_vit(x, tokens, states) if self.backbone == "vit" else self._decode_swin(x, states)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -93,10 +93,12 @@ class Contrastive3DConfig(MedicalConfig):
     recon_weight: float = option(1.0, doc="weight of the L1 reconstruction (Swin UNETR SSL: 1)")
     contrast_weight: float = option(1.0, doc="weight of NT-Xent (Swin UNETR SSL: 1)")
     rotation_weight: float = option(1.0, doc="weight of the rotation cross-entropy (Swin UNETR SSL: 1)")
-    decoder: Literal["unetr", "autoenc"] = option(
-        "unetr",
-        doc="reconstruction path: the UNETR/SwinUNETR decoder with skips, or (backbone vit) MONAI's ViTAutoEnc, the"
-        " MONAI ViT tutorial's network: two transposed convolutions from the final tokens, no skips",
+    decoder: Literal["auto", "unetr", "autoenc", "bottleneck"] = option(
+        "auto",
+        doc="reconstruction path. auto: the references' decoders without skips (vit: autoenc, MONAI's ViTAutoEnc "
+        "of the ViT tutorial, two transposed convolutions from the final tokens; swin: bottleneck, Tang et al.'s "
+        "from the 1/32 stage); unetr: the UNETR/SwinUNETR decoder with skips, through which in-painted regions can "
+        "be copied",
     )
     loss_form: Literal["tang", "tutorial"] = option(
         "tang",
@@ -109,6 +111,8 @@ class Contrastive3DConfig(MedicalConfig):
         super().validate()
         if self.decoder == "autoenc" and self.backbone != "vit":
             raise ConfigError("decoder: autoenc is MONAI's ViTAutoEnc; it needs backbone: vit")
+        if self.decoder == "bottleneck" and self.backbone != "swin":
+            raise ConfigError("decoder: bottleneck is Swin UNETR's (Tang et al.); it needs backbone: swin")
         if self.loss_form == "tutorial" and self.rotation:
             raise ConfigError("loss_form: tutorial is the MONAI ViT recipe, which has no rotation; set rotation: false")
         if self.positives == "corresponding" and self.crops_per_volume > 1:
@@ -285,6 +289,12 @@ class Contrastive3DPlugin(_MedicalPlugin):
             "Swin UNETR's self-supervised encoder (Tang et al. 2022, model_swinvit.pt, as MONAI's SwinUNETR.load_from "
             "reads it; or a SwinUNETR/Pretrain checkpoint): backbone swin, the decoder and heads fresh",
             reader="ssl_domains_medical.weights_swinvit:read",
+        ),
+        WeightFormat(
+            "monai-bundle",
+            "a MONAI bundle's models/model.pt whose network is a 1-channel UNETR or SwinUNETR (e.g. "
+            "swin_unetr_btcv_segmentation): encoder and decoder (decoder: unetr); a segmentation head starts fresh",
+            reader="ssl_domains_medical.weights_monai:read",
         ),
     )
 

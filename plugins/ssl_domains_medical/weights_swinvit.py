@@ -75,13 +75,22 @@ def from_swinvit(state: Mapping[str, Any], source: str = "the checkpoint") -> An
         f"Swin UNETR encoder, feature_size {feature_size} (Tang et al.: 48), depths {DEPTHS}, heads {HEADS}",
         "preprocessing of the pretraining (SwinUNETR/Pretrain/main.py): CT window -1000..1000 HU to [0, 1], spacing "
         "1.5 x 1.5 x 2.0 mm, 96^3 crops; --set to change",
-        "fresh: the SwinUNETR decoder, the mask token, and the projector and rotation heads",
+        "fresh: the decoder (decoder: auto = Tang et al.'s bottleneck decoder), the mask token, and the projector and "
+        "rotation heads",
     ]
     if heads:
         names = ", ".join(sorted({h.split(".")[0] for h in heads}))
         notes.append(f"left out: the pretraining heads of the file ({len(heads)} tensors: {names}); ours differ")
     layer = {"backbone": "swin", "feature_size": feature_size, **PRETRAINING}
-    fresh = ("net.net.encoder", "net.net.decoder", "net.net.out", "net.mask_token", "projector.", "rotation_head.")
+    fresh = (
+        "net.net.encoder",
+        "net.net.decoder",
+        "net.net.out",
+        "net.bottleneck.",
+        "net.mask_token",
+        "projector.",
+        "rotation_head.",
+    )
     return ImportedWeights({"contrastive3d": layer}, ours, fresh=fresh, notes=tuple(notes))
 
 

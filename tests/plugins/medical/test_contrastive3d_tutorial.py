@@ -29,7 +29,7 @@ def test_contrastive_autoenc_decoder_is_monai_vitautoenc():
         (16, 8, 8, 8),
     ]
     assert torch.allclose(net.encode(x)[1][-1], hidden[-1], atol=1e-12)
-    with pytest.raises(ValueError, match="autoenc"):
+    with pytest.raises(ValueError, match="vit takes unetr or autoenc"):
         VolumeNet("swin", roi=64, feature_size=12, decoder="autoenc")
     with pytest.raises(ConfigError, match="backbone: vit"):
         Contrastive3DConfig(backbone="swin", feature_size=12, decoder="autoenc").validate()
@@ -65,4 +65,25 @@ def test_contrastive_tutorial_switches_build_the_recipe_model():
     assert isinstance(model, Contrastive3DModel) and model.projector is None and model.rotation_head is None
     assert isinstance(model.net.net, ViTAutoEnc)
     default = Contrastive3DConfig()
-    assert (default.decoder, default.loss_form) == ("unetr", "tang"), "our defaults stay Tang's"
+    # Tang's losses; the reference decoders (no skips): ViTAutoEnc for the ViT, Tang's bottleneck for Swin
+    assert (default.decoder, default.loss_form) == ("auto", "tang")
+    assert isinstance(VolumeNet.from_config(Contrastive3DConfig(roi=32, hidden_size=48, num_heads=2)).net, ViTAutoEnc)
+
+
+def test_swin_bottleneck_decoder_reconstructs_from_the_last_stage_alone():
+    torch.manual_seed(0)
+    net = VolumeNet("swin", roi=64, feature_size=12, decoder="auto")
+    assert net.decoder == "bottleneck" and not hasattr(net.net, "decoder1") and not hasattr(net.net, "encoder1")
+    x = torch.rand(1, 1, 64, 64, 64)
+    out = net(x)
+    assert out["output"].shape == (1, 1, 64, 64, 64) and out["tokens"].shape == (1, 64, 96)
+    assert [tuple(m.shape[1:]) for m in out["pyramid"]] == [(96, 4, 4, 4), (48, 8, 8, 8), (24, 16, 16, 16),
+                                                            (12, 32, 32, 32)]  # fmt: skip
+    assert net.pyramid_dims == (96, 48, 24, 12) and net.decoder_dim == 48
+    _, states = net.encode(x)
+    again, _ = net.bottleneck(states[4])  # the output is a function of the 1/32 stage only: no skips
+    assert torch.allclose(again, out["output"])
+    with pytest.raises(ValueError, match="swin unetr or bottleneck"):
+        VolumeNet("vit", roi=32, hidden_size=48, num_heads=2, decoder="bottleneck")
+    with pytest.raises(ConfigError, match="needs backbone: swin"):
+        Contrastive3DConfig(decoder="bottleneck").validate()
