@@ -46,6 +46,17 @@ from _equiv_croma import _NumpyWithFloat, _rel, _rel_float
 from _timm import import_timm, stub
 
 REFERENCE_COMMIT = "2156913c5d8e5a2c572a5b000f0d5eaed6fc3192"
+UPSTREAM_COMMITS = {
+    "moco-v3": "c349e6e24f40d3fedb22d973f92defa4cedf37a7",
+    "mae": "efb2a8062c206524e35e47d04501ed4f544c0ae8",
+}
+
+
+def reference_commit_for(reference: Path) -> str:
+    """The pinned commit of the checkout's form (a ``git archive`` extract has no history to ask)."""
+    return REFERENCE_COMMIT if (reference / MODELS).is_dir() else UPSTREAM_COMMITS["moco-v3"]
+
+
 DATA = Path(__file__).resolve().parents[1] / "datasets" / "sentinel_s1s2" / "ssl4eo_s12"
 MODELS = Path("src/benchmark/pretrain_ssl/models")
 SIZES: dict[str, Any] = {
@@ -67,20 +78,44 @@ def _load(name: str, path: Path) -> types.ModuleType:
     return module
 
 
+def _mae_source(mae_dir: Path, upstream: bool) -> str:
+    """MAE's ``models_mae.py`` with its ``util/pos_embed.py``: SSL4EO-S12's imports it relatively, upstream's as
+    ``util.pos_embed``; the latter is rewritten to the former in memory (the file on disk is untouched)."""
+    text = (mae_dir / "models_mae.py").read_text()
+    return text.replace("from util.pos_embed import", "from .util.pos_embed import") if upstream else text
+
+
 @functools.cache
 def import_reference(reference: Path) -> types.SimpleNamespace:
-    """SSL4EO-S12's ``moco_v3.builder``, ``moco_v3.vits`` and ``mae.models_mae`` (a package, for its relative
-    import of ``.util.pos_embed``), loaded by path."""
+    """The MoCo v3 ``builder`` and ``vits`` and MAE's ``models_mae``, loaded by path, from either a zhu-xlab/SSL4EO-S12
+    checkout (``src/benchmark/pretrain_ssl/models``: 13-band MAE, and its MoCo v2 builder for the ResNet-50 check),
+    or a facebookresearch/moco-v3 checkout with facebookresearch/mae beside it (``DIR/../mae``; upstream MAE's
+    ``patchify`` is written for 3 channels, so its check runs on RGB: B04, B03, B02)."""
     import_timm("the SSL4EO-S12 reference", "0.4.9")
     root = reference / MODELS
-    builder = _load("_ssl4eo_moco_builder", root / "moco_v3" / "builder.py")
-    vits = _load("_ssl4eo_moco_vits", root / "moco_v3" / "vits.py")
-    sys.modules["_ssl4eo_mae"] = stub("_ssl4eo_mae", __path__=[str(root / "mae")])
-    pos_embed = _load("_ssl4eo_mae.util.pos_embed", root / "mae" / "util" / "pos_embed.py")
-    pos_embed.np = _NumpyWithFloat("numpy")  # np.float (pos_embed.py L56), removed in numpy 1.24
-    mae = _load("_ssl4eo_mae.models_mae", root / "mae" / "models_mae.py")
-    builder_v2 = _load("_ssl4eo_moco_v2_builder", root / "moco_v2" / "builder.py")
-    return types.SimpleNamespace(builder=builder, vits=vits, mae=mae, builder_v2=builder_v2)
+    if root.is_dir():
+        moco, vits_path, mae_dir, v2 = root / "moco_v3" / "builder.py", root / "moco_v3" / "vits.py", root / "mae", True
+    elif (reference / "moco" / "builder.py").is_file():
+        moco, vits_path, v2 = reference / "moco" / "builder.py", reference / "vits.py", False
+        mae_dir = next((d for d in (reference.parent / "mae", reference / "mae") if (d / "models_mae.py").is_file()),
+                       None)  # fmt: skip
+    else:
+        raise FileNotFoundError(f"{reference}: neither a zhu-xlab/SSL4EO-S12 nor a facebookresearch/moco-v3 checkout")
+    builder = _load("_ssl4eo_moco_builder", moco)
+    vits = _load("_ssl4eo_moco_vits", vits_path)
+    mae = None
+    if mae_dir is not None:
+        sys.modules["_ssl4eo_mae"] = stub("_ssl4eo_mae", __path__=[str(mae_dir)])
+        pos_embed = _load("_ssl4eo_mae.util.pos_embed", mae_dir / "util" / "pos_embed.py")
+        pos_embed.np = _NumpyWithFloat("numpy")  # np.float (pos_embed.py L56), removed in numpy 1.24
+        mae = types.ModuleType("_ssl4eo_mae.models_mae")
+        mae.__package__ = "_ssl4eo_mae"
+        sys.modules[mae.__name__] = mae
+        exec(compile(_mae_source(mae_dir, upstream=not v2), str(mae_dir / "models_mae.py"), "exec"), mae.__dict__)
+    builder_v2 = _load("_ssl4eo_moco_v2_builder", root / "moco_v2" / "builder.py") if v2 else None
+    form = "ssl4eo-s12" if v2 else "moco-v3 + mae"
+    return types.SimpleNamespace(builder=builder, vits=vits, mae=mae, builder_v2=builder_v2,
+                                 mae_channels=13 if v2 else 3, form=form)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -163,13 +198,15 @@ def _decoder_key(key: str, value: torch.Tensor, channels: int, patch: int) -> di
     return {f"{mapped}.{leaf}": value}
 
 
-def _setup(objective: str) -> tuple[Any, Any, Any, dict[str, torch.Tensor]]:
+def _setup(objective: str, rgb: bool = False) -> tuple[Any, Any, Any, dict[str, torch.Tensor]]:
     from ssl_domains import registry
     from ssl_domains.run import resolve_config
     from ssl_domains_rs.plugin import REFERENCE_CODE_SSL4EO
 
     plugin = registry.load("ssl4eo")
     overrides = {**SIZES, "objective": objective, **REFERENCE_CODE_SSL4EO[objective]}
+    if rgb:  # upstream MAE's patchify takes 3 channels
+        overrides["s2_bands"] = ["B04", "B03", "B02"]
     cfg = resolve_config(plugin, DATA, [{"ssl4eo": overrides}])
     dm = plugin.datamodule(cfg.method, cfg.data)
     dm.setup("fit")
@@ -411,13 +448,21 @@ def compare(reference: Path) -> dict[str, Any]:
         result: dict[str, Any] = {}
         setups = {}
         for objective in ("moco", "mae"):
-            plugin, cfg, dm, batch = setups[objective] = _setup(objective)
+            if objective == "mae" and ref.mae is None:
+                result["mae"] = {"skipped": f"no facebookresearch/mae checkout beside {reference}"}
+                continue
+            rgb = objective == "mae" and ref.mae_channels == 3
+            plugin, cfg, dm, batch = setups[objective] = _setup(objective, rgb)
             block = one_step(ref, plugin, cfg, dm, batch)
             block.update(steps(ref, plugin, cfg, dm, batch))
             block["switch_off"] = switch_off(ref, plugin, cfg, dm, batch)
             result[objective] = block
+        measured = [o for o in ("moco", "mae") if "skipped" not in result[o]]
         for key in ("output_max_abs_diff", "loss_rel_diff", "grad_max_rel_diff", "steps_loss_max_rel_diff"):
-            result[key] = max(result[o][key] for o in ("moco", "mae"))
+            result[key] = max(result[o][key] for o in measured)
+        result["reference_form"] = ref.form
+        if ref.builder_v2 is None:
+            result["reference_commits"] = UPSTREAM_COMMITS
         result["import"] = check(ref, setups)
         result["import_max_abs_diff"] = result["import"].pop("import_max_abs_diff")
         result["export_max_abs_diff"] = result["import"].pop("export_max_abs_diff")

@@ -65,7 +65,8 @@ def main() -> None:
         parser.error(f"no comparison for {args.plugin} yet (benchmarks/_equiv_{args.plugin}.py)")
     started = time.perf_counter()
     result = module.compare(args.reference.resolve())
-    commit, checked = _commit(args.reference, module.REFERENCE_COMMIT)
+    pinned = getattr(module, "reference_commit_for", lambda _: module.REFERENCE_COMMIT)(args.reference.resolve())
+    commit, checked = _commit(args.reference, pinned)
     summary = {"benchmark": "equivalence", "plugin": args.plugin, **result}
     summary.update(reference=str(args.reference), reference_commit=commit, reference_commit_checked=checked)
     if not args.json:
