@@ -586,6 +586,12 @@ def compare(reference: Path) -> dict[str, Any]:
                               for key in ("output_max_abs_diff", "loss_rel_diff", "grad_max_rel_diff")}  # fmt: skip
     result.update(components=components, switches=SWITCHES, shims=ref.shims,
                   casa_key_map=CASA_KEYS, pairs=PAIRS, roi=ROI)  # fmt: skip
+    # published weights: Alice's repository releases none; MONAI's Swin UNETR self-supervised encoder and MONAI
+    # bundles import into an Alice run's student and teacher (_equiv_contrastive3d_import.py, against MONAI)
+    from _equiv_contrastive3d_import import check
+
+    result["import"] = check("alice")
+    result["import_max_abs_diff"] = result["import"].pop("import_max_abs_diff")
     result["not_compared"] = [
         "the backbone: the reference builds nnFormer (main-DDP.py:198-209), ours MONAI's UNETR/SwinUNETR",
         "which prototypes the teacher's patch scores follow over a run: the reference's teacher shares its [CLS] "

@@ -30,7 +30,9 @@ def _file_layout(swin_vit: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def check() -> dict[str, Any]:
+def check(plugin_name: str = "contrastive3d") -> dict[str, Any]:
+    """The figures of the module docstring for ``plugin_name`` (``alice`` reads the same files into its student and
+    the teacher's starting copy; both are compared)."""
     from monai.networks.nets import SwinUNETR
 
     from ssl_domains import load_encoder, registry
@@ -49,16 +51,16 @@ def check() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="swinvit_import_") as tmp:
         path = Path(tmp) / "model_swinvit.pt"
         torch.save(weights, path)
-        run = import_weights(registry.load("contrastive3d"), path, DATA, Path(tmp) / "run",
-                             fmt="swinvit", overrides=[f"contrastive3d.roi={ROI}"])  # fmt: skip
+        run = import_weights(registry.load(plugin_name), path, DATA, Path(tmp) / "run",
+                             fmt="swinvit", overrides=[f"{plugin_name}.roi={ROI}"])  # fmt: skip
         ours, _dm = load_encoder(run, DATA)
     torch.manual_seed(1)
     x = torch.rand(2, 1, ROI, ROI, ROI)
     with torch.no_grad():
-        mine = ours.net.encode(x)[0]
+        mine = _tokens(ours, x)
         out = reference.swinViT(x, normalize=True)[3]
-    theirs = out.flatten(2).transpose(1, 2)
-    bundle = _bundles()
+    theirs = out.flatten(2).transpose(1, 2).repeat(len(mine) // len(x), 1, 1)
+    bundle = _bundles(plugin_name)
     return {
         "import_max_abs_diff": max(float((mine - theirs).abs().max()), *bundle.values()),
         "import_swinvit_max_abs_diff": float((mine - theirs).abs().max()),
@@ -69,7 +71,14 @@ def check() -> dict[str, Any]:
     }
 
 
-def _bundles() -> dict[str, float]:
+def _tokens(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The encoder tokens; for Alice the teacher's copy too, stacked, so that both are compared."""
+    tokens = model.net.encode(x)[0]
+    teacher = getattr(model, "teacher", None)
+    return tokens if teacher is None else torch.cat([tokens, teacher.module[0].encode(x)[0]])
+
+
+def _bundles(plugin_name: str = "contrastive3d") -> dict[str, float]:
     """``monai-bundle``: a SwinUNETR with a 14-class head (``swin_unetr_btcv_segmentation``'s network, feature size
     12 here) and a UNETR, built by MONAI, noised, saved as a bundle's ``models/model.pt`` (a plain state dict),
     imported, and our encoder tokens against MONAI's own forward (``swinViT(x)[3]``; ``vit(x)[0]``)."""
@@ -94,14 +103,14 @@ def _bundles() -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="bundle_import_") as tmp:
             path = Path(tmp) / "model.pt"
             torch.save(net.state_dict(), path)
-            sets = [f"contrastive3d.roi={ROI}"] + (["contrastive3d.num_heads=2"] if name == "unetr" else [])
-            run = import_weights(registry.load("contrastive3d"), path, DATA, Path(tmp) / "run", fmt="monai-bundle",
+            sets = [f"{plugin_name}.roi={ROI}"] + ([f"{plugin_name}.num_heads=2"] if name == "unetr" else [])
+            run = import_weights(registry.load(plugin_name), path, DATA, Path(tmp) / "run", fmt="monai-bundle",
                                  overrides=sets)  # fmt: skip
             ours, _dm = load_encoder(run, DATA)
         with torch.no_grad():
-            mine = ours.net.encode(x)[0]
+            mine = _tokens(ours, x)
             theirs = (
                 net.swinViT(x, normalize=True)[3].flatten(2).transpose(1, 2) if name == "swinunetr" else net.vit(x)[0]
             )
-        out[name] = float((mine - theirs).abs().max())
+        out[name] = float((mine - theirs.repeat(len(mine) // len(theirs), 1, 1)).abs().max())
     return out

@@ -335,6 +335,20 @@ class AlicePlugin(_MedicalPlugin):
         "optim": {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04, "warmup_steps": 0.05, "gradient_clip_val": 3.0},
         "trainer": {"max_epochs": 100},
     }
+    weight_formats = (
+        WeightFormat(
+            "swinvit",
+            "Swin UNETR's self-supervised encoder (model_swinvit.pt, as for contrastive3d) into the student and the "
+            "teacher's starting copy; the decoder, heads, CASA and DINO state fresh",
+            reader="ssl_domains_medical.weights_swinvit:read_alice",
+        ),
+        WeightFormat(
+            "monai-bundle",
+            "a MONAI bundle's 1-channel UNETR / SwinUNETR (as for contrastive3d) into the student and the teacher's "
+            "starting copy; heads, CASA and DINO state fresh",
+            reader="ssl_domains_medical.weights_monai:read_alice",
+        ),
+    )
 
     def example_overrides(self) -> dict[str, Any]:
         return {

@@ -36,6 +36,38 @@ def _state(state: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+ALICE_FRESH = (
+    "cls_head.",
+    "query_proj.",
+    "context_proj.",
+    "align.",
+    "patch_prototypes",
+    "teacher.module.1.",
+    "teacher.module.2.",
+    "teacher.module.3.",
+    "center_",
+    "pending_",
+    "progress",
+    "planned_steps",
+)
+"""What an encoder-decoder file leaves fresh in an Alice model: its heads, CASA and the DINO state."""
+
+
+def for_alice(weights: Any) -> Any:
+    """``weights`` of a contrastive3d import, for Alice: the network also as the teacher's starting copy
+    (``teacher.module.0``, as ``EMATeacher`` starts), the Alice heads and DINO state fresh."""
+    from ssl_domains.transfer import ImportedWeights
+
+    layer = {k: v for k, v in weights.config["contrastive3d"].items() if k != "decoder"}
+    ours = dict(weights.state_dict)
+    # the student's ``net.K`` is the teacher's ``teacher.module.0.K`` (its first part is the VolumeNet itself)
+    ours.update({"teacher.module.0." + k[4:]: v for k, v in weights.state_dict.items() if k.startswith("net.")})
+    fresh = [f for f in weights.fresh if not f.startswith(("projector.", "rotation_head.", "net.bottleneck"))]
+    fresh += ["teacher.module.0." + f[4:] for f in fresh if f.startswith("net.")] + list(ALICE_FRESH)
+    notes = [n.replace("the projector and rotation heads", "the Alice heads") for n in weights.notes]
+    return ImportedWeights({"alice": layer}, ours, fresh=tuple(fresh), notes=(*notes, "the teacher starts as a copy"))
+
+
 def from_bundle(state: Mapping[str, Any], source: str = "the checkpoint") -> Any:
     """A bundle's ``UNETR`` / ``SwinUNETR`` state dict as :class:`ssl_domains.transfer.ImportedWeights`."""
     from ssl_domains.transfer import ImportedWeights
@@ -93,3 +125,8 @@ def read(path: Path) -> Any:
     from ssl_domains.transfer import read_checkpoint
 
     return from_bundle(read_checkpoint(path), str(path))
+
+
+def read_alice(path: Path) -> Any:
+    """``alice --format monai-bundle``: as :func:`read`, for an Alice run (student and teacher)."""
+    return for_alice(read(path))

@@ -101,3 +101,11 @@ def read(path: Path) -> Any:
     state = read_checkpoint(path)
     inner = state.get("state_dict")
     return from_swinvit(inner if isinstance(inner, Mapping) else state, str(path))
+
+
+def read_alice(path: Path) -> Any:
+    """``alice --format swinvit``: as :func:`read`, for an Alice run (student and teacher; SwinUNETR's decoder
+    fresh)."""
+    from .weights_monai import for_alice
+
+    return for_alice(read(path))

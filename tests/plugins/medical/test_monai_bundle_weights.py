@@ -63,3 +63,23 @@ def test_other_networks_are_refused():
         from_bundle({"model.0.conv.weight": torch.zeros(1)})
     with pytest.raises(UserError, match="input channels"):
         from_bundle({"swinViT.patch_embed.proj.weight": torch.zeros(12, 4, 2, 2, 2)})
+
+
+def test_alice_reads_the_same_files_into_student_and_teacher():
+    from monai.networks.nets import SwinUNETR
+
+    from ssl_domains import registry
+    from ssl_domains_medical.plugin import AliceConfig
+    from ssl_domains_medical.weights_monai import for_alice
+
+    torch.manual_seed(0)
+    bundle = SwinUNETR(in_channels=1, out_channels=14, feature_size=12, spatial_dims=3).eval()
+    weights = for_alice(from_bundle(bundle.state_dict()))
+    layer = weights.config["alice"]
+    assert "decoder" not in layer and layer["backbone"] == "swin"
+    fields = {f.name for f in dataclasses.fields(AliceConfig)}
+    model = registry.load("alice").model(AliceConfig(**{k: v for k, v in layer.items() if k in fields}), None)
+    load_strict(model, weights, "model.pt")
+    for key, value in bundle.swinViT.state_dict().items():
+        assert torch.equal(model.net.net.swinViT.state_dict()[key], value)
+        assert torch.equal(model.teacher.module[0].net.swinViT.state_dict()[key], value)
