@@ -3,12 +3,22 @@
 Presets name model sizes, the same three for every plugin:
 
 * ``base``: the published configuration (the size the reference implementation trains), used for the ratios;
+  for CROMA, SSL4EO, contrastive3d and Alice a GPU configuration (``gpu_base``: a CPU run without ``--preset``
+  takes ``small``);
 * ``small``: our CPU default (what ``ssl-domains train --plugin P`` runs without a preset);
 * ``tiny``: the size the test suite trains.
 
-Data are the samples shipped in ``datasets/`` (Cora, Adult, FSDD) or, for MERLIN, a generated single-look complex image
-large enough for 256-pixel patches: throughput does not depend on the speckle's content, and a fresh clone has no
-larger SLC.
+Data are the samples shipped in ``datasets/`` (Cora, Adult, FSDD, the three ``medical3d`` volumes) or generated:
+for MERLIN a single-look complex image large enough for 256-pixel patches, for CROMA and SSL4EO the RS plugin's
+example Sentinel-1/2 scenes (``write_example_pairs``) at 264² (SSL4EO-S12's patch size), two locations and two
+dates, windows every 8 pixels so that a full batch of 224² chips exists. Throughput does not depend on the
+content, and a fresh clone has no larger scenes.
+
+The references of the later plugins (``_speed_refs.py``) reuse the equivalence harnesses' loaders, key maps and
+shims: CROMA and SSL4EO at our sizes (CROMA's decoder hard-codes 120² chips of patch 8, so every CROMA preset
+keeps them), contrastive3d against the MONAI ViT notebook with our ``decoder: autoenc`` and ``loss_form:
+tutorial`` (the notebook's network and losses; our default UNETR decoder is a different, larger network), Alice
+on its parts only (see ``_speed_refs.alice_step``).
 """
 
 from __future__ import annotations
@@ -47,6 +57,11 @@ class Workload:
     reference_needs_checkout: bool = True
     """Whether ``--reference NAME=DIR`` must give a checkout (False: the reference is an installed package)."""
     build_reference: ReferenceBuilder | None = None
+    gpu_base: bool = False
+    """Whether ``base`` is a GPU configuration: without ``--preset``, a CPU run takes ``small`` instead."""
+    reference_context: bool = False
+    """Whether ``build_reference`` is called as ``(ref_dir, cfg, batch, dm, model)``, with the whole resolved
+    config (its ``optim`` too) and our model, instead of ``(ref_dir, cfg.method, batch, dm)``."""
 
 
 def _graphmae_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
@@ -66,7 +81,9 @@ def _tjepa_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
     if preset == "base":
         layers.append(read_yaml("paper", plugin))
     elif preset == "tiny":
-        layers.append({"tjepa": dict(plugin.example_overrides().get("tjepa", {}))})
+        tiny = dict(plugin.example_overrides().get("tjepa", {}))
+        tiny.pop("target", None)  # the example data's column; Adult's target stays the adult config's
+        layers.append({"tjepa": tiny})
     return layers
 
 
@@ -134,6 +151,73 @@ def _ssast_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Tens
     return reference_step(ref_dir, cfg, batch)
 
 
+_STRIDE = {"train_stride": 8}  # enough windows of the generated 264² scenes for a full batch at every chip size
+
+
+def _rs_data(scratch: Path) -> Path:
+    from ssl_domains_rs.synthetic import write_example_pairs
+
+    folder = scratch / "rs"
+    return folder / "sentinel" if (folder / "sentinel").is_dir() else write_example_pairs(folder, size=264)
+
+
+def _croma_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
+    if preset == "base":  # CROMA-B
+        return [read_yaml("croma-base", plugin), {"croma": _STRIDE}]
+    tiny = {"dim": 32, "depth": 2, "heads": 2, "decoder_dim": 32, "decoder_heads": 8, "batch_size": 4}
+    return [{"croma": {"chip": 120, "patch": 8, **_STRIDE, **(tiny if preset == "tiny" else {})}}]
+
+
+def _croma_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Tensor], dm: Any, model: Any):
+    from _speed_refs import croma_step
+
+    assert ref_dir is not None
+    return croma_step(ref_dir, cfg.method, cfg.optim, batch)
+
+
+def _ssl4eo_layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
+    if preset == "base":  # SSL4EO-S12's ViT-S/16 on 224²
+        return [read_yaml("ssl4eo-small", plugin), {"ssl4eo": _STRIDE}]
+    tiny = {"chip": 32, "patch": 8, "dim": 64, "depth": 2, "heads": 4, "proj_dim": 32, "hidden_dim": 64,
+            "decoder_dim": 32, "decoder_heads": 4, "batch_size": 8}  # fmt: skip
+    return [{"ssl4eo": {**_STRIDE, **(tiny if preset == "tiny" else {})}}]
+
+
+def _ssl4eo_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Tensor], dm: Any, model: Any):
+    from _speed_refs import ssl4eo_step
+
+    assert ref_dir is not None
+    return ssl4eo_step(ref_dir, cfg.method, cfg.optim, batch, len(dm.bands))
+
+
+_MEDICAL = REPO / "datasets" / "medical3d"
+# the notebook's network and losses (ViTAutoEnc, L1 + ContrastiveLoss), so both sides train the same model
+_TUTORIAL = {"decoder": "autoenc", "loss_form": "tutorial", "rotation": False}
+
+
+def _medical_layers(name: str, small: str, base: str, extra: dict[str, Any]):
+    def layers(plugin: ModalityPlugin, preset: str) -> list[dict[str, Any]]:
+        if preset == "tiny":
+            return [{name: {**plugin.example_overrides()[name], **extra}}]
+        return [read_yaml(base if preset == "base" else small, plugin), {name: extra}]
+
+    return layers
+
+
+def _contrastive3d_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Tensor], dm: Any, model: Any):
+    from _speed_refs import contrastive3d_step
+
+    assert ref_dir is not None
+    return contrastive3d_step(ref_dir, cfg.method, batch)
+
+
+def _alice_reference(ref_dir: Path | None, cfg: Any, batch: dict[str, torch.Tensor], dm: Any, model: Any):
+    from _speed_refs import alice_step
+
+    assert ref_dir is not None
+    return alice_step(ref_dir, cfg.method, cfg.optim, batch, model)
+
+
 WORKLOADS: dict[str, Workload] = {
     "graphmae": Workload(
         unit="nodes",
@@ -171,5 +255,41 @@ WORKLOADS: dict[str, Workload] = {
         layers=_ssast_layers,
         reference="YuanGongND/ssast with timm 0.4.5 (git clone https://github.com/YuanGongND/ssast)",
         build_reference=_ssast_reference,
+    ),
+    "croma": Workload(
+        gpu_base=True,
+        unit="chip pairs",
+        data=_rs_data,
+        layers=_croma_layers,
+        reference="antofuller/CROMA pretrain_croma.py (git clone https://github.com/antofuller/CROMA)",
+        build_reference=_croma_reference,
+        reference_context=True,
+    ),
+    "ssl4eo": Workload(
+        gpu_base=True,
+        unit="locations",
+        data=_rs_data,
+        layers=_ssl4eo_layers,
+        reference="zhu-xlab/SSL4EO-S12 MoCo v3 / MAE with timm 0.4.9 (git clone https://github.com/zhu-xlab/SSL4EO-S12)",
+        build_reference=_ssl4eo_reference,
+        reference_context=True,
+    ),
+    "contrastive3d": Workload(
+        gpu_base=True,
+        unit="crops",
+        data=lambda scratch: _MEDICAL,
+        layers=_medical_layers("contrastive3d", "contrastive3d-cpu", "contrastive3d-vit", _TUTORIAL),
+        reference="Project-MONAI/tutorials vit_unetr_ssl/ssl_train.ipynb (git clone https://github.com/Project-MONAI/tutorials)",
+        build_reference=_contrastive3d_reference,
+        reference_context=True,
+    ),
+    "alice": Workload(
+        gpu_base=True,
+        unit="crop pairs",
+        data=lambda scratch: _MEDICAL,
+        layers=_medical_layers("alice", "alice-cpu", "alice-paper", {}),
+        reference="alibaba-damo-academy/alice, its heads, CASA, loss and EMA (git clone https://github.com/alibaba-damo-academy/alice)",
+        build_reference=_alice_reference,
+        reference_context=True,
     ),
 }

@@ -13,7 +13,11 @@ preset (``base`` = the published configuration, the default; see ``_speed_worklo
   dense bf16 peak;
 * with ``--reference NAME=DIR`` (or ``NAME`` for a reference installed as a package): the reference's training step
   on the same batch and model size, alternating with ours in rounds in this process, and ``ratio`` = ours /
-  reference in samples/s.
+  reference in samples/s (Alice: both sides restricted to the parts of the reference that run; see
+  ``reference_scope``); with ``--profile N`` also ``torch.profiler``'s top operators of N steps of each side.
+
+``--set KEY=VALUE`` overrides the config (``--set ssl4eo.objective=mae``); ``--quick`` makes a one-step check
+(``benchmarks/gpu_sheet.sh --dry-run``); ``--lock FILE`` serialises the timed phases of parallel runs (the sheet).
 
     python benchmarks/speed.py --all --json
     python benchmarks/speed.py --all --json --reference graphmae=/tmp/graphmae_ref --reference tjepa=/tmp/tjepa_ref \
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import os
 import statistics
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _speed_tools import profile, summary, timing_lock
 
 from _common import emit, environment, peak_rss_gb
 from _speed_workloads import PRESETS, WORKLOADS
@@ -50,7 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--plugin", choices=sorted(WORKLOADS))
     which.add_argument("--all", action="store_true", help="every first-party plugin, one subprocess each")
-    parser.add_argument("--preset", choices=PRESETS, default="base")
+    parser.add_argument(
+        "--preset", choices=PRESETS, help="default: base (small on a CPU where base is a GPU configuration)"
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--precision", choices=("32", "bf16-mixed"), default="32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the step, as trainer.compile=true")
@@ -64,7 +72,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME[=DIR]",
         help="time the reference implementation of plugin NAME too (DIR: its checkout)",
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. ssl4eo.objective=mae"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds, ours vs reference")
+    parser.add_argument("--round-seconds", type=float, default=8.0, help="time budget of each side in a round")
+    parser.add_argument(
+        "--quick", action="store_true", help="a check, not a measurement: one batch, one step per phase and round"
+    )
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="torch.profiler over N steps of each side: top ops"
+    )
+    parser.add_argument("--skip-loader", action="store_true", help="leave the DataLoader rate out")
+    parser.add_argument(
+        "--lock",
+        metavar="FILE",
+        help="hold an exclusive lock on FILE while timing (runs sharing one GPU, "
+        "compiling in parallel, time one at a time: benchmarks/gpu_sheet.sh)",
+    )
     parser.add_argument("--json", action="store_true", help="JSON lines only (no summary table)")
     return parser.parse_args(argv)
 
@@ -92,8 +117,8 @@ def timed(fn: Callable[[], Any], device: torch.device, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def steps_within(seconds_per_step: float, budget: float, cap: int = 200) -> int:
-    return max(2, min(cap, int(budget / max(seconds_per_step, 1e-6))))
+def steps_within(seconds_per_step: float, budget: float, cap: int = 200, least: int = 2) -> int:
+    return max(least, min(cap, int(budget / max(seconds_per_step, 1e-6))))
 
 
 def loader_rate(plugin: Any, cfg: Any, seconds: float, per_item: int) -> dict[str, float]:
@@ -138,10 +163,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     device = torch.device(args.device)
     workload = WORKLOADS[args.plugin]
+    preset = args.preset or ("small" if workload.gpu_base and device.type == "cpu" else "base")
     plugin = registry.load(args.plugin)
     scratch_dir = tempfile.TemporaryDirectory(prefix="ssl_speed_")
     scratch = Path(scratch_dir.name)
-    cfg = resolve_config(plugin, workload.data(scratch), workload.layers(plugin, args.preset), [], {"seed": 0})
+    cfg = resolve_config(plugin, workload.data(scratch), workload.layers(plugin, preset), args.set, {"seed": 0})
     torch.manual_seed(0)
     dm = plugin.datamodule(cfg.method, cfg.data)
     dm.setup("fit")
@@ -151,7 +177,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.optim)
     clip = cfg.optim.gradient_clip_val
-    batches = [to_device(b, device) for b in itertools.islice(dm.train_dataloader(), 4)]
+    batches = [to_device(b, device) for b in itertools.islice(dm.train_dataloader(), 1 if args.quick else 4)]
     cycle = itertools.cycle(batches)
     bf16 = args.precision == "bf16-mixed"
 
@@ -178,7 +204,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "speed",
         "plugin": args.plugin,
-        "preset": args.preset,
+        "preset": preset,
         "precision": args.precision,
         "compile": args.compile,
         "unit": workload.unit,
@@ -203,7 +229,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         train_step()
     sync(device)
     result["warmup_s"] = time.perf_counter() - start
-    estimate = timed(train_step, device, 1)
+    lock = timing_lock(args.lock)
+    result["lock_wait_s"] = lock.waited
+    estimate = timed(train_step, device, 1) if not args.steps else 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     n = args.steps or steps_within(estimate, args.seconds)
@@ -248,35 +276,48 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             result["mfu"] = flops / per_step / (peak * 1e12)
             result["peak_tflops_bf16"] = peak
 
-    result.update(loader_rate(plugin, cfg, min(args.seconds, 10.0), workload.samples_per_item))
-    result["loader_over_step"] = result["loader_samples_per_s"] / result["train_samples_per_s"]
+    if not args.skip_loader:
+        result.update(loader_rate(plugin, cfg, min(args.seconds, 10.0), workload.samples_per_item))
+        result["loader_over_step"] = result["loader_samples_per_s"] / result["train_samples_per_s"]
 
     references = dict(r.partition("=")[::2] for r in args.reference)
     if args.plugin in references and workload.build_reference is not None:
         ref_dir = Path(references[args.plugin]) if references[args.plugin] else None
         if workload.reference_needs_checkout and ref_dir is None:
             raise SystemExit(f"--reference {args.plugin}=DIR: give the checkout of {workload.reference}")
-        result.update(
-            compare_with_reference(workload, ref_dir, cfg, dm, batches[0], train_step, autocast, device, args.rounds)
-        )
+        build = workload.build_reference
+        if workload.reference_context:  # the whole config (optim too) and our model
+            build = functools.partial(lambda b, d, batch, dm, f: f(d, cfg, batch, dm, model), f=build)
+        else:
+            build = functools.partial(lambda b, d, batch, dm, f: f(d, cfg.method, batch, dm), f=build)
+        result.update(compare_with_reference(build, workload, ref_dir, dm, batches[0], train_step, autocast, device,
+                                             args.rounds, args.round_seconds, 1 if args.quick else 2,
+                                             args.profile))  # fmt: skip
+    lock.release()
     scratch_dir.cleanup()
     return result
 
 
 def compare_with_reference(
+    build: Callable[..., Callable[[], Any]],
     workload: Any,
     ref_dir: Path | None,
-    cfg: Any,
     dm: Any,
     batch: dict[str, Any],
     our_step: Callable[[dict[str, Any]], None],
     autocast: Callable[[], contextlib.AbstractContextManager],
     device: torch.device,
     rounds: int,
+    round_seconds: float = 8.0,
+    min_steps: int = 2,
+    profile_steps: int = 0,
 ) -> dict[str, Any]:
-    """Ours and the reference on the same batch, alternating in rounds; medians of the per-round step times."""
+    """Ours and the reference on the same batch, alternating in rounds; medians of the per-round step times.
+    Where the reference closure carries ``ours`` (Alice: only parts of the reference run), that restricted step
+    of ours is timed instead of our full step."""
     torch.manual_seed(0)
-    reference = workload.build_reference(ref_dir, cfg.method, batch, dm)
+    reference = build(None, ref_dir, batch, dm)
+    own = getattr(reference, "ours", None)
     ours_per_step = batch_size_of(batch, workload.samples_per_item)
     samples_per_ref_step = getattr(reference, "samples_per_step", ours_per_step)
 
@@ -285,23 +326,32 @@ def compare_with_reference(
             reference()
 
     def ours() -> None:
-        our_step(batch)
+        if own is not None:
+            with autocast():
+                own()
+        else:
+            our_step(batch)
 
-    for fn in (ours, ref_step):
-        timed(fn, device, 2)
-    per_round = steps_within(timed(ref_step, device, 1), 8.0, cap=50)
+    for fn in (ours, ref_step) if min_steps > 1 else ():  # warm-up (none in a --quick check)
+        timed(fn, device, min_steps)
+    per_round = steps_within(timed(ref_step, device, 1), round_seconds, cap=50, least=min_steps)
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     for _ in range(rounds):
         times["ours"].append(timed(ours, device, per_round))
         times["reference"].append(timed(ref_step, device, per_round))
+    profiles = {
+        f"profile_{k}": profile(fn, device, profile_steps) for k, fn in (("ours", ours), ("reference", ref_step))
+    }
     ours_rate = ours_per_step / statistics.median(times["ours"])
     ref_rate = samples_per_ref_step / statistics.median(times["reference"])
     return {
         "reference": workload.reference,
+        "reference_scope": getattr(reference, "scope", "full step"),
         "reference_samples_per_step": samples_per_ref_step,
         "ours_samples_per_s_same_batch": ours_rate,
         "reference_samples_per_s": ref_rate,
         "ratio": ours_rate / ref_rate,
+        **(profiles if profile_steps else {}),
     }
 
 
@@ -309,11 +359,16 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
     """Each plugin in its own process (clean peak memory, no compile caches shared); their JSON lines."""
     import json
 
-    base = [a for a in argv if a != "--all"]
+    base, skip = [], False
+    for a in argv:  # all but --all and the --set overrides, which go to their own plugin only
+        if not skip and a != "--all" and not a.startswith("--set"):
+            base.append(a)
+        skip = a == "--set"
     records = []
     for name in sorted(WORKLOADS):
+        sets = [f"--set={s}" for s in args.set if s.split(".", 1)[0] in (name, "trainer", "optim")]
         proc = subprocess.run(
-            [sys.executable, __file__, "--plugin", name, "--json", *base],
+            [sys.executable, __file__, "--plugin", name, "--json", *base, *sets],
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHONWARNINGS": "ignore"},
@@ -326,21 +381,6 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> list[dict[str, Any]]:
         emit(record)
         records.append(record)
     return records
-
-
-def summary(records: list[dict[str, Any]]) -> None:
-    header = ("plugin", "unit", "samples/s", "fwd/bwd/opt %", "loader x", "peak GB", "ratio")
-    print("\n{:10} {:8} {:>10} {:>15} {:>9} {:>8} {:>6}".format(*header))
-    for r in records:
-        if "error" in r:
-            print(f"{r['plugin']:10} error: {r['error']}")
-            continue
-        split = "/".join(f"{100 * r[f'{k}_share']:.0f}" for k in ("forward", "backward", "optimizer"))
-        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
-        print(
-            f"{r['plugin']:10} {r['unit']:8} {r['train_samples_per_s']:10.1f} {split:>15} "
-            f"{r['loader_over_step']:9.1f} {r['peak_memory_gb']:8.2f} {ratio:>6}"
-        )
 
 
 def main(argv: list[str] | None = None) -> None:
