@@ -1,7 +1,7 @@
 """ssl-domains: self-supervised pretraining on scientific data.
 
 The public API is small and importable without torch: the plugin contract and the config helpers. The names
-that need torch (``load_encoder``, ``load_run``, ``resolve_config``, ``atomic_write``, ``save_weights``,
+that need torch (``load_encoder``, ``Encoder``, ``load_run``, ``resolve_config``, ``atomic_write``, ``save_weights``,
 ``FittedDataModule``) are imported on first use; the trainer, evaluation and the conformance kit live in
 submodules.
 """
@@ -31,6 +31,7 @@ __all__ = [
     "CheckpointWriteError",
     "ConfigError",
     "DataError",
+    "Encoder",
     "FittedDataModule",
     "ImportedWeights",
     "ModalityPlugin",
@@ -59,7 +60,8 @@ _LAZY = {
     "FittedDataModule": "ssl_domains.datamodule",
     "ImportedWeights": "ssl_domains.transfer",
     "atomic_write": "ssl_domains.checkpoint",
-    "load_encoder": "ssl_domains.run",
+    "Encoder": "ssl_domains.encoder",
+    "load_encoder": "ssl_domains.encoder",
     "load_run": "ssl_domains.run",
     "resolve_config": "ssl_domains.run",
     "save_weights": "ssl_domains.checkpoint",

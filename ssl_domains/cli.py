@@ -148,7 +148,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .config import OptimConfig, TrainerConfig, describe_fields, merge
+    from .config import MonitorConfig, OptimConfig, TrainerConfig, describe_fields, merge
 
     records = registry.discover()
     if args.plugin not in records:
@@ -188,6 +188,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         (plugin.name, plugin.config, {}),
         ("trainer", TrainerConfig, defaults.get("trainer", {})),
         ("optim", OptimConfig, defaults.get("optim", {})),
+        ("monitor", MonitorConfig, defaults.get("monitor", {})),
     ]
     for section, cls, override in sections:
         for name, type_name, default, doc in describe_fields(cls):
@@ -311,12 +312,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         metrics = {"rankme": rankme(emb.vectors), "num_items": len(emb.ids), **plugin_metrics}
     metrics = {"plugin": run.config.plugin.name, "run": str(run.run_dir), **metrics}
+    _record_evaluation(run.run_dir, {"data": str(run.config.data), **metrics})
     if args.json:
         print(json.dumps(metrics))
     else:
         for key, value in metrics.items():
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     return 0
+
+
+def _record_evaluation(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Keep the metrics with the run (``evaluation.json``) and refresh its model card; a run folder that is not
+    writable (a shared, read-only model) is evaluated all the same."""
+    from .checkpoint import atomic_write
+    from .encoder import EVALUATION_FILE, write_model_card
+
+    text = json.dumps(metrics, indent=2, default=str) + "\n"
+    try:
+        atomic_write(run_dir / EVALUATION_FILE, lambda tmp: tmp.write_text(text))
+        write_model_card(run_dir)
+    except OSError as exc:
+        print(f"note: {run_dir} is not writable ({exc.strerror}); the metrics were not saved with it", file=sys.stderr)
 
 
 def cmd_import(args: argparse.Namespace) -> int:

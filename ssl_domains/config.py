@@ -21,6 +21,7 @@ import yaml
 from .errors import ConfigError
 
 __all__ = [
+    "MonitorConfig",
     "OptimConfig",
     "TrainerConfig",
     "describe_fields",
@@ -61,6 +62,11 @@ class TrainerConfig:
     log_every_n_steps: int = option(10, doc="log metrics (and check the loss is finite) every N steps")
     accumulate_grad_batches: int = option(1, doc="gradient accumulation")
     progress_bar: bool = option(True, doc="show a progress bar")
+    loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = option(
+        default_factory=lambda: ["csv", "tensorboard"],
+        doc="experiment trackers, all writing inside the run: csv, tensorboard, wandb (offline unless"
+        " WANDB_MODE=online), mlflow (file store unless MLFLOW_TRACKING_URI); wandb/mlflow need [tracking]",
+    )
     compile: bool = option(False, doc="torch.compile the training step (objective, model and loss)")
     deterministic: bool = option(False, doc="ask torch for deterministic kernels (slower on GPU)")
     limit_train_batches: int | float = option(1.0, doc="fraction (float) or number (int) of batches")
@@ -86,6 +92,8 @@ class TrainerConfig:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every_n_steps < 0 or self.checkpoint_every_n_minutes < 0:
             raise ConfigError("trainer.checkpoint_every_n_steps and checkpoint_every_n_minutes must be >= 0 (0: off)")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ConfigError(f"trainer.loggers names a tracker twice: {self.loggers}")
         if self.max_epochs < 1 and self.max_epochs != -1:
             raise ConfigError(f"trainer.max_epochs must be >= 1 (or -1 with max_steps), got {self.max_epochs}")
         if self.max_epochs == -1 and self.max_steps < 1 and self.max_minutes is None:
@@ -119,6 +127,31 @@ class OptimConfig:
             raise ConfigError(f"optim.warmup_steps as a float is a fraction in [0, 1), got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class MonitorConfig:
+    """The live representation monitor (:mod:`ssl_domains.monitor`): RankMe, alpha-ReQ, NESum, stable rank and
+    kNN accuracy of a fixed sample of the predict view, between training steps, with a warning on collapse."""
+
+    every_n_steps: int = option(500, doc="monitor every N optimiser steps (0: off)")
+    max_items: int = option(4096, doc="size of the fixed sample of the predict view that is embedded")
+    min_effective_rank: float = option(
+        1.5, doc="warn of collapse when the centred embeddings' effective rank falls below this (1: one direction)"
+    )
+    knn_k: int = option(
+        20, doc="neighbours of the kNN accuracy (half the sample as the bank), where the data has labels"
+    )
+    max_overhead: float = option(
+        0.02, doc="the monitor's share of training wall time: the interval stretches to stay under it"
+    )
+
+    def validate(self) -> None:
+        """Cross-field checks (the core calls this on every resolved config)."""
+        if self.every_n_steps < 0 or self.max_items < 2 or self.knn_k < 1:
+            raise ConfigError("monitor.every_n_steps must be >= 0, monitor.max_items >= 2, monitor.knn_k >= 1")
+        if not 0 < self.max_overhead <= 1:
+            raise ConfigError(f"monitor.max_overhead is a fraction in (0, 1], got {self.max_overhead}")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

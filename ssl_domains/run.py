@@ -7,8 +7,12 @@ A run directory holds everything needed to continue, reuse or audit a run::
     last.ckpt           the newest checkpoint (a hard link into checkpoints/): what --resume continues from
     checkpoints/        the newest trainer.keep_checkpoints checkpoints: epoch ends, step and wall-time ones
     metrics.csv         per-step and per-epoch metrics
-    tensorboard/        TensorBoard event files
+    tensorboard/        TensorBoard event files (the plugin's figures included)
+    wandb/, mlruns/     with trainer.loggers wandb / mlflow: the offline W&B run and the MLflow file store
+    trackers.yaml       the W&B and MLflow run ids, so that --resume continues the same tracked runs
     model.safetensors   the trained model's weights (what ``embed`` and ``evaluate`` load)
+    config.json         the config as JSON, and README.md, the model card (see :mod:`ssl_domains.encoder`)
+    evaluation.json     the metrics of the latest ``ssl-domains evaluate``
     data_state.pt       what the datamodule fitted on the training data (normalisation, vocabularies, sizes)
     figures/            the plugin's figures, if it draws any
     skipped_items.txt   the unreadable items skipped with trainer.on_data_error=skip, if any
@@ -19,9 +23,11 @@ A run directory holds everything needed to continue, reuse or audit a run::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,7 @@ from typing import Any
 import yaml
 
 from . import registry
-from .config import OptimConfig, TrainerConfig, from_mapping, merge, parse_overrides, to_mapping
+from .config import MonitorConfig, OptimConfig, TrainerConfig, from_mapping, merge, parse_overrides, to_mapping
 from .errors import ConfigError, UserError
 from .plugin import ModalityPlugin
 from .rundir import LAST_CKPT
@@ -54,6 +60,7 @@ class ResolvedConfig:
     trainer: TrainerConfig
     optim: OptimConfig
     method: Any
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
 
     def to_mapping(self) -> dict[str, Any]:
         """The YAML form written to ``config.yaml``."""
@@ -62,6 +69,7 @@ class ResolvedConfig:
             "data": str(self.data),
             "trainer": to_mapping(self.trainer),
             "optim": to_mapping(self.optim),
+            "monitor": to_mapping(self.monitor),
             self.plugin.name: to_mapping(self.method),
         }
 
@@ -106,12 +114,13 @@ def resolve_config(
     merged: dict[str, Any] = {
         "trainer": to_mapping(TrainerConfig()),
         "optim": to_mapping(OptimConfig()),
+        "monitor": to_mapping(MonitorConfig()),
         section: to_mapping(plugin.default_config()),
     }
     merged = merge(merged, plugin.run_defaults)
     for layer in [*layers, parse_overrides(list(overrides)), {"trainer": trainer_flags or {}}]:
         merged = merge(merged, layer)
-    allowed = {"plugin", "data", "trainer", "optim", section}
+    allowed = {"plugin", "data", "trainer", "optim", "monitor", section}
     unknown = sorted(set(merged) - allowed)
     if unknown:
         raise ConfigError(
@@ -129,6 +138,7 @@ def resolve_config(
         trainer=from_mapping(TrainerConfig, merged["trainer"], "trainer"),
         optim=from_mapping(OptimConfig, merged["optim"], "optim"),
         method=from_mapping(plugin.config, merged[section], section),
+        monitor=from_mapping(MonitorConfig, merged["monitor"], "monitor"),
     )
 
 
@@ -185,10 +195,11 @@ def train(
     resume: bool = False,
     fast_dev_run: bool = False,
     init_from: Path | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> Path:
     """Train ``cfg`` into ``run_dir`` (continuing from its ``last.ckpt`` when ``resume``); return ``run_dir``.
     ``init_from`` is a run folder (trained, or written by ``ssl-domains import``) whose weights the model
-    starts from; every key must match.
+    starts from; every key must match. ``callbacks`` are extra Lightning callbacks, called before the core's.
 
     Everything that reads or checks input (the data module's ``setup``, the model) runs before the run directory
     is created, so bad input leaves nothing behind. A run that then fails before its first checkpoint removes
@@ -201,9 +212,11 @@ def train(
 
     from .checkpoint import AtomicCheckpointIO, atomic_write, load_weights, save_data_state, save_weights
     from .checkpointing import RunCheckpoints
-    from .csv_logger import ResumableCSVLogger
+    from .encoder import write_model_card
     from .module import FINISHED_EPOCHS, FiniteLossGuard, SSLModule
+    from .monitor import RepresentationMonitor
     from .rundir import CreatedRun, has_checkpoint
+    from .tracking import build_loggers, check_trackers_installed, finish, log_figures
 
     _quiet_known_warnings()
     worker = is_worker_process()
@@ -223,6 +236,7 @@ def train(
         del meta
 
     tc = cfg.trainer
+    check_trackers_installed(tc.loggers)
     pl.seed_everything(tc.seed, workers=True, verbose=False)
     datamodule = cfg.plugin.datamodule(cfg.method, cfg.data)
     datamodule.setup("fit")
@@ -251,19 +265,12 @@ def train(
 
     guard = FiniteLossGuard(tc.log_every_n_steps)
     checkpoints = RunCheckpoints(run_dir, tc, guard)
-    callbacks: list[pl.Callback] = [guard, checkpoints]
+    all_callbacks: list[pl.Callback] = [*callbacks, guard, checkpoints]
+    if cfg.monitor.every_n_steps:
+        all_callbacks.append(RepresentationMonitor(cfg.monitor, datamodule))
     if tc.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(tc.log_every_n_steps, 20))))
-    loggers = [
-        ResumableCSVLogger(save_dir=str(run_dir), name="", version=""),
-        pl.loggers.TensorBoardLogger(
-            save_dir=str(run_dir),
-            name="tensorboard",
-            version="",
-            default_hp_metric=False,
-            **({"purge_step": resumed_step} if resume else {}),  # events after the checkpoint are replayed
-        ),
-    ]
+        all_callbacks.append(TQDMProgressBar(refresh_rate=max(1, min(tc.log_every_n_steps, 20))))
+    loggers = build_loggers(tc.loggers, run_dir, resumed_step if resume else None, rank_zero=not worker)
     trainer = pl.Trainer(
         max_epochs=tc.max_epochs,
         max_steps=tc.max_steps,
@@ -274,8 +281,8 @@ def train(
         strategy=tc.strategy,
         num_nodes=tc.num_nodes,
         sync_batchnorm=tc.sync_batchnorm,
-        logger=loggers,
-        callbacks=callbacks,
+        logger=loggers or False,
+        callbacks=all_callbacks,
         log_every_n_steps=tc.log_every_n_steps,
         accumulate_grad_batches=tc.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.gradient_clip_val,
@@ -309,6 +316,9 @@ def train(
         model.eval()
         with torch.no_grad():  # on the host: Lightning's teardown has moved the model back from the accelerator
             cfg.plugin.visualize(model, datamodule, cfg.method, run_dir / "figures", torch.device("cpu"))
+        log_figures(loggers, run_dir / "figures", trainer.global_step)
+        finish(loggers)
+        write_model_card(run_dir)
     return run_dir
 
 
@@ -383,12 +393,3 @@ def load_run(run_dir: Path, data: str | Path | None = None) -> LoadedRun:
     load_weights(model, run_dir / WEIGHTS_FILE)
     model.eval()
     return LoadedRun(cfg, datamodule, model, run_dir)
-
-
-def load_encoder(run_dir: Path, data: str | Path | None = None) -> tuple[Any, Any]:
-    """``(model, datamodule)`` of a trained run, ready to embed: the model with its trained weights, in eval
-    mode on the host, and the datamodule set up on ``data`` (default: the training data) with the run's fitted
-    state, so new data is preprocessed exactly as the training data was. ``model.embed(batch)`` over
-    ``datamodule.predict_dataloader()`` gives the embeddings ``ssl-domains embed`` writes."""
-    run = load_run(run_dir, data)
-    return run.model, run.datamodule

@@ -337,7 +337,8 @@ def check_weight_formats_round_trip(plugin: ModalityPlugin, tmp_path: Path) -> N
     import lightning.pytorch as pl
     import yaml
 
-    from .run import load_encoder, resolve_config
+    from .encoder import load_encoder
+    from .run import resolve_config
     from .transfer import IMPORTED_FILE
 
     formats = [f for f in plugin.weight_formats if f.reader and f.writer]
@@ -385,6 +386,41 @@ def check_embed_shape(plugin: ModalityPlugin, tmp_path: Path) -> None:
     _require(torch.isfinite(z).all(), "embed returned NaN or inf")
 
 
+def check_monitor_detects_collapse(plugin: ModalityPlugin, tmp_path: Path) -> None:
+    """The live monitor reads the plugin's predict view: no alarm for the initialised model, and an alarm naming
+    the step right after a seeded collapse (every parameter zeroed after the first step)."""
+    import warnings
+
+    import lightning.pytorch as pl
+    import torch
+
+    from .monitor import CollapseWarning, RepresentationMonitor
+    from .run import resolve_config, train
+
+    class ZeroEveryParameter(pl.Callback):
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.zero_()
+
+    cfg, dm, model = _built(plugin, tmp_path)
+    healthy = RepresentationMonitor(cfg.monitor, dm).measure(model, torch.device("cpu"))
+    _require(
+        not healthy["collapsed"],
+        f"the monitor sees collapse in the initialised model (effective rank {healthy['effective_rank']:.2f}, "
+        f"constant {bool(healthy['constant'])}): embed must vary with the input",
+    )
+    extra = {"trainer": {"max_steps": 1, "progress_bar": False, "loggers": ["csv"]}, "monitor": {"every_n_steps": 1}}
+    cfg = resolve_config(plugin, cfg.data, [], _overrides(plugin, extra))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CollapseWarning)
+        train(cfg, tmp_path / "run", callbacks=[ZeroEveryParameter()])
+    alarms = [str(w.message) for w in caught if issubclass(w.category, CollapseWarning)]
+    _require(alarms and "at step 1" in alarms[0], f"no collapse warning at step 1 after zeroing the model: {alarms}")
+    metrics = (tmp_path / "run" / "metrics.csv").read_text()
+    _require("monitor/collapsed" in metrics, "the monitor's metrics did not reach the run's loggers")
+
+
 CHECKS: tuple[Check, ...] = (
     check_metadata,
     check_input_spec,
@@ -399,6 +435,7 @@ CHECKS: tuple[Check, ...] = (
     check_cli_round_trip,
     check_weight_formats_round_trip,
     check_embed_shape,
+    check_monitor_detects_collapse,
 )
 
 

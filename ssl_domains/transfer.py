@@ -134,6 +134,7 @@ def import_weights(
 ) -> Path:
     """Turn the published checkpoint ``source`` into the run folder ``output`` (see the module docstring)."""
     from .checkpoint import atomic_write, save_data_state, save_weights
+    from .encoder import write_model_card
     from .run import CONFIG_FILE, DATA_STATE_FILE, INPUT_SPEC_FILE, WEIGHTS_FILE, resolve_config
     from .rundir import CreatedRun, refuse_existing
 
@@ -166,6 +167,7 @@ def import_weights(
         save_data_state(datamodule.state_dict(), output / DATA_STATE_FILE)
         record_text = yaml.safe_dump(record, sort_keys=False)
         atomic_write(output / IMPORTED_FILE, lambda tmp: tmp.write_text(record_text))
+        write_model_card(output)
     except BaseException:
         created.remove()
         raise

@@ -27,6 +27,10 @@ def plot_embedding_projection(model: Any, datamodule: Any, out_dir: Path, device
     z = emb.vectors[keep]
     if len(z) < 5:
         return []
+    if not np.isfinite(z).all() or float(np.ptp(z, axis=0).max()) <= 1e-12:
+        # a collapsed model: t-SNE of identical points has nothing to show (and sklearn's crashes on them)
+        print("graphmae: the embeddings are constant or not finite; no t-SNE figure drawn")
+        return []
     z = PCA(min(50, *z.shape), random_state=0).fit_transform(z)
     xy = TSNE(2, perplexity=min(30.0, (len(z) - 1) / 3), init="pca", random_state=0).fit_transform(z)
     fig, ax = plt.subplots(figsize=(6, 6), dpi=120)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["rankme"]
+__all__ = ["rankme", "rankme_from_singular_values"]
 
 
 def rankme(embeddings: np.ndarray | torch.Tensor, eps: float = 1e-7) -> float:
@@ -19,7 +19,12 @@ def rankme(embeddings: np.ndarray | torch.Tensor, eps: float = 1e-7) -> float:
     z = z.detach().to(device="cpu", dtype=torch.float64)
     if z.ndim != 2 or min(z.shape) == 0:
         raise ValueError(f"RankMe needs a non-empty [N, D] matrix, got shape {tuple(z.shape)}")
-    sigma = torch.linalg.svdvals(z)
+    return rankme_from_singular_values(torch.linalg.svdvals(z), eps)
+
+
+def rankme_from_singular_values(sigma: torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe (eq. 1 of Garrido et al. 2023) from the singular values ``sigma`` of the embedding matrix."""
+    sigma = sigma.to(torch.float64)
     if float(sigma.sum()) == 0.0:
         return 1.0
     p = sigma / sigma.sum() + eps

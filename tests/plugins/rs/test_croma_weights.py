@@ -83,7 +83,7 @@ def _import(tmp_path: Path, payload: object, fmt: str) -> tuple[torch.nn.Module,
     path = tmp_path / f"{fmt}.pt"
     torch.save(payload, path)
     run = import_weights(registry.load("croma"), path, DATA, tmp_path / "run", fmt=fmt)
-    return load_encoder(run, DATA)[0], run
+    return load_encoder(run, DATA).model, run
 
 
 def _same_network(ours: torch.nn.Module, model: CROMA) -> None:

@@ -69,7 +69,7 @@ def _import(tmp_path: Path, payload: object, fmt: str, sets: tuple[str, ...] = (
     path = tmp_path / f"{fmt}.pth"
     torch.save(payload, path)
     run = import_weights(registry.load("ssl4eo"), path, DATA, tmp_path / "run", fmt=fmt, overrides=list(sets))
-    return load_encoder(run, DATA)[0]
+    return load_encoder(run, DATA).model
 
 
 def _same_backbone(ours: torch.nn.Module, model: SSL4EOModel) -> None:
