@@ -28,7 +28,7 @@ cd "$work"
 "$work/venv/bin/ssl-domains" list | grep -E "^tjepa +[^ ]+ +ok" > /dev/null
 "$work/venv/bin/ssl-domains" train --plugin graphmae --data "$repo/datasets/cora" --output "$work/runs/cora" \
   --set trainer.max_epochs=2 --set trainer.progress_bar=false > "$work/graph.log" 2>&1 || { tail -n 20 "$work/graph.log"; exit 1; }
-"$work/venv/bin/ssl-domains" train --plugin tjepa --data "$repo/datasets/adult" --output "$work/runs/adult" \
+"$work/venv/bin/ssl-domains" train --plugin tjepa --data "$repo/datasets/adult" --config adult --output "$work/runs/adult" \
   --set trainer.max_epochs=1 --set trainer.limit_train_batches=5 --set trainer.progress_bar=false \
   > "$work/tab.log" 2>&1 || { tail -n 20 "$work/tab.log"; exit 1; }
 "$work/venv/bin/ssl-domains" embed --run "$work/runs/cora" --data "$repo/datasets/cora" --out "$work/cora.parquet"
