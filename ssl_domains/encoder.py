@@ -15,6 +15,7 @@ A run folder is a model others can load (as an HF Hub folder or a MONAI bundle i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .errors import UserError
 
 __all__ = ["Encoder", "load_encoder", "write_model_card"]
 
@@ -49,11 +52,14 @@ class Encoder:
         """:class:`~ssl_domains.evaluation.Embeddings` of ``data`` (default: the data the encoder was loaded
         on), read and normalised as the training data was: ``model.embed`` over the predict view."""
         from .evaluation import collect_embeddings
-        from .run import load_run
+        from .run import predict_datamodule
 
         datamodule = self.datamodule
         if data is not None and Path(data).resolve() != Path(self.config.data).resolve():
-            datamodule = load_run(self.run_dir, data).datamodule
+            if not Path(data).exists():
+                raise UserError(f"data path {data} does not exist")
+            config = dataclasses.replace(self.config, data=Path(data))
+            datamodule = predict_datamodule(config, self.run_dir)  # the weights are loaded already
         return collect_embeddings(self.model, datamodule.predict_dataloader(), device)
 
 

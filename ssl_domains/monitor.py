@@ -60,7 +60,6 @@ class RepresentationMonitor(pl.Callback):
 
     def __init__(self, cfg: MonitorConfig, datamodule: Any) -> None:
         self.cfg, self.datamodule = cfg, datamodule
-        self.history: list[dict[str, float]] = []  # every call's metrics, with its "step"
         self.spent = 0.0  # seconds inside the monitor
         self._batches: int | None = None  # how many predict batches form the sample (fixed by the first call)
         self._cache: list[dict[str, Any]] | None = None
@@ -89,7 +88,6 @@ class RepresentationMonitor(pl.Callback):
             metrics["seconds"] = time.perf_counter() - start
             self.spent += metrics["seconds"]
             metrics["overhead"] = self.spent / max(time.perf_counter() - self._started, 1e-9)
-            self.history.append({"step": float(step), **metrics})
             log_metrics(trainer.loggers, {f"monitor/{k}": v for k, v in metrics.items()}, step)
             self._warn_on_collapse(metrics, step)
         self._schedule(step, time.perf_counter() - start)
@@ -169,7 +167,10 @@ class RepresentationMonitor(pl.Callback):
             count += 1
             if first and kept is not None:
                 cached_bytes += _nbytes(batch)
-                kept = [*kept, batch] if cached_bytes <= _CACHE_BYTES else None
+                if cached_bytes <= _CACHE_BYTES:
+                    kept.append(batch)
+                else:
+                    kept = None
             on_device = move_data_to_device(batch, device)
             z = model.embed(on_device)
             vectors.append(z.float())

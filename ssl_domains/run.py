@@ -23,12 +23,11 @@ A run directory holds everything needed to continue, reuse or audit a run::
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,7 @@ class ResolvedConfig:
     trainer: TrainerConfig
     optim: OptimConfig
     method: Any
-    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def to_mapping(self) -> dict[str, Any]:
         """The YAML form written to ``config.yaml``."""
@@ -375,7 +374,7 @@ class LoadedRun:
 
 def load_run(run_dir: Path, data: str | Path | None = None) -> LoadedRun:
     """Rebuild a run's plugin, datamodule (on ``data`` or the training data) and model with trained weights."""
-    from .checkpoint import load_data_state, load_weights
+    from .checkpoint import load_weights
 
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
@@ -386,10 +385,18 @@ def load_run(run_dir: Path, data: str | Path | None = None) -> LoadedRun:
     cfg = resolve_config(plugin, data if data is not None else raw.get("data"), [raw])
     if not cfg.data.exists():
         raise UserError(f"data path {cfg.data} does not exist; pass --data PATH")
-    datamodule = plugin.datamodule(cfg.method, cfg.data)
-    datamodule.load_state_dict(load_data_state(run_dir / DATA_STATE_FILE))
-    datamodule.setup("predict")
+    datamodule = predict_datamodule(cfg, run_dir)
     model = plugin.model(cfg.method, datamodule)
     load_weights(model, run_dir / WEIGHTS_FILE)
     model.eval()
     return LoadedRun(cfg, datamodule, model, run_dir)
+
+
+def predict_datamodule(cfg: ResolvedConfig, run_dir: Path) -> Any:
+    """The datamodule of ``cfg`` on ``cfg.data``, with the fitted state of ``run_dir``, set up for prediction."""
+    from .checkpoint import load_data_state
+
+    datamodule = cfg.plugin.datamodule(cfg.method, cfg.data)
+    datamodule.load_state_dict(load_data_state(Path(run_dir) / DATA_STATE_FILE))
+    datamodule.setup("predict")
+    return datamodule

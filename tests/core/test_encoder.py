@@ -36,6 +36,8 @@ def test_a_copied_run_folder_loads_and_embeds_like_the_cli(vectors: Path, tmp_pa
     np.testing.assert_allclose(np.load(out), emb.vectors, rtol=1e-5, atol=1e-6)
     again = enc.embed(vectors.parent / vectors.name)  # the same data under another spelling: same vectors
     np.testing.assert_array_equal(again.vectors, emb.vectors)
+    elsewhere = shutil.copytree(vectors.parent, tmp_path / "copied-data") / vectors.name  # new data, same rows
+    np.testing.assert_allclose(enc.embed(elsewhere).vectors, emb.vectors, rtol=1e-6, atol=1e-7)
 
 
 def test_the_run_folder_carries_config_json_and_a_model_card(vectors: Path, tmp_path: Path):
