@@ -48,3 +48,9 @@ def mutag() -> Path:
     path = DATASETS / "mutag"
     assert (path / "raw" / "MUTAG_A.txt").is_file(), "datasets/mutag is part of the repository"
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Index caches go to a folder of this test session (also for the CLI's subprocesses), never ~/.cache."""
+    os.environ["SSL_DOMAINS_CACHE"] = str(tmp_path_factory.mktemp("cache"))

@@ -7,6 +7,11 @@
   (``single_date: augment``) or is left out (``skip``).
 - **Chips.** Windows of ``chip`` pixels with stride ``train_stride`` tile every scene (Major-TOM's 1068² cells
   included). A window is dropped when more than ``max_invalid`` of its pixels are nodata or cloud (in any view).
+- **Memory.** Pixels are never held: the index (acquisitions' paths, shapes and dates, and each chip's offsets)
+  is built once by reading every location once, one at a time, and is cached on disk
+  (:func:`ssl_domains.indexcache.cached_index`, keyed by the files, their sizes and mtimes, and the settings
+  below); each chip is then read alone in the loader's workers (``rasterio.windows``). Memory stays flat in the
+  corpus size, and a second run on the same files skips the scan.
 - **Spatial hold-out.** ``holdout_quadrant`` k in 0..3 removes quadrant k (0 top-left, 1 top-right, 2
   bottom-left, 3 bottom-right) of *every* location from training; no training window touches it. The
   evaluation chips tile that quadrant without overlap (split 2). The rest of each scene is split 0.
@@ -31,23 +36,37 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_domains import DataError
 from ssl_domains.data import eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
+from ssl_domains.indexcache import cached_index
 
 from .bands import S1_GRD, SSL4EO_STATS, bands_for
 from .formats import Acquisition, find_acquisitions, read_bands
+
+INDEX_VERSION = 1  # bump when what the index holds changes: older cached indexes are then rebuilt
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Scene:
-    """One location: its views (acquisitions) read and normalised, with a joint validity mask."""
+    """One location: its views (acquisitions, not their pixels) on one 10 m grid of ``shape``."""
 
     name: str
-    views: list[np.ndarray]  # [C, H, W] float32 each, normalised
+    views: list[Acquisition]
     kinds: list[str]  # "s1" / "s2" per view
     dates: list[str]
-    valid: np.ndarray  # [H, W] bool, valid in every view
+    shape: tuple[int, int]  # (H, W) at 10 m
     label: str | None = None
+
+
+@dataclass
+class ChipIndex:
+    """What :meth:`RSDataModule.read` builds once and caches: the locations and every chip's
+    ``(location, row, col, split)``."""
+
+    scenes: list[Scene]
+    train_items: np.ndarray
+    test_items: np.ndarray
+    notes: list[str]  # warnings about the files, said again on every run that reads the index from the cache
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -144,7 +163,8 @@ class RSDataModule(FittedDataModule):
         # None, or the one view every item holds when data that cannot be paired is read for embedding only:
         # "optical"/"radar" (CROMA, by embed_modality) or "view1" (SSL4EO, single-date chips)
         self.single_view: str | None = None
-        self._noted: set[tuple[str, ...]] = set()
+        self._noted: dict[tuple[str, ...], str] = {}
+        self._said: set[str] = set()
 
     def input_spec(self) -> dict[str, Any]:
         """Bands in the order the channels hold them, their statistics and the normalisation (:func:`normalise`)."""
@@ -172,26 +192,71 @@ class RSDataModule(FittedDataModule):
         return self.s1_bands if self.mode == "temporal" and self.cfg.modality == "s1" else self.s2_bands
 
     # ---- reading -----------------------------------------------------------------------------------------------
+    def index_key(self, single_view: str | None) -> dict[str, Any]:
+        """Everything besides the files that the chip index depends on (the key of its on-disk cache)."""
+        cfg = self.cfg
+        return {
+            "index": "ssl_domains_rs", "version": INDEX_VERSION, "mode": self.mode, "single_view": single_view,
+            "s2_level": cfg.s2_level, "s2_bands": list(self.s2_bands), "modality": getattr(cfg, "modality", None),
+            "single_date": getattr(cfg, "single_date", None), "chip": cfg.chip, "stride": cfg.stride,
+            "max_invalid": cfg.max_invalid, "holdout_quadrant": cfg.holdout_quadrant,
+        }  # fmt: skip
+
     def read(self, stage: str | None) -> None:
         cfg = self.cfg
-        stats = self.fit("stats", lambda: load_stats(cfg.stats, self.s2_bands + self.s1_bands, cfg.s2_level))
+        self.fit("stats", lambda: load_stats(cfg.stats, self.s2_bands + self.s1_bands, cfg.s2_level))
         self.fit("normalize", lambda: cfg.normalize)
-        acqs = [a for a in find_acquisitions(self.data) if self._wanted(a)]
-        groups = group_locations(acqs)
-        self.scenes = [scene for group in groups if (scene := self._scene(group, stats)) is not None]
-        if not self.scenes and stage == "predict":
+        index = self._cached_index(None)
+        if not index.scenes and stage == "predict":
             # nothing pairs (S2-only chips for a CROMA run, single-date chips for SSL4EO): embed one view alone
             self.single_view = self._single_view()
             if self.single_view is not None:
-                self.scenes = [scene for group in groups if (scene := self._scene(group, stats)) is not None]
-        if not self.scenes:
+                index = self._cached_index(self.single_view)
+        if not index.scenes:
             need = "an S1 (VV, VH) and an S2 acquisition of one location" if self.mode == "s1s2" else "S2 chips"
             hint = (" (to embed S2 or S1 chips alone, train with embed_modality: optical or radar)"
                     if self.mode == "s1s2" and stage == "predict" else "")  # fmt: skip
             raise DataError(
                 f"{self.data}: no usable location; the plugin needs {need} with bands {list(self.bands)}{hint}"
             )
-        self._index()
+        if not len(index.train_items):
+            raise DataError(
+                f"{self.data}: no {cfg.chip}x{cfg.chip} training chip with at most {cfg.max_invalid:.0%} nodata/cloud; "
+                "lower chip or raise max_invalid"
+            )
+        self.scenes, self.train_items, self.test_items = index.scenes, index.train_items, index.test_items
+        log.info(
+            "%d locations, %d training chips, %d evaluation chips",
+            len(self.scenes), len(self.train_items), len(self.test_items),
+        )  # fmt: skip
+
+    def _cached_index(self, single_view: str | None) -> ChipIndex:
+        build = lambda: self._build_index(single_view)  # noqa: E731
+        index = cached_index(self.data, self.index_key(single_view), build, enabled=self.cfg.index_cache)
+        for note in index.notes:
+            if note not in self._said:
+                self._said.add(note)
+                log.warning("%s", note)
+        return index
+
+    def _build_index(self, single_view: str | None) -> ChipIndex:
+        """Find the acquisitions, group them into locations and tile them; pixels are read once per location, to
+        find the chips without nodata or cloud, and dropped before the next location."""
+        self._noted.clear()
+        acqs = [a for a in find_acquisitions(self.data) if self._wanted(a)]
+        scenes: list[Scene] = []
+        train: list[tuple[int, int, int, int]] = []
+        test: list[tuple[int, int, int, int]] = []
+        for group in group_locations(acqs):
+            scene = self._scene(group, single_view)
+            if scene is None:
+                continue
+            valid = self._valid(scene)
+            train += self._train_windows(len(scenes), scene, valid)
+            test += self._test_windows(len(scenes), scene, valid)
+            scenes.append(scene)
+        as_items = lambda rows: np.array(rows, dtype=np.int64).reshape(-1, 4)  # noqa: E731
+        return ChipIndex(scenes, as_items(train), as_items(test), list(self._noted.values()))
 
     def _single_view(self) -> str | None:
         if self.mode == "temporal":
@@ -213,40 +278,43 @@ class RSDataModule(FittedDataModule):
             )
         extra = tuple(b for b in acq.bands if b not in self.s2_bands) if acq.band_index else ()
         if extra and extra not in self._noted:  # a band superset: read by name, said once per kind of file
-            self._noted.add(extra)
-            log.warning("%s holds %d bands: using %d by name, leaving out %s (and so for files like it)",
-                        acq.name, len(acq.bands), len(self.s2_bands), ", ".join(extra))  # fmt: skip
+            self._noted[extra] = (f"{acq.name} holds {len(acq.bands)} bands: using {len(self.s2_bands)} by name, "
+                                  f"leaving out {', '.join(extra)} (and so for files like it)")  # fmt: skip
         return True
 
-    def _read(self, acq: Acquisition, stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        bands = self.s1_bands if acq.sensor == "s1" else self.s2_bands
-        image, valid = read_bands(acq, bands)
-        if acq.sensor == "s1" and valid.any() and np.nanmax(image[:, valid]) > 60:
-            raise DataError(
-                f"{acq.name}: S1 values up to {np.nanmax(image[:, valid]):.0f} look linear, not dB; convert with "
-                "10 * log10(x) (CROMA and SSL4EO-S12 take backscatter in dB)"
-            )
-        if not valid.any():
-            raise DataError(f"{acq.name}: every pixel is nodata or cloud; remove the acquisition from the data folder")
-        return normalise(image, bands, stats, self.fitted["normalize"]), valid
+    def _valid(self, scene: Scene) -> np.ndarray:
+        """``[H, W]``: valid in every view. Reads each view whole, once, and checks its values."""
+        valid = np.ones(scene.shape, dtype=bool)
+        for acq in scene.views:
+            image, ok = read_bands(acq, self.s1_bands if acq.sensor == "s1" else self.s2_bands)
+            if acq.sensor == "s1" and ok.any() and np.nanmax(image[:, ok]) > 60:
+                raise DataError(
+                    f"{acq.name}: S1 values up to {np.nanmax(image[:, ok]):.0f} look linear, not dB; convert with "
+                    "10 * log10(x) (CROMA and SSL4EO-S12 take backscatter in dB)"
+                )
+            if not ok.any():
+                raise DataError(
+                    f"{acq.name}: every pixel is nodata or cloud; remove the acquisition from the data folder"
+                )
+            valid &= ok
+        return valid
 
-    def _scene(self, group: list[Acquisition], stats: dict[str, Any]) -> Scene | None:
+    def _scene(self, group: list[Acquisition], single_view: str | None) -> Scene | None:
         group = sorted(group, key=lambda a: (a.sensor, a.date, a.name))
         if self.mode == "s1s2":
             s1 = [a for a in group if a.sensor == "s1"]
             s2 = [a for a in group if a.sensor == "s2"]
             chosen = s1 + s2
-            if self.single_view is not None:
-                chosen = s2 if self.single_view == "optical" else s1
+            if single_view is not None:
+                chosen = s2 if single_view == "optical" else s1
             elif not s1 or not s2:
                 return None
             if not chosen:
                 return None
         else:
             chosen = group
-            if len(chosen) < 2 and self.cfg.single_date == "skip" and self.single_view is None:
+            if len(chosen) < 2 and self.cfg.single_date == "skip" and single_view is None:
                 return None
-        read = [self._read(a, stats) for a in chosen]
         shapes = {a.shape for a in chosen}
         if len(shapes) > 1:
             listing = ", ".join(f"{a.name} {a.shape[0]}x{a.shape[1]}" for a in chosen)
@@ -254,14 +322,13 @@ class RSDataModule(FittedDataModule):
                 f"acquisitions of one location have different 10 m grids ({listing}); co-register them first "
                 "(e.g. gdalwarp -tr 10 10 -te <bounds of the S2 tile>)"
             )
-        valid = np.logical_and.reduce([v for _, v in read])
         labels = {a.label for a in chosen if a.label} | {a.labels[0] for a in chosen if len(a.labels) == 1}
         return Scene(
             name=chosen[0].name,
-            views=[img for img, _ in read],
+            views=chosen,
             kinds=[a.sensor for a in chosen],
             dates=[a.date for a in chosen],
-            valid=valid,
+            shape=chosen[0].shape,
             label=sorted(labels)[0] if len(labels) == 1 else None,
         )
 
@@ -270,53 +337,44 @@ class RSDataModule(FittedDataModule):
         k = self.cfg.holdout_quadrant
         if k < 0:
             return None
-        h, w = scene.valid.shape
+        h, w = scene.shape
         top, left = (k // 2) * (h // 2), (k % 2) * (w // 2)
         return top, left, (h // 2 if k // 2 == 0 else h - h // 2), (w // 2 if k % 2 == 0 else w - w // 2)
 
-    def _usable(self, scene: Scene, y: int, x: int, size: int) -> bool:
-        window = scene.valid[y : y + size, x : x + size]
+    def _usable(self, valid: np.ndarray, y: int, x: int, size: int) -> bool:
+        window = valid[y : y + size, x : x + size]
         return 1.0 - window.mean() <= self.cfg.max_invalid
 
-    def _index(self) -> None:
-        chip, stride = self.cfg.chip, self.cfg.stride
-        train, test = [], []
-        for s, scene in enumerate(self.scenes):
-            h, w = scene.valid.shape
-            quad = self._quadrant(scene)
-            for y in window_starts(h, chip, stride):
-                for x in window_starts(w, chip, stride):
-                    if quad is not None:
-                        qt, ql, qh, qw = quad
-                        if y < qt + qh and y + chip > qt and x < ql + qw and x + chip > ql:
-                            continue
-                    if self._usable(scene, y, x, chip):
-                        train.append((s, y, x, 0))
-            if quad is not None and self._evaluable(scene):
-                qt, ql, qh, qw = quad
-                for y in window_starts(qh, chip, chip):
-                    for x in window_starts(qw, chip, chip):
-                        if self._usable(scene, qt + y, ql + x, chip):
-                            test.append((s, qt + y, ql + x, 2))
-        if not train:
-            raise DataError(
-                f"{self.data}: no {chip}x{chip} training chip with at most {self.cfg.max_invalid:.0%} nodata/cloud; "
-                "lower chip or raise max_invalid"
-            )
-        self.train_items = np.array(train, dtype=np.int64)
-        self.test_items = np.array(test, dtype=np.int64).reshape(-1, 4)
-        if self.cfg.holdout_quadrant < 0:  # no hold-out: every scene is tiled for embedding, without overlap
-            grid = [
-                (s, y, x, -1)
-                for s, scene in enumerate(self.scenes)
-                for y in window_starts(scene.valid.shape[0], chip, chip)
-                for x in window_starts(scene.valid.shape[1], chip, chip)
-                if self._usable(scene, y, x, chip)
-            ]
-            self.test_items = np.array(grid, dtype=np.int64).reshape(-1, 4)
-        log.info(
-            "%d locations, %d training chips, %d evaluation chips", len(self.scenes), len(train), len(self.test_items)
-        )
+    def _train_windows(self, s: int, scene: Scene, valid: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Training chips (split 0): every ``stride`` window clear of the held-out quadrant."""
+        chip, quad = self.cfg.chip, self._quadrant(scene)
+        rows = []
+        for y in window_starts(scene.shape[0], chip, self.cfg.stride):
+            for x in window_starts(scene.shape[1], chip, self.cfg.stride):
+                if quad is not None:
+                    qt, ql, qh, qw = quad
+                    if y < qt + qh and y + chip > qt and x < ql + qw and x + chip > ql:
+                        continue
+                if self._usable(valid, y, x, chip):
+                    rows.append((s, int(y), int(x), 0))
+        return rows
+
+    def _test_windows(self, s: int, scene: Scene, valid: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Evaluation chips: the held-out quadrant tiled without overlap (split 2), or with no hold-out the
+        whole scene tiled without overlap for embedding (split -1)."""
+        chip, quad = self.cfg.chip, self._quadrant(scene)
+        if quad is None:
+            top, left, height, width, split = 0, 0, scene.shape[0], scene.shape[1], -1
+        elif self._evaluable(scene):
+            (top, left, height, width), split = quad, 2
+        else:
+            return []
+        return [
+            (s, top + int(y), left + int(x), split)
+            for y in window_starts(height, chip, chip)
+            for x in window_starts(width, chip, chip)
+            if self._usable(valid, top + y, left + x, chip)
+        ]
 
     def _evaluable(self, scene: Scene) -> bool:
         return self.mode == "s1s2" or len(scene.views) >= 2
@@ -331,11 +389,17 @@ class RSDataModule(FittedDataModule):
         _, a, b = min(gaps)
         return a, b
 
+    def chip(self, scene: Scene, view: int, y: int, x: int) -> torch.Tensor:
+        """View ``view`` of ``scene`` at ``(y, x)``: read alone from its files, normalised, ``[C, chip, chip]``."""
+        acq = scene.views[view]
+        bands = self.s1_bands if acq.sensor == "s1" else self.s2_bands
+        image, _ = read_bands(acq, bands, window=(y, x, self.cfg.chip))  # nodata is 0, as when the index was built
+        return torch.from_numpy(normalise(image, bands, self.fitted["stats"], self.fitted["normalize"]))
+
     def sample(self, item: np.ndarray, train: bool, index: int) -> dict[str, Any]:
         """One chip's views (random view pair when training, the evaluation pair otherwise)."""
         s, y, x, split = (int(v) for v in item)
         scene = self.scenes[s]
-        chip = self.cfg.chip
         if train:
             if self.mode == "s1s2":
                 s1 = [i for i, k in enumerate(scene.kinds) if k == "s1"]
@@ -347,12 +411,11 @@ class RSDataModule(FittedDataModule):
             else:
                 a = b = 0
         elif self.single_view is not None:  # embedding one view alone (see read)
-            view = torch.from_numpy(scene.views[0][:, y : y + chip, x : x + chip].copy())
-            return {self.single_view: view, "id": index, "split": split, "location": s}
+            return {self.single_view: self.chip(scene, 0, y, x), "id": index, "split": split, "location": s}
         else:
             a, b = self.eval_pair(scene)
-        first = torch.from_numpy(scene.views[a][:, y : y + chip, x : x + chip].copy())
-        second = torch.from_numpy(scene.views[b][:, y : y + chip, x : x + chip].copy())
+        first = self.chip(scene, a, y, x)
+        second = first.clone() if b == a else self.chip(scene, b, y, x)
         keys = ("radar", "optical") if self.mode == "s1s2" else ("view1", "view2")
         return {keys[0]: first, keys[1]: second, "id": index, "split": split, "location": s}
 

@@ -201,12 +201,14 @@ def find_acquisitions(root: Path, eurosat_13: bool = True) -> list[Acquisition]:
     return found
 
 
-def _read(src: Any, path: Path, index: int, shape: tuple[int, int], resampling: Any) -> np.ndarray:
+def _read(
+    src: Any, path: Path, index: int, shape: tuple[int, int], resampling: Any, window: Any = None
+) -> np.ndarray:
     """One band resampled to ``shape``; a header that opens over truncated or corrupt pixel data is a DataError."""
     import rasterio
 
     try:
-        return src.read(index, out_shape=shape, resampling=resampling, masked=False)
+        return src.read(index, out_shape=shape, resampling=resampling, masked=False, window=window)
     except rasterio.errors.RasterioError as exc:
         raise DataError(
             f"{path}: the pixel data cannot be read ({exc}); the file is truncated or corrupt: re-export it"
@@ -214,11 +216,27 @@ def _read(src: Any, path: Path, index: int, shape: tuple[int, int], resampling: 
         ) from exc
 
 
-def read_bands(acq: Acquisition, bands: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _source_window(src: Any, shape: tuple[int, int], window: tuple[int, int, int] | None) -> Any:
+    """The window ``(row, col, size)`` of the 10 m grid in this file's own pixels (fractional for 20 m / 60 m
+    bands: GDAL resamples a fractional window exactly as it resamples the whole band, so a chip read alone equals
+    the same pixels of the whole scene read and resampled; ``tests/plugins/rs`` checks it)."""
+    if window is None:
+        return None
+    from rasterio.windows import Window
+
+    row, col, size = window
+    sy, sx = src.height / shape[0], src.width / shape[1]
+    return Window(col * sx, row * sy, size * sx, size * sy)
+
+
+def read_bands(
+    acq: Acquisition, bands: tuple[str, ...], window: tuple[int, int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(image, valid)``: float32 ``[C, H, W]`` on the 10 m grid in ``bands`` order, and a bool ``[H, W]`` mask.
 
     A pixel is invalid where any band is non-finite or equals the file's nodata value, where every S2 band is 0
-    (the SSL4EO/Sentinel fill value), or where ``cloud_mask.tif`` is non-zero.
+    (the SSL4EO/Sentinel fill value), or where ``cloud_mask.tif`` is non-zero. ``window=(row, col, size)`` reads
+    only that square of the 10 m grid (``rasterio.windows``): a training chip costs its own pixels, not its scene's.
     """
     from rasterio.enums import Resampling
 
@@ -228,14 +246,15 @@ def read_bands(acq: Acquisition, bands: tuple[str, ...]) -> tuple[np.ndarray, np
             f"{acq.name}: bands {missing} are missing (found {sorted(acq.bands)}, the config expects {list(bands)}); "
             "restore the files, or choose the bands with s2_bands / the product with s2_level"
         )
-    height, width = acq.shape
+    height, width = acq.shape if window is None else (window[2], window[2])
     image = np.empty((len(bands), height, width), dtype=np.float32)
     invalid = np.zeros((height, width), dtype=bool)
     for i, band in enumerate(bands):
         path = acq.bands[band]
         with _open(path) as src:
             index = acq.band_index.get(band, 1)
-            data = _read(src, path, index, (height, width), Resampling.bilinear)
+            source = _source_window(src, acq.shape, window)
+            data = _read(src, path, index, (height, width), Resampling.bilinear, source)
             nodata = src.nodatavals[index - 1]
         data = data.astype(np.float32)
         bad = ~np.isfinite(data)
@@ -247,6 +266,7 @@ def read_bands(acq: Acquisition, bands: tuple[str, ...]) -> tuple[np.ndarray, np
         invalid |= (image == 0).all(axis=0)
     if acq.cloud_mask is not None:
         with _open(acq.cloud_mask) as src:
-            cloud = _read(src, acq.cloud_mask, 1, (height, width), Resampling.nearest)
+            source = _source_window(src, acq.shape, window)
+            cloud = _read(src, acq.cloud_mask, 1, (height, width), Resampling.nearest, source)
         invalid |= cloud != 0
     return image, ~invalid

@@ -40,7 +40,12 @@ class RSDataConfig:
         -1, doc="hold quadrant k (0-3) of every location out of training and evaluate on it (-1: none)"
     )
     batch_size: int = option(32, doc="chips per batch")
-    num_workers: int = option(0, doc="data-loading workers (scenes are held in memory: 0 is fine)")
+    num_workers: int = option(
+        0, doc="data-loading workers; each chip is read from its files, so a GPU wants several (the GPU presets: 8)"
+    )
+    index_cache: bool = option(
+        True, doc="cache the chip index on disk ($SSL_DOMAINS_CACHE/index), keyed by the files and these settings"
+    )
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on inconsistent sizes (called by the core on every resolved config)."""

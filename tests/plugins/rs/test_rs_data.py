@@ -69,11 +69,11 @@ def test_holdout_quadrant_is_disjoint_from_training_and_tiled_without_overlap():
     dm.setup("fit")
     chip = 16
     for s, y, x, _ in dm.train_items:
-        h, w = dm.scenes[s].valid.shape
+        h, w = dm.scenes[s].shape
         assert not (y + chip > h // 2 and x + chip > w // 2), "a training chip touches the held-out quadrant"
     assert len(dm.test_items) > 0
     for s, y, x, split in dm.test_items:
-        h, w = dm.scenes[s].valid.shape
+        h, w = dm.scenes[s].shape
         assert split == 2 and y >= h // 2 and x >= w // 2 and y + chip <= h and x + chip <= w
     per_scene = {}
     for s, y, x, _ in dm.test_items:

@@ -14,6 +14,7 @@ from ssl_domains import DataError, registry
 from ssl_domains_rs.bands import EUROSAT_ORDER, S2_L2A
 from ssl_domains_rs.data import normalise
 from ssl_domains_rs.evaluation import evaluate_retrieval, retrieval_embeddings
+from ssl_domains_rs.formats import read_bands
 from ssl_domains_rs.plugin import CROMAConfig, SSL4EOConfig
 
 ROOT = Path(__file__).resolve().parents[3] / "datasets" / "sentinel_s1s2"
@@ -37,6 +38,12 @@ def _expected_views(dm) -> list[np.ndarray]:
     return out
 
 
+def _pixels(dm, scene) -> np.ndarray:
+    """The scene's one view, read whole and normalised (the module itself reads chips)."""
+    image, _ = read_bands(scene.views[0], dm.s2_bands)
+    return normalise(image, dm.s2_bands, dm.fitted["stats"], dm.fitted["normalize"])
+
+
 def test_croma_optical_embeds_s2_chips_alone():
     cfg = CROMAConfig(chip=32, dim=32, depth=2, heads=2, decoder_dim=32, decoder_heads=2, embed_modality="optical")
     dm = _dm("croma", cfg, EUROSAT, "predict")
@@ -45,7 +52,7 @@ def test_croma_optical_embeds_s2_chips_alone():
     assert set(batch) == {"optical", "id", "split", "location"} and batch["optical"].shape[1:] == (12, 32, 32)
     expected = _expected_views(dm)
     for scene in dm.scenes:  # the superset's bands, by name and in the model's order
-        assert any(np.array_equal(scene.views[0], e) for e in expected)
+        assert any(np.array_equal(_pixels(dm, scene), e) for e in expected)
     model = registry.load("croma").model(cfg, dm).eval()
     with torch.no_grad():
         z = model.embed(batch)
@@ -86,7 +93,7 @@ def test_ssl4eo_embeds_single_date_chips_even_when_training_skips_them(caplog):
     batch = next(iter(dm.predict_dataloader()))
     assert set(batch) == {"view1", "id", "split", "location"} and batch["view1"].shape[1] == 12
     expected = _expected_views(dm)
-    assert all(any(np.array_equal(scene.views[0], e) for e in expected) for scene in dm.scenes)
+    assert all(any(np.array_equal(_pixels(dm, scene), e) for e in expected) for scene in dm.scenes)
     model = registry.load("ssl4eo").model(cfg, dm).eval()
     with torch.no_grad():
         assert model.embed(batch).shape == (batch["view1"].shape[0], 32)

@@ -1,0 +1,97 @@
+"""An on-disk cache of a datamodule's index, so that a large corpus is scanned once, not on every run.
+
+Building the index of a paper-sized corpus (opening a million GeoTIFFs for their footprints, reading every
+acquisition once to find the chips without cloud) takes minutes to hours; the index itself is small (paths,
+shapes, dates, chip offsets). :func:`cached_index` keeps it under the cache folder, keyed by
+
+- the data folder's absolute path and every file under it, with its size and modification time (a file added,
+  removed, replaced or touched rebuilds the index), and
+- the plugin's ``key``: the settings the index depends on (bands, chip size, stride, ...) and a version the
+  plugin bumps when the index's layout changes.
+
+The cache lives in ``$SSL_DOMAINS_CACHE/index`` (default ``~/.cache/ssl-domains/index``), not in the data folder,
+which is often read-only and shared on clusters. A cache that cannot be read is rebuilt; one that cannot be
+written (read-only home, full disk) is a warning, and the run goes on with the index it built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["cache_root", "cached_index", "tree_signature"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CACHE_ENV = "SSL_DOMAINS_CACHE"
+
+
+def cache_root() -> Path:
+    """The folder of the package's caches: ``$SSL_DOMAINS_CACHE``, else ``$XDG_CACHE_HOME/ssl-domains``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssl-domains"
+
+
+def _walk(folder: str, digest: Any) -> int:
+    count = 0
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_dir(follow_symlinks=True):
+                count += _walk(entry.path, digest)
+            elif entry.is_file(follow_symlinks=True):
+                info = entry.stat()
+                digest.update(f"{entry.path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+                count += 1
+    return count
+
+
+def tree_signature(root: Path) -> tuple[int, str]:
+    """``(files, sha256)`` over every file under ``root`` (or ``root`` itself): its path, size and mtime.
+
+    One ``stat`` per file and no reads: about 1 s for 100k files on a local disk.
+    """
+    root = Path(root).resolve()
+    digest = hashlib.sha256()
+    if root.is_file():
+        info = root.stat()
+        digest.update(f"{root}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        return 1, digest.hexdigest()
+    return _walk(str(root), digest), digest.hexdigest()
+
+
+def cached_index(root: Path, key: Mapping[str, Any], build: Callable[[], T], *, enabled: bool = True) -> T:
+    """``build()``, or the value it returned the last time for the same files under ``root`` and the same ``key``.
+
+    ``key`` must be JSON-serialisable and name everything besides the files that the index depends on. With
+    ``enabled=False`` the index is always built and nothing is written.
+    """
+    if not enabled:
+        return build()
+    files, signature = tree_signature(root)
+    identity = json.dumps({"root": str(Path(root).resolve()), "files": signature, "key": dict(key)}, sort_keys=True)
+    path = cache_root() / "index" / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.pkl"
+    if path.is_file():
+        try:
+            with path.open("rb") as f:
+                value = pickle.load(f)
+            log.info("%s: index of %d files read from the cache (%s)", root, files, path)
+            return value
+        except Exception as exc:  # a truncated or foreign file: rebuild it
+            log.warning("%s: the index cache %s cannot be read (%s); rebuilding it", root, path, exc)
+    value = build()
+    try:
+        from .checkpoint import atomic_write
+
+        atomic_write(path, lambda tmp: tmp.write_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)))
+        log.info("%s: index of %d files cached in %s", root, files, path)
+    except Exception as exc:  # the cache is an optimisation: a read-only or full disk must not fail the run
+        log.warning("%s: could not cache the index in %s (%s); the next run will scan the data again", root, path, exc)
+    return value
