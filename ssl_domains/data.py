@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 __all__ = [
+    "DurationBatchSampler",
     "EpochShuffleSampler",
     "LengthGroupedSampler",
     "eval_loader",
@@ -127,6 +128,62 @@ class LengthGroupedSampler(EpochShuffleSampler):
         return np.concatenate([batches[i] for i in shuffled]).tolist() if batches else []
 
 
+class DurationBatchSampler(EpochShuffleSampler):
+    """Batches of variable size capped by their padded length: lhotse's ``max_duration`` for variable-length items.
+
+    Yields lists of indices, one list per step. Each epoch's permutation (seeded by ``(seed, epoch)``) is cut into
+    windows of about ``window_batches`` batches; each window is sorted by length and packed so that a batch's
+    rows times its longest item stay within ``max_total`` (frames, tokens, ...) per rank, and the batches of the
+    epoch are shuffled. Memory per step is then bounded whatever the mix of lengths, and short items come many to
+    a batch instead of padding a fixed-size one. Under DDP a global batch of ``world × max_total`` is dealt
+    round-robin; every rank gets the same number of batches. ``skip_next`` counts batches here, which is what
+    :class:`ssl_domains.loader.ResumableDataLoader` hands it on resume.
+    """
+
+    yields_batches = True
+
+    def __init__(
+        self, lengths: Sequence[int], max_total: int, seed: int, window_batches: int = 50, **kwargs: Any
+    ) -> None:
+        super().__init__(len(lengths), seed, shuffle=True, **kwargs)
+        self.lengths = np.maximum(np.asarray(lengths, dtype=np.int64), 1)
+        self.max_total = int(max_total)
+        if len(self.lengths) and int(self.lengths.max()) > self.max_total:
+            raise ValueError(f"an item of length {int(self.lengths.max())} exceeds max_total {self.max_total}")
+        typical = max(self.max_total // int(np.median(self.lengths)), 1) if len(self.lengths) else 1
+        self.window_items = typical * self.num_replicas * int(window_batches)
+        self._epoch_batches: tuple[int, list[np.ndarray]] | None = None
+
+    def batches(self) -> list[np.ndarray]:
+        """This epoch's global batches (each to be dealt over the ranks), in training order."""
+        if self._epoch_batches is not None and self._epoch_batches[0] == self.epoch:
+            return self._epoch_batches[1]
+        order = np.asarray(super().order(), dtype=np.int64)
+        batches: list[np.ndarray] = []
+        for start in range(0, len(order), self.window_items):
+            chunk = order[start : start + self.window_items]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            i = 0
+            while i < len(chunk):  # longest first: a batch's first item sets its rows
+                rows = (self.max_total // int(self.lengths[chunk[i]])) * self.num_replicas
+                batches.append(chunk[i : i + rows])
+                i += rows
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 2))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+        self._epoch_batches = (self.epoch, batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
+        skip, self._skip = self._skip, 0
+        for batch in self.batches()[skip:]:
+            if len(batch) < self.num_replicas:  # too few for every rank: repeat items, as DistributedSampler pads
+                batch = np.resize(batch, self.num_replicas)
+            yield batch[self.rank :: self.num_replicas].tolist()
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+
 def train_loader(
     dataset: Dataset,
     *,
@@ -145,9 +202,10 @@ def train_loader(
     ``drop_last="auto"`` drops the last partial batch only when this rank's share of the data holds more than
     one batch (under DDP each rank gets ``1/W`` of the items). With ``lengths`` (one per item), batches group
     items of similar length (:class:`LengthGroupedSampler`); ``sampler`` replaces the default order with another
-    :class:`EpochShuffleSampler`. The loader is a :class:`ssl_domains.loader.ResumableDataLoader`: checkpoints
-    hold its position and RNG streams, and a :class:`~ssl_domains.errors.DataError` raised for one item follows
-    ``trainer.on_data_error``.
+    :class:`EpochShuffleSampler`; a sampler that yields whole batches (:class:`DurationBatchSampler`) makes
+    ``batch_size`` unused, each step taking the batch the sampler drew. The loader is a
+    :class:`ssl_domains.loader.ResumableDataLoader`: checkpoints hold its position and RNG streams, and a
+    :class:`~ssl_domains.errors.DataError` raised for one item follows ``trainer.on_data_error``.
     """
     from .loader import ResumableDataLoader
 
@@ -157,12 +215,15 @@ def train_loader(
         sampler = LengthGroupedSampler(lengths, batch_size, seed)
     elif sampler is None:
         sampler = EpochShuffleSampler(len(dataset), seed, shuffle=shuffle)  # type: ignore[arg-type]
-    if drop_last == "auto":  # drop a partial last batch only when this rank's share holds a full one
+    whole_batches = getattr(sampler, "yields_batches", False)
+    if whole_batches:  # the sampler sized every batch: nothing to drop
+        drop_last = False
+    elif drop_last == "auto":  # drop a partial last batch only when this rank's share holds a full one
         drop_last = len(sampler) > batch_size
     return ResumableDataLoader(
         dataset,
         seed=seed,
-        batch_size=batch_size,
+        batch_size=None if whole_batches else batch_size,
         sampler=sampler,
         collate_fn=collate_fn,
         num_workers=num_workers,

@@ -21,11 +21,11 @@ import json
 import logging
 import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["cache_root", "cached_index", "tree_signature"]
+__all__ = ["cache_root", "cached_index", "files_signature", "tree_signature"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,22 +67,39 @@ def tree_signature(root: Path) -> tuple[int, str]:
     return _walk(str(root), digest), digest.hexdigest()
 
 
-def cached_index(root: Path, key: Mapping[str, Any], build: Callable[[], T], *, enabled: bool = True) -> T:
+def files_signature(paths: Sequence[Path]) -> tuple[int, str]:
+    """``(files, sha256)`` over the given files in the given order: path, size and mtime (a manifest's clips)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        info = os.stat(path)
+        digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return len(paths), digest.hexdigest()
+
+
+def cached_index(
+    root: Path,
+    key: Mapping[str, Any],
+    build: Callable[[], T],
+    *,
+    enabled: bool = True,
+    files: Sequence[Path] | None = None,
+) -> T:
     """``build()``, or the value it returned the last time for the same files under ``root`` and the same ``key``.
 
-    ``key`` must be JSON-serialisable and name everything besides the files that the index depends on. With
+    ``key`` must be JSON-serialisable and name everything besides the files that the index depends on. ``files``
+    replaces the walk of ``root`` with exactly those files (a manifest's entries, which may lie anywhere). With
     ``enabled=False`` the index is always built and nothing is written.
     """
     if not enabled:
         return build()
-    files, signature = tree_signature(root)
+    count, signature = tree_signature(root) if files is None else files_signature(files)
     identity = json.dumps({"root": str(Path(root).resolve()), "files": signature, "key": dict(key)}, sort_keys=True)
     path = cache_root() / "index" / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.pkl"
     if path.is_file():
         try:
             with path.open("rb") as f:
                 value = pickle.load(f)
-            log.info("%s: index of %d files read from the cache (%s)", root, files, path)
+            log.info("%s: index of %d files read from the cache (%s)", root, count, path)
             return value
         except Exception as exc:  # a truncated or foreign file: rebuild it
             log.warning("%s: the index cache %s cannot be read (%s); rebuilding it", root, path, exc)
@@ -91,7 +108,7 @@ def cached_index(root: Path, key: Mapping[str, Any], build: Callable[[], T], *, 
         from .checkpoint import atomic_write
 
         atomic_write(path, lambda tmp: tmp.write_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)))
-        log.info("%s: index of %d files cached in %s", root, files, path)
+        log.info("%s: index of %d files cached in %s", root, count, path)
     except Exception as exc:  # the cache is an optimisation: a read-only or full disk must not fail the run
         log.warning("%s: could not cache the index in %s (%s); the next run will scan the data again", root, path, exc)
     return value

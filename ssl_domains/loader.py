@@ -126,6 +126,8 @@ class _Guarded(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, list):  # a whole batch from a sampler that yields batches: guard each item
+            return [self[i] for i in index]
         try:
             return self.dataset[index]
         except DataError as exc:
@@ -231,10 +233,12 @@ class ResumableDataLoader(DataLoader):
             skip = int(resume["consumed"])
         samplers = [s for s in (self.sampler, getattr(self.batch_sampler, "sampler", None)) if s is not None]
         skippable = next((s for s in samplers if callable(getattr(s, "skip_next", None))), None)
-        if skip and skippable is not None and self.batch_size is not None:
-            skippable.skip_next(skip * self.batch_size)  # indices only: nothing is read
+        if skippable is not None and self.batch_size is None and not getattr(skippable, "yields_batches", False):
+            skippable = None  # items of a batch_sampler's own sampler: how many a batch takes is not known here
+        if skip and skippable is not None:  # indices only: nothing is read (a sampler of batches counts batches)
+            skippable.skip_next(skip * (self.batch_size or 1))
         inner = super().__iter__()
-        if skip and (skippable is None or self.batch_size is None):
+        if skip and skippable is None:
             for _ in range(skip):  # a sampler that cannot skip: draw the batches and drop them
                 next(inner)
         if resume is not None:
