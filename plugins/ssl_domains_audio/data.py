@@ -16,6 +16,8 @@ std of the training clips' log-mel frames.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, DataError
-from ssl_domains.data import eval_loader, train_loader
+from ssl_domains.data import DurationBatchSampler, eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
+from ssl_domains.indexcache import cached_index
+from ssl_domains.memory import fits_in_memory
 
 from . import features
-from .formats import Clip, find_clips, read_audio
+from .formats import Clip, find_clips, probe, read_audio
+
+log = logging.getLogger("ssl_domains")
+INDEX_VERSION = 1  # bump when the cached (clips, lengths) change meaning
 
 
 def clip_features(clip: Clip, kind: str, n_mels: int, min_seconds: float, f_max: float | None = None) -> torch.Tensor:
@@ -87,6 +94,7 @@ class AudioDataModule(FittedDataModule):
         self.kind, self.pad_multiple = kind, pad_multiple
         self.std_factor = 2.0 if kind == "fbank" else 1.0  # SSAST divides by 2 std
         self._cache: dict[int, torch.Tensor] = {}
+        self.in_memory = False
 
     def input_spec(self) -> dict[str, Any]:
         """Sample rate, the feature pipeline (:mod:`.features`) and the normalisation the run fitted."""
@@ -126,11 +134,13 @@ class AudioDataModule(FittedDataModule):
         return (feats - mean) / (self.std_factor * std)
 
     def read(self, stage: str | None) -> None:
-        self.clips = find_clips(self.data, self.cfg.label_regex)
+        self.clips, samples = self._index(self.data)
         self.num_source_clips = len(self.clips)  # clips of ``path``: the ones embed and the probes see
         if stage != "predict":  # unlabelled extras feed pretraining only; embed time needs none of them
             for folder in self.cfg.unlabelled:
-                self.clips += [Clip(c.path, None, None) for c in find_clips(Path(folder), self.cfg.label_regex)]
+                extra, extra_samples = self._index(Path(folder))
+                self.clips += [Clip(c.path, None, None) for c in extra]
+                samples = np.concatenate([samples, extra_samples])
         names = [c.speaker or "" for c in self.clips]
         unknown = sorted(set(self.cfg.test_speakers) - set(names))
         if unknown:
@@ -147,44 +157,65 @@ class AudioDataModule(FittedDataModule):
         self.train_indices = np.flatnonzero(~test)
         if len(self.train_indices) == 0:
             raise DataError(f"{self.data}: every clip belongs to test_speakers; nothing is left to pretrain on")
-        if self.cfg.cache:  # decode everything once: errors surface before training starts
+        self.lengths = np.array([features.num_frames(int(n), self.kind) for n in samples], dtype=np.int64)
+        self.in_memory = self._choose_cache()
+        if self.in_memory:  # decode everything once: epochs cost no decoding, and errors surface before training
             for i in range(len(self.clips)):
                 self.features_of(i)
+        elif self.cfg.num_workers == 0:
+            log.warning("%s: clips are decoded in the training loop; set num_workers (4-8 per GPU)", self.data)
         if self.kind in ("fbank", "logmel_global"):
             self.fit("norm", self._normalisation)
-        self.lengths = np.array([self._length(i) for i in range(len(self.clips))])
+
+    def _index(self, source: Path) -> tuple[list[Clip], np.ndarray]:
+        """The clips of ``source`` and their lengths in 16 kHz samples, read from the headers once and cached on
+        disk (:func:`ssl_domains.indexcache.cached_index`): a second run on the same files opens none of them."""
+        cfg = self.cfg
+        key = {"index": "audio-clips", "version": INDEX_VERSION, "label_regex": cfg.label_regex,
+               "layout": cfg.layout, "min_seconds": cfg.min_seconds}  # fmt: skip
+
+        def lengths(clips: list[Clip]) -> np.ndarray:
+            return np.array([probe(c.path, features.SAMPLE_RATE, cfg.min_seconds) for c in clips], dtype=np.int64)
+
+        def build() -> tuple[list[Clip], np.ndarray]:
+            clips = find_clips(source, cfg.label_regex, cfg.layout)
+            return clips, lengths(clips)
+
+        if source.is_dir() and not (source / "wav.scp").is_file():  # a folder: its walk is the signature
+            return cached_index(source, key, build, enabled=cfg.index_cache)
+        clips = find_clips(source, cfg.label_regex, cfg.layout)  # a manifest: re-read, keyed by the files it lists
+        key["manifest"] = True
+        samples = cached_index(
+            source, key, lambda: lengths(clips), enabled=cfg.index_cache, files=[c.path for c in clips]
+        )
+        return clips, samples
+
+    def _choose_cache(self) -> bool:
+        """Keep the features in memory? ``memory``/``none`` say so; ``auto`` keeps them when they fit the budget."""
+        if self.cfg.cache != "auto":
+            return self.cfg.cache == "memory"
+        nbytes = int(self.lengths.sum()) * int(self.cfg.num_mel_bins) * 4  # float32 [T, F] per clip
+        return fits_in_memory(nbytes, f"{self.data}: the features of {len(self.clips)} clips")
 
     def _normalisation(self) -> list[Any]:
         if getattr(self.cfg, "norm_mean", None) is not None and getattr(self.cfg, "norm_std", None) is not None:
             return [float(self.cfg.norm_mean), float(self.cfg.norm_std)]
-        sample = self.train_indices[: self.cfg.stats_max_clips]
+        # clips spread evenly over the sorted list: a corpus sorted by speaker (LibriSpeech) gives every speaker a
+        # share, not its first few speakers all of it
+        count = min(len(self.train_indices), self.cfg.stats_max_clips)
+        sample = self.train_indices[np.linspace(0, len(self.train_indices) - 1, count).round().astype(int)]
         return list(dataset_statistics([self._raw(i) for i in sample], per_band=self.kind == "logmel_global"))
 
     def _raw(self, index: int) -> torch.Tensor:
-        """Un-normalised features of clip ``index``, kept in memory after the first read when ``cache``."""
+        """Un-normalised features of clip ``index``, kept in memory after the first read when ``in_memory``."""
         feats = self._cache.get(index)
         if feats is None:
             feats = clip_features(
                 self.clips[index], self.kind, self.cfg.num_mel_bins, self.cfg.min_seconds, self.cfg.f_max
             )
-            if self.cfg.cache:
+            if self.in_memory:
                 self._cache[index] = feats
         return feats
-
-    def _length(self, index: int) -> int:
-        cached = self._cache.get(index)
-        if cached is not None:
-            return int(cached.shape[0])
-        import soundfile
-
-        path = self.clips[index].path
-        try:
-            info = soundfile.info(str(path))
-        except (RuntimeError, soundfile.LibsndfileError) as exc:  # the header alone is unreadable
-            raise DataError(
-                f"{path}: cannot be read ({exc}); the file is corrupt or not WAV/FLAC/OGG: re-export or remove it"
-            ) from exc
-        return features.num_frames(int(info.frames * features.SAMPLE_RATE / info.samplerate), self.kind)
 
     # ---- batches ---------------------------------------------------------------------------------------------
     def collate(self, items: list[tuple[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -200,6 +231,10 @@ class AudioDataModule(FittedDataModule):
 
     def train_dataloader(self) -> DataLoader:
         crop = np.minimum(self.lengths[self.train_indices], self.cfg.crop_frames)
+        sampler = None
+        if self.cfg.max_seconds is not None:  # padded frames per batch: rows x the longest crop (10 ms frames)
+            max_frames = int(self.cfg.max_seconds * features.SAMPLE_RATE / features.HOP)  # >= crop_frames: validate()
+            sampler = DurationBatchSampler(crop, max_frames, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
         return train_loader(
             _Items(self, self.train_indices, train=True),
             batch_size=self.cfg.batch_size,
@@ -207,6 +242,7 @@ class AudioDataModule(FittedDataModule):
             num_workers=self.cfg.num_workers,
             drop_last="auto",
             lengths=crop.tolist(),
+            sampler=sampler,
         )
 
     def predict_dataloader(self) -> DataLoader:

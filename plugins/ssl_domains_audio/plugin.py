@@ -28,7 +28,13 @@ class AudioDataConfig:
     """Settings of the shared audio data module."""
 
     label_regex: str = option(
-        FSDD_NAMES, doc="regex on file names with groups (?P<label>) and (?P<speaker>); default: FSDD's d_speaker_n.wav"
+        FSDD_NAMES,
+        doc="regex on file names with the group (?P<label>), (?P<speaker>) or both; default: FSDD's d_speaker_n.wav",
+    )
+    layout: Literal["auto", "names", "speaker_chapter"] = option(
+        "auto",
+        doc="speakers from folders: auto finds LibriSpeech's speaker/chapter/speaker-chapter-n.flac; speaker_chapter"
+        " takes every clip's folder two levels up (Libri-Light); names: only label_regex",
     )
     test_speakers: list[str] = option(
         default_factory=list, doc="speakers held out of pretraining and used as the probe's test split"
@@ -44,9 +50,21 @@ class AudioDataConfig:
     )
     crop_frames: int = option(100, doc="training crop length in 10 ms frames (reference TERA: 1500)")
     max_frames: int = option(1024, doc="longest input at embed time (centre crop beyond it; SSAST: position table)")
-    batch_size: int = option(32, doc="clips per batch")
-    num_workers: int = option(0, doc="data-loading workers (features are cached in memory: 0 is fine)")
-    cache: bool = option(True, doc="compute every clip's features once at setup and keep them in memory")
+    batch_size: int = option(32, doc="clips per batch (per training batch unless max_seconds is set)")
+    max_seconds: float | None = option(
+        None,
+        doc="training batches of variable size, capped at this many seconds of padded audio per GPU (lhotse's"
+        " max_duration; e.g. 400 for 1500-frame crops); null: batch_size clips",
+    )
+    num_workers: int = option(0, doc="data-loading workers (0 is fine while the features are kept in memory)")
+    cache: Literal["auto", "memory", "none"] = option(
+        "auto",
+        doc="keep every clip's features in memory (computed at setup), or none (decoded in the workers); auto keeps"
+        " them when they fit 25% of RAM ($SSL_DOMAINS_MEMORY_BUDGET)",
+    )
+    index_cache: bool = option(
+        True, doc="cache the clip list and lengths on disk ($SSL_DOMAINS_CACHE): a second run reads no headers"
+    )
     vtlp: float = option(
         0.0,
         doc="vocal tract length perturbation of training crops: warp factor drawn from [1-vtlp, 1+vtlp] (0: off;"
@@ -60,6 +78,15 @@ class AudioDataConfig:
 def _check_heads(dim: int, heads: int, section: str) -> None:
     if heads < 1 or dim % heads:
         raise ConfigError(f"{section}.dim {dim} is not divisible by {section}.heads {heads}")
+
+
+def _check_batches(cfg: AudioDataConfig, section: str) -> None:
+    if cfg.max_seconds is not None and cfg.max_seconds * 100 < cfg.crop_frames:  # 100 frames a second
+        raise ConfigError(
+            f"{section}.max_seconds {cfg.max_seconds} holds {int(cfg.max_seconds * 100)} frames, fewer than one crop"
+            f" of crop_frames {cfg.crop_frames}; raise max_seconds to at least {cfg.crop_frames / 100:g} or lower"
+            " crop_frames"
+        )
 
 
 @dataclass
@@ -89,6 +116,7 @@ class TERAConfig(AudioDataConfig):
     def validate(self) -> None:
         """Raise :class:`ConfigError` on sizes the transformer cannot take."""
         _check_heads(self.dim, self.heads, "tera")
+        _check_batches(self, "tera")
 
 
 @dataclass
@@ -126,6 +154,7 @@ class SSASTConfig(AudioDataConfig):
     def validate(self) -> None:
         """Raise :class:`ConfigError` when the patches do not tile the spectrogram, or the width the heads."""
         _check_heads(self.dim, self.heads, "ssast")
+        _check_batches(self, "ssast")
         bins, frames = self.patch()
         if self.num_mel_bins % bins or self.max_frames % frames:
             raise ConfigError(
@@ -135,8 +164,10 @@ class SSASTConfig(AudioDataConfig):
 
 
 _AUDIO_FORMATS = (
-    "a folder of WAV, FLAC or OGG files, searched recursively (decoded with soundfile, any rate, downmixed)",
+    "a folder of WAV, FLAC, OGG, Opus or MP3 files, searched recursively (decoded with soundfile, any rate,"
+    " downmixed); LibriSpeech's speaker/chapter folders give the speakers",
     "one audio file, or a manifest CSV with a 'path' column (optional 'label' and 'speaker')",
+    "a Kaldi wav.scp (or a data folder holding one), with speakers from utt2spk beside it",
 )
 _BATCH_KEYS = {"features": "float32", "length": "int64", "label": "int64", "split": "int64", "id": "int64"}
 

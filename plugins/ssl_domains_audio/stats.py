@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from ssl_domains import UserError
 
 from .formats import find_clips
@@ -22,14 +24,16 @@ def main(argv: list[str]) -> int:
     from .plugin import SSASTConfig
 
     parser = argparse.ArgumentParser(prog="ssl-domains run ssast stats", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True, help="folder, audio file or manifest CSV")
+    parser.add_argument("--data", required=True, help="folder, audio file, manifest CSV or Kaldi wav.scp")
     parser.add_argument("--max-clips", type=int, default=5000, help="read at most this many clips")
     parser.add_argument("--num-mel-bins", type=int, default=128)
     args = parser.parse_args(argv)
     cfg = SSASTConfig()
-    clips = find_clips(Path(args.data), cfg.label_regex)[: args.max_clips]
+    clips = find_clips(Path(args.data), cfg.label_regex)
     if not clips:
         raise UserError(f"{args.data}: no clips")
+    # spread over the sorted list, as training does: a corpus sorted by speaker gives every speaker a share
+    clips = [clips[i] for i in np.linspace(0, len(clips) - 1, min(len(clips), args.max_clips)).round().astype(int)]
     feats = [clip_features(c, "fbank", args.num_mel_bins, cfg.min_seconds) for c in clips]
     mean, std = dataset_statistics(feats)
     print(f"# fbank statistics of {len(clips)} clips under {args.data}")
