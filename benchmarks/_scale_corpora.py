@@ -1,0 +1,169 @@
+"""Stand-in corpora for ``benchmarks/scale.py``: each in its paper corpus's own layout, file format and file sizes.
+
+A :class:`Corpus` writes ``root/full`` once (a later, larger call adds the rest), makes smaller sizes as hard links
+into it (the disk holds the largest once), and says how to read a set-up datamodule's size. The file contents come
+from a small pool of random planes or clips: what the benchmark measures (files opened, bytes read and decoded,
+index size) depends on the files' number, sizes and layout, not on what they depict.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """How to write, subset and count one plugin's stand-in corpus."""
+
+    presets: list[str]  # the paper's configuration, as --config presets
+    overrides: list[str]  # what the stand-in needs besides (its product level, ...)
+    full_name: str  # the paper's corpus
+    full_units: int  # its size, in units (locations, utterances)
+    unit_name: str
+    suffixes: tuple[str, ...]  # the data files
+    write: Callable[[Path, int, int], None]  # (root, start, stop): units start..stop-1
+    top: str  # the folder whose children are the units (for counting and subsets)
+    count: Callable[[Any], dict[str, int]]  # set-up datamodule -> {"units": ..., "train_items": ...}
+    preimport: tuple[str, ...] = field(default=())  # imported before the setup clock starts
+
+
+def ensure(corpus: Corpus, root: Path, units: int, jobs: int = 2) -> Path:
+    """``root/full`` holding ``units`` units, written in parallel chunks."""
+    full = root / "full"
+    top = full / corpus.top
+    have = len(list(top.iterdir())) if top.is_dir() else 0
+    if have < units:
+        chunk = max((units - have) // (jobs * 8), 1)
+        starts = list(range(have, units, chunk))
+        with ProcessPoolExecutor(jobs) as pool:
+            list(pool.map(corpus.write, [full] * len(starts), starts, [min(s + chunk, units) for s in starts]))
+    return full
+
+
+def subset(corpus: Corpus, root: Path, full: Path, units: int) -> Path:
+    """``root/n<units>``: hard links to the first ``units`` units of ``full`` (every sensor folder alike)."""
+    out = root / f"n{units}"
+    if (out / corpus.top).is_dir() and len(list((out / corpus.top).iterdir())) == units:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    names = sorted(p.name for p in (full / corpus.top).iterdir())[:units]
+    for sensor in {p.parent for p in full.glob(f"*/{names[0]}")} or {full / corpus.top}:
+        for name in names:
+            for src in (sensor / name).rglob("*"):
+                if src.is_file():
+                    dst = out / src.relative_to(full)
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(src, dst)
+    return out
+
+
+def data_files(corpus: Corpus, path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.suffix in corpus.suffixes]
+
+
+# ---- remote sensing: SSL4EO-S12 ---------------------------------------------------------------------------------
+SEASONS = ("20200315", "20200615", "20200915", "20201215")
+S2_RES = {"B1": 44, "B2": 264, "B3": 264, "B4": 264, "B5": 132, "B6": 132, "B7": 132, "B8": 264, "B8A": 132,
+          "B9": 44, "B10": 44, "B11": 132, "B12": 132}  # fmt: skip
+
+
+def _write_ssl4eo(root: Path, start: int, stop: int) -> None:
+    """SSL4EO-S12 locations: ``s1/<id>/<product>/{VV,VH}.tif`` (float32 dB) and ``s2c/<id>/<product>/B*.tif``
+    (L1C uint16 at 264/132/44 pixels for 10/20/60 m), four seasons, 264 x 264 at 10 m, UTM 32N: 5.4 MB each."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(start)
+    pool = {side: [rng.integers(300, 6000, (side, side), dtype=np.uint16) for _ in range(7)] for side in (44, 132, 264)}
+    s1 = [rng.uniform(-25, 0, (264, 264)).astype(np.float32) for _ in range(5)]
+    for index in range(start, stop):
+        west, north = 300_000 + (index % 500) * 5_000, 5_600_000 - (index // 500) * 5_000  # 5 km apart: no overlap
+        loc = f"{index:07d}"
+        for s, date in enumerate(SEASONS):
+            folder = root / "s1" / loc / f"S1A_IW_GRDH_1SDV_{date}T054639_{date}T054704_000000_000000_0000"
+            folder.mkdir(parents=True, exist_ok=True)
+            for b, band in enumerate(("VV", "VH")):
+                profile = dict(driver="GTiff", height=264, width=264, count=1, dtype="float32", crs="EPSG:32632",
+                               transform=from_origin(west, north, 10, 10))  # fmt: skip
+                with rasterio.open(folder / f"{band}.tif", "w", **profile) as dst:
+                    dst.write(s1[(index + s + b) % len(s1)], 1)
+            folder = root / "s2c" / loc / f"{date}T103021_{date}T103024_T32UNU"
+            folder.mkdir(parents=True, exist_ok=True)
+            for b, (band, side) in enumerate(S2_RES.items()):
+                res = 10 * 264 // side
+                profile = dict(driver="GTiff", height=side, width=side, count=1, dtype="uint16", crs="EPSG:32632",
+                               transform=from_origin(west, north, res, res))  # fmt: skip
+                with rasterio.open(folder / f"{band}.tif", "w", **profile) as dst:
+                    dst.write(pool[side][(index * 13 + s * 3 + b) % len(pool[side])], 1)
+
+
+def _count_rs(dm: Any) -> dict[str, int]:
+    return {"units": len(dm.scenes), "train_items": len(dm.train_items)}
+
+
+def _rs(preset: str, plugin: str) -> Corpus:
+    # the paper's corpus: SSL4EO-S12 (Wang et al. 2022), 251,079 locations x 4 seasons of S1 GRD, S2 L1C and L2A
+    return Corpus([preset], [f"{plugin}.s2_level=L1C"], "SSL4EO-S12", 251_079, "locations", (".tif",),
+                  _write_ssl4eo, "s2c", _count_rs, ("rasterio",))  # fmt: skip
+
+
+# ---- audio: LibriSpeech -----------------------------------------------------------------------------------------
+def _speechlike(rng: np.random.Generator, seconds: float, rate: int = 16_000) -> np.ndarray:
+    """Voiced segments (a gliding pitch's harmonics under an envelope) and pauses, plus a little noise."""
+    t = np.arange(int(seconds * rate)) / rate
+    pitch = 110 + 40 * np.sin(2 * np.pi * rng.uniform(0.2, 0.6) * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
+    syllables = np.clip(np.sin(2 * np.pi * rng.uniform(2.5, 4.0) * t), 0, None) ** 2
+    wave = voiced * syllables + 0.01 * rng.normal(size=t.shape)
+    return (0.3 * wave / np.abs(wave).max()).astype(np.float32)
+
+
+def _write_librispeech(root: Path, start: int, stop: int, chapters: int = 2, per_chapter: int = 60) -> None:
+    """LibriSpeech speakers start..stop-1, as ``<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac``: 16 kHz 16-bit
+    FLAC utterances of 10-15 s (LibriSpeech's training utterances average 12.3 s), 120 to a speaker (its 281,241
+    utterances come from 2,338 speakers)."""
+    import soundfile
+
+    rng = np.random.default_rng(start)
+    pool = []
+    for _ in range(16):  # 16 encoded clips, copied (distinct files, as a corpus has)
+        tmp = root / f".pool-{start}-{len(pool)}.flac"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(str(tmp), _speechlike(rng, rng.uniform(10, 15)), 16_000, subtype="PCM_16")
+        pool.append(tmp.read_bytes())
+        tmp.unlink()
+    for speaker in range(start, stop):
+        for c in range(chapters):
+            chapter = 100 * speaker + c
+            folder = root / "LibriSpeech" / "train-960" / f"{speaker}" / f"{chapter}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for utt in range(per_chapter):
+                data = pool[(speaker * 7 + c * 3 + utt) % len(pool)]
+                (folder / f"{speaker}-{chapter}-{utt:04d}.flac").write_bytes(data)
+
+
+def _count_audio(dm: Any) -> dict[str, int]:
+    return {"units": len(set(dm.speakers)), "train_items": len(dm.train_indices)}
+
+
+def _audio(presets: list[str]) -> Corpus:
+    # LibriSpeech 960 h (Panayotov et al. 2015): 281,241 training utterances of 2,338 speakers
+    return Corpus(presets, [], "LibriSpeech-960", 2_338, "speakers", (".flac",), _write_librispeech,
+                  "LibriSpeech/train-960", _count_audio, ("soundfile", "torchaudio"))  # fmt: skip
+
+
+CORPORA: dict[str, Corpus] = {
+    "croma": _rs("croma-base", "croma"),
+    "ssl4eo": _rs("ssl4eo-small", "ssl4eo"),
+    "tera": _audio(["tera-base", "tera-librispeech"]),
+    "ssast": _audio(["ssast-base"]),
+}
