@@ -91,8 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="write embeddings of data with a trained run")
     p.add_argument("--run", required=True, help="run directory written by `train`")
     p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True, help="output .npy (ids in <stem>.ids.npy) or .parquet")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output .parquet (id, embedding, label, provenance columns) or .npy (ids in <stem>.ids.npy, the other "
+        "columns in <stem>.rows.parquet); with several devices, one shard per rank: <stem>-00000-of-00002.parquet",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--devices", type=_devices, default=1, help="devices per node; more than one runs DDP")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, ...")
     p.add_argument(
         "--per-position",
         action="store_true",
@@ -274,9 +282,7 @@ def _device(name: str) -> str:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .evaluation import collect_embeddings, collect_position_embeddings, write_embeddings
+    from .evaluation.export import export_embeddings
     from .run import load_run
 
     if not Path(args.data).exists():
@@ -284,11 +290,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if Path(args.out).suffix not in (".npy", ".parquet"):
         raise UserError(f"--out must end in .npy or .parquet, got {args.out}")
     run = load_run(Path(args.run), args.data)
-    collect = collect_position_embeddings if args.per_position else collect_embeddings
-    emb = collect(run.model, run.datamodule.predict_dataloader(), _device(args.device))
-    paths = write_embeddings(emb, Path(args.out))
-    what = f"embeddings ({len(np.unique(emb.ids))} items)" if args.per_position else "embeddings"
-    print(f"wrote {emb.vectors.shape[0]} {what} of dimension {emb.vectors.shape[1]}: {', '.join(map(str, paths))}")
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu"}.get(args.device, args.device)
+    done = export_embeddings(
+        run.model, run.datamodule, Path(args.out), per_position=args.per_position, accelerator=accelerator,
+        devices=args.devices, num_nodes=args.num_nodes, precision=args.precision,
+    )  # fmt: skip
+    shard = f" (rank {done.rank} of {done.world_size})" if done.world_size > 1 else ""
+    what = f"rows of {done.items} items" if args.per_position else "embeddings"
+    where = ", ".join(map(str, done.paths)) or "no shard: this rank had no items"
+    print(f"wrote {done.rows} {what} of dimension {done.dim}{shard}: {where}")
     return 0
 
 

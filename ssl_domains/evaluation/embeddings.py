@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from ..checkpoint import atomic_write
 from ..data import random_split_indices
 from ..errors import UserError
 from ..plugin import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
 from .knn import knn_probe
 from .probe import linear_probe
 from .rankme import rankme
+from .writer import EmbeddingWriter
 
 __all__ = [
     "Embeddings",
@@ -147,40 +147,12 @@ def collect_position_embeddings(
 
 
 def write_embeddings(emb: Embeddings, out: Path) -> list[Path]:
-    """Write ``.npy`` (vectors, plus ``<stem>.ids.npy`` and, per position, ``<stem>.positions.npy``) or
-    ``.parquet`` (columns ``id``, ``embedding``, and ``position`` and ``label`` where known)."""
-    out = Path(out)
-    if out.suffix == ".npy":
-        ids_path = out.with_name(out.stem + ".ids.npy")
-        atomic_write(ids_path, lambda tmp: _save_npy(tmp, emb.ids))
-        written = [out, ids_path]
-        if emb.positions is not None:
-            positions_path = out.with_name(out.stem + ".positions.npy")
-            atomic_write(positions_path, lambda tmp: _save_npy(tmp, emb.positions))
-            written.append(positions_path)
-        atomic_write(out, lambda tmp: _save_npy(tmp, emb.vectors))
-        return written
-    if out.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        dim = emb.vectors.shape[1]
-        flat = pa.array(emb.vectors.reshape(-1), type=pa.float32())
-        columns = {"id": pa.array(emb.ids)}
-        if emb.positions is not None:
-            columns["position"] = pa.array(emb.positions)
-        columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
-        if emb.labels is not None:
-            columns["label"] = pa.array(emb.labels)
-        table = pa.table(columns)
-        atomic_write(out, lambda tmp: pq.write_table(table, str(tmp)))
-        return [out]
-    raise UserError(f"--out must end in .npy or .parquet, got {out.name}")
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to the temporary name
-        np.save(fh, array)
+    """Write embeddings held in memory, as ``embed`` writes them (:class:`~ssl_domains.evaluation.EmbeddingWriter`):
+    ``.parquet`` (columns ``id``, ``position`` per position, ``embedding``, ``label`` where known) or ``.npy``
+    (vectors, ``<stem>.ids.npy``, ``<stem>.positions.npy`` per position, labels in ``<stem>.rows.parquet``)."""
+    with EmbeddingWriter(out) as writer:
+        writer.write(emb.ids, emb.vectors, labels=emb.labels, positions=emb.positions)
+        return writer.close()
 
 
 def evaluate_embeddings(emb: Embeddings, seed: int = 0) -> dict[str, Any]:

@@ -138,7 +138,8 @@ def test_position_embeddings_leave_out_padding_and_keep_ids_labels_and_order(tmp
     table = pq.read_table(path).to_pydict()
     assert table["position"] == emb.positions.tolist() and table["id"] == emb.ids.tolist()
     written = write_embeddings(emb, tmp_path / "frames.npy")
-    assert np.load(tmp_path / "frames.positions.npy").tolist() == emb.positions.tolist() and len(written) == 3
+    assert np.load(tmp_path / "frames.positions.npy").tolist() == emb.positions.tolist() and len(written) == 4
+    assert pq.read_table(tmp_path / "frames.rows.parquet").to_pydict()["label"] == emb.labels.tolist()
 
     class ClipsOnly(torch.nn.Module):
         def embed(self, batch):
