@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
+import numpy as np
 
 __all__ = ["FittedDataModule"]
 
@@ -59,6 +60,14 @@ class FittedDataModule(pl.LightningDataModule, ABC):
             return
         self.read(stage)
         self.ready = True
+
+    def provenance(self, ids: np.ndarray) -> dict[str, Any]:
+        """Columns that tie the items ``ids`` (the ``id`` of the predict batches) back to the user's data, written
+        beside their embeddings by ``embed``: name -> ``len(ids)`` values (a NumPy array or a list of str), such as
+        the source ``path``, a ``node_id``, a ``row`` in its file. The reserved name ``geometry`` takes lon/lat
+        rings, float64 ``[N, K, 2]`` (NaN where an item has no georeference), and is written as GeoParquet.
+        Called after ``setup("predict")``; the default gives none."""
+        return {}
 
     def fit(self, key: str, compute: Callable[[], T]) -> T:
         """The fitted value ``key``: the run's when it was restored, else ``compute()`` (on the training data),

@@ -299,7 +299,7 @@ def check_cli_round_trip(plugin: ModalityPlugin, tmp_path: Path) -> None:
     state = ckpt["state_dict"]
     _require(state and all(k.startswith("model.") for k in state), "checkpoint keys must be model.*")
     _require(not any("_orig_mod." in k for k in state), "checkpoint holds torch.compile prefixes")
-    _cfg, _dm, model = _built(plugin, tmp_path / "rebuild")
+    _cfg, rebuilt_dm, model = _built(plugin, tmp_path / "rebuild")
     load_weights(model, out / "model.safetensors")
     for key, value in model.state_dict().items():
         _require(torch.equal(value, state[f"model.{key}"]), f"model.safetensors and last.ckpt differ at {key}")
@@ -323,6 +323,12 @@ def check_cli_round_trip(plugin: ModalityPlugin, tmp_path: Path) -> None:
     table = pq.read_table(tmp_path / "emb.parquet").to_pandas()
     _require(len(table) > 0 and table["id"].is_unique, "embed must write one row per item, with unique ids")
     _require(len(table["embedding"].iloc[0]) == model.embed_dim, "embed rows must have embed_dim values")
+    declared = set(rebuilt_dm.provenance(table["id"].to_numpy()[:2]))
+    missing = declared - set(table.columns)
+    _require(not missing, f"embed dropped the datamodule's provenance columns {sorted(missing)}")
+    if "geometry" in declared:
+        geo = pq.read_schema(tmp_path / "emb.parquet").metadata or {}
+        _require(b"geo" in geo, "a geometry column must carry GeoParquet 'geo' metadata")
 
 
 def check_weight_formats_round_trip(plugin: ModalityPlugin, tmp_path: Path) -> None:

@@ -167,6 +167,13 @@ class AudioDataModule(FittedDataModule):
         if self.kind in ("fbank", "logmel_global"):
             self.fit("norm", self._normalisation)
 
+    def provenance(self, ids: np.ndarray) -> dict[str, Any]:
+        """The clips' files (as found under ``data`` or listed by its manifest) and, where known, speakers."""
+        out: dict[str, Any] = {"path": [str(self.clips[i].path) for i in ids]}
+        if (self.speakers[: self.num_source_clips] != "").any():
+            out["speaker"] = self.speakers[ids].tolist()
+        return out
+
     def _index(self, source: Path) -> tuple[list[Clip], np.ndarray]:
         """The clips of ``source`` and their lengths in 16 kHz samples, read from the headers once and cached on
         disk (:func:`ssl_domains.indexcache.cached_index`): a second run on the same files opens none of them."""

@@ -100,6 +100,7 @@ class GraphDataModule(FittedDataModule):
         for i, g in enumerate(source.graphs):
             validate_graph(g, source.origin, "the graph" if len(source.graphs) == 1 else f"graph {i}")
         self.graphs = self._prepare(source)
+        self.node_ids = source.node_ids
         if level == "node":
             g = self.graphs[0]
             if g.edge_index.shape[1] == 0:
@@ -108,6 +109,12 @@ class GraphDataModule(FittedDataModule):
             if self.cfg.node_batching == "neighbor":
                 edges = remove_self_loops(g.edge_index)[0]
                 self.sampler = NeighborSampler(edges, g.num_nodes, self.cfg.num_neighbors)
+
+    def provenance(self, ids: np.ndarray) -> dict[str, Any]:
+        """The node table's ``node_id`` of each embedded node, when it has one (ids are rows of the table)."""
+        if self.level == "node" and self.node_ids is not None:
+            return {"node_id": self.node_ids[ids]}
+        return {}
 
     def _prepare(self, source: GraphSource) -> list[Data]:
         cfg, graphs = self.cfg, source.graphs
@@ -235,8 +242,10 @@ def write_example_graph(root: Path, nodes_per_class: int = 30, classes: int = 3,
     x = np.clip(centres[labels] + rng.normal(0, 0.3, (n, features)), 0, None)
     out = Path(root) / "sbm_graph"
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"source": src, "target": dst}).to_csv(out / "edges.csv", index=False)
+    node_id = np.array([f"node{i:05d}" for i in range(n)])  # the user's own ids: edges name nodes by them
+    pd.DataFrame({"source": node_id[src], "target": node_id[dst]}).to_csv(out / "edges.csv", index=False)
     table = pd.DataFrame(x, columns=[f"f{i}" for i in range(features)])
+    table.insert(0, "node_id", node_id)
     table["label"] = labels
     table["split"] = np.array(["train", "val", "test"])[rng.integers(0, 3, n)]
     table.to_csv(out / "nodes.csv", index=False)

@@ -27,6 +27,7 @@ class GraphSource:
     graphs: list[Data]
     origin: Path
     kind: str  # planetoid | tu | pt | table
+    node_ids: np.ndarray | None = None  # the node table's own node_id column, row-aligned with the nodes
 
     @property
     def is_collection(self) -> bool:
@@ -49,7 +50,8 @@ def read_graph_source(path: Path) -> GraphSource:
         if tu:
             return GraphSource(_read_tu(raw, tu[0].name[: -len("_A.txt")]), raw, "tu")
     if (path / "edges.csv").is_file():
-        return GraphSource([_read_table(path)], path, "table")
+        graph, node_ids = _read_table(path)
+        return GraphSource([graph], path, "table", node_ids)
     raise DataError(
         f"{path}: no graph found. Expected a Planetoid folder (raw/ind.NAME.x ...), a TU folder (raw/NAME_A.txt ...), "
         "a .pt file, or a folder with edges.csv and nodes.csv/nodes.parquet"
@@ -129,7 +131,7 @@ def _read_pt(path: Path) -> list[Data]:
     raise DataError(f"{path}: holds a {type(obj).__name__}, not a torch_geometric Data, list of Data or dataset")
 
 
-def _read_table(folder: Path) -> Data:
+def _read_table(folder: Path) -> tuple[Data, np.ndarray | None]:
     import pandas as pd
 
     edges_path = folder / "edges.csv"
@@ -185,7 +187,7 @@ def _read_table(folder: Path) -> Data:
             raise DataError(f"{nodes_path}: split values must be train/val/test, found {sorted(unknown)[:5]}")
         codes = nodes["split"].astype(str).str.lower().map(SPLIT_CODES).fillna(-1)
         data.split = torch.from_numpy(codes.to_numpy(dtype=np.int64, copy=True))
-    return data
+    return data, nodes["node_id"].to_numpy() if "node_id" in nodes else None
 
 
 def _read_frame(path: Path):

@@ -236,6 +236,10 @@ class MedicalDataModule(FittedDataModule):
             "embedding": "sliding window of roi-sized crops over the whole volume, pooled",
         }
 
+    def provenance(self, ids: np.ndarray) -> dict[str, Any]:
+        """Each embedded volume's file (a DICOM series: its folder)."""
+        return {"path": [str(self.records[i].image) for i in ids]}
+
     def _diagnose(self, items: list[dict[str, str]], transform: mt.Compose, exc: Exception) -> Exception:
         """The first volume that fails on its own, as a DataError naming its file (MONAI wraps errors raised in
         worker threads as ``RuntimeError: applying transform ...``, which names no file)."""

@@ -39,9 +39,9 @@ from ssl_domains.datamodule import FittedDataModule
 from ssl_domains.indexcache import cached_index
 
 from .bands import S1_GRD, SSL4EO_STATS, bands_for
-from .formats import Acquisition, find_acquisitions, read_bands
+from .formats import Acquisition, chip_footprints, find_acquisitions, read_bands
 
-INDEX_VERSION = 1  # bump when what the index holds changes: older cached indexes are then rebuilt
+INDEX_VERSION = 2  # bump when what the index holds changes: older cached indexes are then rebuilt
 
 log = logging.getLogger(__name__)
 
@@ -426,6 +426,14 @@ class RSDataModule(FittedDataModule):
             else torch.tensor([it[k] for it in items])
             for k in items[0]
         }
+
+    def provenance(self, ids: np.ndarray) -> dict[str, Any]:
+        """Each embedded chip's location (its first view's file or folder), pixel offset, and footprint: the
+        grid's ``crs``, native ``bounds`` and a lon/lat ``geometry`` (GeoParquet)."""
+        items = self.test_items[np.asarray(ids)]
+        views = [self.scenes[s].views[0] for s in items[:, 0]]
+        where = chip_footprints(views, items[:, 1], items[:, 2], self.cfg.chip)
+        return {"location": [v.name for v in views], "row": items[:, 1], "col": items[:, 2], **where}
 
     def train_dataloader(self) -> DataLoader:
         return train_loader(

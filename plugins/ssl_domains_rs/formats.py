@@ -44,6 +44,8 @@ class Acquisition:
     band_index: dict[str, int] = field(default_factory=dict)  # band -> 1-based index in a multi-band file
     bounds: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # lon/lat footprint
     shape: tuple[int, int] = (0, 0)  # at 10 m
+    crs: str = ""  # the 10 m grid's CRS (e.g. "EPSG:32633"), "" when the file has none
+    transform: tuple[float, ...] = ()  # the 10 m grid's affine (a, b, c, d, e, f): x = a*col + b*row + c, ...
     cloud_mask: Path | None = None
     labels: tuple[str, ...] = ()  # BigEarthNet CORINE labels
     label: str | None = None  # a class named by the parent folder (EuroSAT layout)
@@ -75,6 +77,32 @@ def _footprint(src) -> tuple[float, float, float, float]:
     if src.crs is None:
         return tuple(float(v) for v in src.bounds)  # type: ignore[return-value]
     return tuple(transform_bounds(src.crs, "EPSG:4326", *src.bounds))  # type: ignore[return-value]
+
+
+def _crs(src) -> str:
+    return "" if src.crs is None else src.crs.to_string()
+
+
+def chip_footprints(acqs: list[Acquisition], rows: np.ndarray, cols: np.ndarray, size: int) -> dict[str, Any]:
+    """Where the ``size``-pixel chips at ``(rows, cols)`` of ``acqs`` (one per chip) lie: ``crs``, native
+    ``bounds`` (minx, miny, maxx, maxy) and ``geometry``, the corners as lon/lat rings ``[N, 4, 2]`` (NaN for a
+    file with no CRS), reprojected per CRS in one call (a corpus spans UTM zones: SSL4EO-S12 is global)."""
+    from rasterio.warp import transform as reproject
+
+    n = len(acqs)
+    affine = np.array([a.transform if len(a.transform) == 6 else (1, 0, 0, 0, 1, 0) for a in acqs], dtype=np.float64)
+    corner_cols = cols[:, None] + np.array([0, size, size, 0])[None, :]
+    corner_rows = rows[:, None] + np.array([0, 0, size, size])[None, :]
+    xs = affine[:, 0:1] * corner_cols + affine[:, 1:2] * corner_rows + affine[:, 2:3]
+    ys = affine[:, 3:4] * corner_cols + affine[:, 4:5] * corner_rows + affine[:, 5:6]
+    crs = np.array([a.crs for a in acqs], dtype=object)
+    rings = np.full((n, 4, 2), np.nan)
+    for code in {c for c in crs if c}:
+        pick = crs == code
+        lon, lat = reproject(code, "EPSG:4326", xs[pick].ravel().tolist(), ys[pick].ravel().tolist())
+        rings[pick] = np.stack([lon, lat], -1).reshape(-1, 4, 2)
+    bounds = np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], -1)
+    return {"crs": crs.tolist(), "bounds": bounds.tolist(), "geometry": rings}
 
 
 def _date_of(*names: str) -> str:
@@ -116,7 +144,7 @@ def _per_band(folder: Path, files: list[Path]) -> Acquisition:
     finest = "VV" if sensor == "s1" else next((b for b in ("B02", "B03", "B04", "B08") if b in bands), None)
     reference = bands[finest] if finest in bands else next(iter(bands.values()))
     with _open(reference) as src:
-        bounds, shape = _footprint(src), (src.height, src.width)
+        bounds, shape, crs, transform = _footprint(src), (src.height, src.width), _crs(src), tuple(src.transform)[:6]
     for path in bands.values():  # a band that rasterio cannot open is an error now, not mid-training
         with _open(path):
             pass
@@ -130,6 +158,8 @@ def _per_band(folder: Path, files: list[Path]) -> Acquisition:
         bands=bands,
         bounds=bounds,
         shape=shape,
+        crs=crs,
+        transform=transform,
         cloud_mask=cloud if cloud.exists() else None,
         labels=tuple(meta.get("labels", ())),
     )
@@ -143,7 +173,7 @@ def _multiband(path: Path, root: Path, eurosat_13: bool) -> Acquisition:
                 f"{path} has {src.count} bands; a multi-band chip needs 2 (VV, VH), 12 (L2A) or 13 (L1C) bands, or "
                 "band descriptions naming them (B01..B12, B8A, VV, VH)"
             )
-        bounds, shape = _footprint(src), (src.height, src.width)
+        bounds, shape, crs, transform = _footprint(src), (src.height, src.width), _crs(src), tuple(src.transform)[:6]
     sensor = "s1" if set(order) <= set(S1_GRD) else "s2"
     parent = path.parent.name if path.parent != root else None
     return Acquisition(
@@ -155,6 +185,8 @@ def _multiband(path: Path, root: Path, eurosat_13: bool) -> Acquisition:
         band_index={b: i + 1 for i, b in enumerate(order)},
         bounds=bounds,
         shape=shape,
+        crs=crs,
+        transform=transform,
         label=parent,
     )
 

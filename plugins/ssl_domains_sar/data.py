@@ -113,6 +113,7 @@ class SLCDataModule(FittedDataModule):
         super().__init__(data, cfg)
         self.images: list[np.ndarray] = []
         self.files: list[Path] = []
+        self._tile_index: np.ndarray | None = None  # (file, row, col) of each embedded tile, for provenance
 
     def input_spec(self) -> dict[str, Any]:
         """The SLC input and the sensor constants ``M``, ``m`` of MERLIN's normalisation (Dalsasso et al. 2021)."""
@@ -178,6 +179,13 @@ class SLCDataModule(FittedDataModule):
         return eval_loader(
             Tiles(self.images, self.cfg.patch_size), batch_size=self.cfg.batch_size, collate_fn=Tiles.collate
         )
+
+    def provenance(self, ids: np.ndarray) -> dict[str, Any]:
+        """Each embedded tile's file and its top-left pixel (row, col) in the SLC's own grid."""
+        if self._tile_index is None:  # built once: provenance is asked per predicted batch
+            self._tile_index = np.asarray(Tiles(self.images, self.cfg.patch_size).index, dtype=np.int64)
+        index = self._tile_index[np.asarray(ids)]
+        return {"path": [str(self.files[i]) for i in index[:, 0]], "row": index[:, 1], "col": index[:, 2]}
 
 
 def write_example_slc(root: Path, size: int = 128, count: int = 2) -> Path:

@@ -113,7 +113,7 @@ class TableDataModule(FittedDataModule):
             first_row["val"] = 0
         if not self.fitted:  # the schema (columns, scaler, vocabularies, classes) is fitted as a whole
             self.fitted.update(fit_schema(train, files.train, self.cfg))
-        frames, splits, row_ids = [], [], []
+        frames, splits, row_ids, self.files, file_of, row_in_file = [], [], [], [], [], []
         for name, frame, split, source in (
             ("train", train, SPLIT_TRAIN, files.train),
             ("val", val, SPLIT_VAL, files.val or files.train),
@@ -124,10 +124,15 @@ class TableDataModule(FittedDataModule):
             frames.append(encode_table(frame, source, self.fitted))
             splits.append(np.full(len(frame), split, np.int64))
             row_ids.append(first_row[name] + frame.index.to_numpy(dtype=np.int64))
+            if str(source) not in self.files:
+                self.files.append(str(source))
+            file_of.append(np.full(len(frame), self.files.index(str(source)), np.int64))
+            row_in_file.append(frame.index.to_numpy(dtype=np.int64))
         self.numeric = torch.as_tensor(np.concatenate([f.numeric for f in frames]))
         self.categorical = torch.as_tensor(np.concatenate([f.categorical for f in frames]))
         self.split = torch.as_tensor(np.concatenate(splits))
         self.row_id = torch.as_tensor(np.concatenate(row_ids))
+        self.file_of, self.row_in_file = np.concatenate(file_of), np.concatenate(row_in_file)
         self.unknown_counts = [f.unknown_counts for f in frames]
         has_target = all(f.target is not None for f in frames)
         target = np.concatenate([f.target for f in frames]) if has_target else None
@@ -145,6 +150,11 @@ class TableDataModule(FittedDataModule):
         ids = self.row_id.numpy()
         order = np.argsort(ids)
         return order[np.searchsorted(ids, row_ids, sorter=order)]
+
+    def provenance(self, ids: np.ndarray) -> dict[str, Any]:
+        """Each embedded row's file and its 0-based position there (a held-out row keeps its training file's)."""
+        at = self.positions(np.asarray(ids))
+        return {"file": [self.files[k] for k in self.file_of[at]], "row": self.row_in_file[at]}
 
     # ---- batches ---------------------------------------------------------------------------------------------
     def rows(self, split: int) -> torch.Tensor:

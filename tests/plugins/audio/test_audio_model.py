@@ -180,6 +180,9 @@ def test_speaker_probe_and_per_position_embeddings_through_the_cli(tmp_path: Pat
 
     table = pq.read_table(frames).to_pandas()
     assert set(table["id"]) == set(range(27)) and len(table) > 2 * 27  # frames, or 16-frame patch columns
+    files = table.groupby("id")["path"].agg(set)  # each frame names its clip's file, and the clip's speaker
+    assert all(len(paths) == 1 and Path(next(iter(paths))).is_file() for paths in files)
+    assert (table["speaker"] == [Path(p).stem.split("_")[1] for p in table["path"]]).all()  # {label}_{speaker}_n
     for clip, rows in table.groupby("id"):
         assert rows["position"].tolist() == list(range(len(rows))), "positions 0..T-1 per clip, padding left out"
         # the clip vector is the mean over the clip's positions (mean pooling of the same states)

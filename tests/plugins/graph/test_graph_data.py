@@ -108,6 +108,7 @@ def test_table_format_with_node_ids_string_labels_and_split(tmp_path: Path):
     g = read_graph_source(folder).graphs[0]
     assert g.edge_index.tolist() == [[1, 2, 0], [2, 0, 1]]  # ids mapped to rows of the node table
     assert g.y.tolist() == [0, 1, 0] and g.split.tolist() == [0, 1, 2]
+    assert read_graph_source(folder).node_ids.tolist() == ["c", "a", "b"]  # embed writes them beside the vectors
 
 
 @pytest.mark.parametrize(

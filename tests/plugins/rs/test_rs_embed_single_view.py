@@ -97,3 +97,27 @@ def test_ssl4eo_embeds_single_date_chips_even_when_training_skips_them(caplog):
     model = registry.load("ssl4eo").model(cfg, dm).eval()
     with torch.no_grad():
         assert model.embed(batch).shape == (batch["view1"].shape[0], 32)
+
+
+def test_provenance_gives_each_chip_its_crs_native_bounds_and_lon_lat_footprint():
+    """``embed`` writes these beside each vector (GeoParquet geometry): checked against rasterio's own transform."""
+    from rasterio.warp import transform as reproject
+
+    cfg = CROMAConfig(chip=32, dim=32, depth=2, heads=2, decoder_dim=32, decoder_heads=2, embed_modality="optical")
+    dm = _dm("croma", cfg, EUROSAT, "predict")
+    where = dm.provenance(np.arange(len(dm.test_items)))
+    assert set(where) == {"location", "row", "col", "crs", "bounds", "geometry"}
+    assert where["geometry"].shape == (len(dm.test_items), 4, 2)
+    for k, (scene, row, col, _split) in enumerate(dm.test_items):
+        view = dm.scenes[scene].views[0]
+        with rasterio.open(next(iter(view.bands.values()))) as src:
+            assert where["crs"][k] == src.crs.to_string()
+            left, top = src.transform @ (col, row)
+            right, bottom = src.transform @ (col + 32, row + 32)
+        np.testing.assert_allclose(where["bounds"][k], [left, bottom, right, top])
+        lon, lat = reproject(src.crs, "EPSG:4326", [left, right], [top, bottom])
+        np.testing.assert_allclose(where["geometry"][k][[0, 2]], np.stack([lon, lat], -1))
+        west, south, east, north = view.bounds  # the ring lies in the file's lon/lat footprint
+        ring = where["geometry"][k]
+        assert (west - 1e-6 <= ring[:, 0]).all() and (ring[:, 0] <= east + 1e-6).all()
+        assert (south - 1e-6 <= ring[:, 1]).all() and (ring[:, 1] <= north + 1e-6).all()

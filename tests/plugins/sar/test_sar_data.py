@@ -117,3 +117,18 @@ def test_centring_removes_a_doppler_shift_and_leaves_centred_data_alone():
     assert abs(cross(restored[0])) < 0.03
     np.testing.assert_allclose(restored[0], z, atol=1e-3 * np.abs(z).max())
     np.testing.assert_allclose(restored[1], z, atol=1e-3 * np.abs(z).max())
+
+
+def test_provenance_names_each_embedded_tile_by_file_and_top_left_pixel(tmp_path: Path):
+    from ssl_domains import registry
+    from ssl_domains_sar.data import Tiles
+
+    plugin = registry.load("merlin")
+    data = plugin.make_example_data(tmp_path / "data")
+    dm = plugin.datamodule(plugin.config(patch_size=32), data)
+    dm.setup("predict")
+    ids = np.arange(len(Tiles(dm.images, 32)))
+    where = dm.provenance(ids[::-1])  # any order: the columns follow the ids asked for
+    assert [z.shape for z in dm.images] == [(128, 128)] * 2 and len(ids) == 2 * (128 // 32) ** 2
+    assert where["path"][-1] == str(dm.files[0]) and where["path"][0] == str(dm.files[1])
+    assert (where["row"][::-1][:4] == 0).all() and where["col"][::-1][:4].tolist() == [0, 32, 64, 96]

@@ -144,6 +144,7 @@ def test_cli_train_embed_new_rows_and_evaluate(tmp_path: Path):
     assert "unseen in training" in result.stderr and "'job': 1" in result.stderr
     table = pd.read_parquet(out)
     assert table["id"].tolist() == list(range(20))  # row numbers of new.csv
+    assert table["row"].tolist() == list(range(20)) and set(table["file"]) == {str(tmp_path / "new.csv")}
     result = run_cli("evaluate", "--run", str(run), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
