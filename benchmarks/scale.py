@@ -72,6 +72,7 @@ def measure_setup(plugin: str, data: Path, overrides: list[str], loader_batches:
     out: dict[str, Any] = {"setup_s": time.perf_counter() - start, **CORPORA[plugin].count(dm),
                            "rss_after_setup_gb": _rss_gb(), "in_memory": getattr(dm, "in_memory", False)}  # fmt: skip
     if loader_batches:
+
         def batches():  # epochs after epochs: a small corpus may hold fewer than loader_batches batches
             while True:
                 yield from dm.train_dataloader()
