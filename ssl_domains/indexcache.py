@@ -21,11 +21,16 @@ import json
 import logging
 import os
 import pickle
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["cache_root", "cached_index", "files_signature", "tree_signature"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["cache_root", "cached_arrays", "cached_index", "files_signature", "tree_signature"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,6 +81,13 @@ def files_signature(paths: Sequence[Path]) -> tuple[int, str]:
     return len(paths), digest.hexdigest()
 
 
+def _entry(root: Path, key: Mapping[str, Any], files: Sequence[Path] | None, suffix: str) -> tuple[int, Path]:
+    """``(files, where the cache entry of these files and this key lives)``."""
+    count, signature = tree_signature(root) if files is None else files_signature(files)
+    identity = json.dumps({"root": str(Path(root).resolve()), "files": signature, "key": dict(key)}, sort_keys=True)
+    return count, cache_root() / "index" / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}{suffix}"
+
+
 def cached_index(
     root: Path,
     key: Mapping[str, Any],
@@ -92,9 +104,7 @@ def cached_index(
     """
     if not enabled:
         return build()
-    count, signature = tree_signature(root) if files is None else files_signature(files)
-    identity = json.dumps({"root": str(Path(root).resolve()), "files": signature, "key": dict(key)}, sort_keys=True)
-    path = cache_root() / "index" / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.pkl"
+    count, path = _entry(root, key, files, ".pkl")
     if path.is_file():
         try:
             with path.open("rb") as f:
@@ -112,3 +122,49 @@ def cached_index(
     except Exception as exc:  # the cache is an optimisation: a read-only or full disk must not fail the run
         log.warning("%s: could not cache the index in %s (%s); the next run will scan the data again", root, path, exc)
     return value
+
+
+def cached_arrays(
+    root: Path,
+    key: Mapping[str, Any],
+    build: Callable[[], Mapping[str, np.ndarray]],
+    *,
+    enabled: bool = True,
+    files: Sequence[Path] | None = None,
+) -> dict[str, np.ndarray]:
+    """As :func:`cached_index`, for an index made of NumPy arrays that grow with the corpus (per-item points,
+    offsets): they are kept as ``.npy`` files and come back memory-mapped, read-only, so a run holds in RAM only
+    the pages it touches, and forked loader workers share them. Without a cache (``enabled=False``, or one that
+    cannot be written) the built arrays are returned as they are."""
+    import numpy as np
+
+    if not enabled:
+        return dict(build())
+    count, folder = _entry(root, key, files, ".arrays")
+    if folder.is_dir():
+        try:
+            arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
+            log.info("%s: index of %d files read from the cache (%s)", root, count, folder)
+            return arrays
+        except Exception as exc:
+            log.warning("%s: the index cache %s cannot be read (%s); rebuilding it", root, folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+    arrays = dict(build())
+    try:  # written beside, then renamed into place whole: a reader sees all the arrays or none
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            for name, array in arrays.items():
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(array))
+            os.replace(tmp, folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not folder.is_dir():  # another process (a DDP rank) may have put the same index there first
+                raise
+        log.info("%s: index of %d files cached in %s", root, count, folder)
+        return {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
+    except Exception as exc:
+        log.warning(
+            "%s: could not cache the index in %s (%s); the next run will scan the data again", root, folder, exc
+        )
+        return arrays

@@ -92,3 +92,28 @@ def test_unwritable_cache_is_a_warning(corpus: Path, monkeypatch: pytest.MonkeyP
     with caplog.at_level(logging.WARNING):
         assert cached_index(corpus, {}, build) == {"items": 1}
     assert "could not cache the index" in caplog.text
+
+
+def test_cached_arrays_come_back_memory_mapped_and_follow_the_files(corpus: Path) -> None:
+    import numpy as np
+
+    from ssl_domains.indexcache import cached_arrays
+
+    calls = []
+
+    def build() -> dict[str, np.ndarray]:
+        calls.append(1)
+        return {"points": np.arange(12, dtype=np.int16).reshape(4, 3), "counts": np.array([1, 2, 3, 4])}
+
+    first = cached_arrays(corpus, {"v": 1}, build)
+    assert isinstance(first["points"], np.memmap) and not first["points"].flags.writeable
+    again = cached_arrays(corpus, {"v": 1}, build)
+    assert len(calls) == 1 and np.array_equal(again["points"], np.arange(12).reshape(4, 3))
+    assert again["points"].dtype == np.int16 and again["counts"].tolist() == [1, 2, 3, 4]
+    cached_arrays(corpus, {"v": 2}, build)  # another key
+    (corpus / "new.tif").write_bytes(b"1")  # another file
+    cached_arrays(corpus, {"v": 1}, build)
+    assert len(calls) == 3
+    plain = cached_arrays(corpus, {"v": 1}, build, enabled=False)
+    assert len(calls) == 4 and not isinstance(plain["points"], np.memmap)
+    assert not list((cache_root() / "index").glob(".*"))  # no temporary folder left behind
