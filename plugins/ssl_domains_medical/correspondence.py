@@ -18,6 +18,7 @@ Both are computed per item in the data loader (microseconds), so positives cost 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -55,3 +56,33 @@ def corresponding_point(
 def inside(point: np.ndarray, geometry: dict[str, np.ndarray]) -> bool:
     """Whether voxel ``point`` lies within the volume of ``geometry``."""
     return bool(((point >= 0.0) & (point <= geometry["shape"] - 1.0)).all())
+
+
+class Geometries(Sequence):
+    """Each volume's :func:`foreground_box` and ``affine`` as a dict, over arrays ``lo``, ``hi``, ``shape``
+    ``[N, 3]`` and ``affine`` ``[N, 4, 4]`` (memory-mapped from the index cache: a corpus of thousands of CTs
+    holds them on disk, not in each loader worker)."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, shape: np.ndarray, affine: np.ndarray) -> None:
+        self.lo, self.hi, self.shape, self.affine = lo, hi, shape, affine
+
+    def __len__(self) -> int:
+        return len(self.lo)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:  # type: ignore[override]
+        return {
+            name: np.array(getattr(self, name)[index], dtype=np.float64) for name in ("lo", "hi", "shape", "affine")
+        }
+
+
+class ForegroundPoints(Sequence):
+    """Each volume's sampled foreground voxels, ``points[i, :counts[i]]`` of a padded ``[N, P, 3]`` array."""
+
+    def __init__(self, points: np.ndarray, counts: np.ndarray) -> None:
+        self.points, self.counts = points, counts
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        return np.asarray(self.points[index, : int(self.counts[index])], dtype=np.int64)

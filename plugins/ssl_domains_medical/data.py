@@ -24,8 +24,11 @@ a run's crops follow ``trainer.seed`` like every other plugin's randomness.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import tempfile
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +37,31 @@ import torch
 from monai import transforms as mt
 from monai.data import CacheDataset, PersistentDataset
 from monai.data import Dataset as MonaiDataset
+from monai.data.utils import pickle_hashing
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ssl_domains import DataError
 from ssl_domains.data import eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
+from ssl_domains.indexcache import cache_root, cached_arrays, cached_index
+from ssl_domains.memory import fits_in_memory
 
-from .correspondence import corresponding_point, foreground_box, inside
-from .formats import VolumeRecord, find_volumes
+from .correspondence import ForegroundPoints, Geometries, corresponding_point, foreground_box, inside
+from .formats import VolumeRecord, find_volumes, preprocessed_bytes
 from .transforms import corruptions, crop_around, intensity_jitter, preprocessing, view_transforms
 
 log = logging.getLogger(__name__)
 FOREGROUND_POINTS = 20000  # foreground voxels kept per volume to draw Alice's query points from
+INDEX_VERSION = 1  # bump when what the cached foreground index or the preprocessed cache holds changes
+PREPROCESSING = ("intensity", "ct_window", "mr_percentiles", "orientation", "spacing", "foreground_threshold",
+                 "foreground_margin", "roi", "pad")  # fmt: skip  # the settings a preprocessed volume depends on
+
+
+def _stamped_hash(item: dict[str, str]) -> bytes:
+    """PersistentDataset's key of an item: its files with their sizes and mtimes, so that a file replaced at the
+    same path is preprocessed again rather than read stale from the cache."""
+    stamps = {k: (v, os.stat(v).st_size, os.stat(v).st_mtime_ns) for k, v in sorted(item.items())}
+    return pickle_hashing(stamps)
 
 
 class _ViewCrops(Dataset):
@@ -185,7 +201,7 @@ class MedicalDataModule(FittedDataModule):
         self.mode = mode
         self.records: list[VolumeRecord] = []
         self._volumes: Dataset | None = None
-        self._cache_tmp: tempfile.TemporaryDirectory | None = None
+        self.cache = ""  # what read() chose: memory, disk or none
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def read(self, stage: str | None) -> None:
@@ -201,13 +217,11 @@ class MedicalDataModule(FittedDataModule):
         items = [{k: str(getattr(r, k)) for k in keys} for r in self.records]
         transform = preprocessing(self.cfg, keys)
         try:
-            if self.cfg.cache == "memory":
+            self.cache = self._choose_cache()
+            if self.cache == "memory":
                 volumes: Dataset = CacheDataset(items, transform, cache_rate=1.0, progress=False)
-            elif self.cfg.cache == "disk":
-                if not self.cfg.cache_dir and self._cache_tmp is None:
-                    self._cache_tmp = tempfile.TemporaryDirectory(prefix="ssl-domains-medical-")
-                cache_dir = self.cfg.cache_dir or self._cache_tmp.name  # type: ignore[union-attr]
-                volumes = PersistentDataset(items, transform, cache_dir=cache_dir)
+            elif self.cache == "disk":
+                volumes = PersistentDataset(items, transform, cache_dir=self.cache_folder(), hash_func=_stamped_hash)
             else:
                 volumes = MonaiDataset(items, transform)
             self._volumes = volumes
@@ -267,12 +281,65 @@ class MedicalDataModule(FittedDataModule):
                 )
         return exc
 
+    # ---- caches --------------------------------------------------------------------------------------------
+    def _files(self) -> list[Path]:
+        return [p for r in self.records for p in (r.image, r.label) if p is not None]
+
+    def _key(self, what: str) -> dict[str, Any]:
+        settings = {name: getattr(self.cfg, name) for name in PREPROCESSING}
+        return {"medical": what, "version": INDEX_VERSION, **json.loads(json.dumps(settings))}
+
+    def preprocessed_size(self) -> int:
+        """Bytes of all the preprocessed volumes, an upper bound from the headers (cached with the index)."""
+        spacing = tuple(self.cfg.spacing)
+        size = lambda: sum(preprocessed_bytes(r, spacing) for r in self.records)  # noqa: E731
+        return cached_index(self.data, self._key("size"), size, enabled=self.cfg.index_cache, files=self._files())
+
+    def cache_folder(self) -> Path:
+        """PersistentDataset's folder: ``cache_dir``, else one per preprocessing setup under
+        ``$SSL_DOMAINS_CACHE/medical`` (kept across runs: the second run on a corpus preprocesses nothing)."""
+        if self.cfg.cache_dir:
+            return Path(self.cfg.cache_dir)
+        import monai
+
+        key = json.dumps({**self._key("volumes"), "monai": monai.__version__}, sort_keys=True)
+        return cache_root() / "medical" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _choose_cache(self) -> str:
+        """``cache: auto``: in memory when every preprocessed volume fits the memory budget, else on disk. A disk
+        cache that the filesystem cannot hold is refused now, not hours into the first epoch."""
+        choice = self.cfg.cache
+        if choice == "auto":
+            choice = "memory" if fits_in_memory(self.preprocessed_size(), f"{len(self.records)} volumes") else "disk"
+        if choice == "disk":
+            folder = self.cache_folder()
+            folder.mkdir(parents=True, exist_ok=True)
+            need, free = self.preprocessed_size(), shutil.disk_usage(folder).free
+            if not any(folder.iterdir()) and need > free:
+                raise DataError(
+                    f"{folder}: the preprocessed volumes need up to {need / 1e9:.1f} GB and the disk has "
+                    f"{free / 1e9:.1f} GB free; point cache_dir (--set PLUGIN.cache_dir=DIR) or $SSL_DOMAINS_CACHE "
+                    "at a larger disk, or set cache: none to preprocess each volume whenever a crop is drawn from it"
+                )
+            log.info("preprocessed volumes cached on disk in %s", folder)
+        return choice
+
     def _describe(self) -> None:
-        """Per volume: foreground points (Alice's query points), foreground box and affine (correspondence)."""
-        gen = np.random.default_rng(0)
-        self.foreground_points: list[np.ndarray] = []
-        self.geometry: list[dict[str, np.ndarray]] = []
-        for i in range(len(self.records)):
+        """Per volume: foreground points (Alice's query points), foreground box and affine (correspondence),
+        measured on the preprocessed volumes once and cached on disk (:func:`~ssl_domains.indexcache.cached_arrays`):
+        a second run on the same files and settings reads no volume here."""
+        key = {**self._key("foreground"), "points": FOREGROUND_POINTS}
+        arrays = cached_arrays(self.data, key, self._measure, enabled=self.cfg.index_cache, files=self._files())
+        self.foreground_points = ForegroundPoints(arrays["points"], arrays["counts"])
+        self.geometry = Geometries(arrays["lo"], arrays["hi"], arrays["shape"], arrays["affine"])
+        log.info("%d volumes from %s", len(self.records), self.data)
+
+    def _measure(self) -> dict[str, np.ndarray]:
+        gen, n = np.random.default_rng(0), len(self.records)
+        volume_points = np.zeros((n, FOREGROUND_POINTS, 3), np.int16)  # sides < 32768 voxels: any scan at >= 0.1 mm
+        counts, lo, hi, shape = np.zeros(n, np.int64), np.zeros((n, 3)), np.zeros((n, 3)), np.zeros((n, 3))
+        affines = np.zeros((n, 4, 4))
+        for i in range(n):
             image = self.volume(i)["image"]
             array = np.asarray(image[0])
             points = np.argwhere(array > self.cfg.foreground_threshold)
@@ -283,10 +350,11 @@ class MedicalDataModule(FittedDataModule):
                 )
             if len(points) > FOREGROUND_POINTS:
                 points = points[gen.choice(len(points), FOREGROUND_POINTS, replace=False)]
-            self.foreground_points.append(points.astype(np.int32))
-            affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
-            self.geometry.append({**foreground_box(array > self.cfg.foreground_threshold), "affine": affine})
-        log.info("%d volumes from %s", len(self.records), self.data)
+            volume_points[i, : len(points)], counts[i] = points, len(points)
+            box = foreground_box(array > self.cfg.foreground_threshold)
+            lo[i], hi[i], shape[i] = box["lo"], box["hi"], box["shape"]
+            affines[i] = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
+        return {"points": volume_points, "counts": counts, "lo": lo, "hi": hi, "shape": shape, "affine": affines}
 
     def volume(self, index: int) -> dict[str, Any]:
         """The preprocessed (cached) volume ``index``: ``{"image": [1, D, H, W]}`` and ``"label"`` if given."""

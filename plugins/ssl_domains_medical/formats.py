@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,3 +148,26 @@ def find_volumes(data: str | Path) -> list[VolumeRecord]:
     if not records:
         raise DataError(f"{path} holds no NIfTI file (.nii, .nii.gz) and no DICOM series")
     return records
+
+
+def preprocessed_bytes(record: VolumeRecord, spacing: tuple[float, float, float]) -> int:
+    """An upper bound on the bytes ``record`` takes once preprocessed (float32 image, int64 label map, resampled to
+    ``spacing``, before the foreground crop), read from the NIfTI header alone; a DICOM series is taken at its
+    files' size as int16 voxels. What ``cache: auto`` weighs against the memory budget."""
+    if _is_nifti(record.image):
+        import nibabel
+
+        try:
+            header = nibabel.load(str(record.image)).header
+        except Exception as exc:
+            raise DataError(
+                f"{record.image}: cannot be read as a volume (its NIfTI header: {exc}); check that the file is a "
+                "complete NIfTI file"
+            ) from None
+        shape, zooms = header.get_data_shape()[:3], header.get_zooms()[:3]
+        voxels = math.prod(
+            math.ceil(n * abs(float(z or 1.0)) / s) for n, z, s in zip(shape, zooms, spacing, strict=False)
+        )  # 2-D: refused later
+    else:
+        voxels = sum(f.stat().st_size for f in record.image.iterdir() if f.is_file()) // 2
+    return voxels * (4 + (8 if record.label is not None else 0))

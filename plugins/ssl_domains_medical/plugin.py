@@ -30,11 +30,16 @@ class MedicalConfig:
     roi: int = option(64, doc="crop side in voxels (a multiple of 32; SwinUNETR needs >= 64 to train)")
     pad: bool = option(True, doc="zero-pad volumes smaller than the ROI (false: such a volume is an error)")
     samples_per_volume: int = option(8, doc="training crops per volume per epoch")
-    cache: Literal["memory", "disk", "none"] = option(
-        "memory", doc="cache preprocessed volumes: CacheDataset (memory), PersistentDataset (disk) or none"
+    cache: Literal["auto", "memory", "disk", "none"] = option(
+        "auto",
+        doc="preprocessed volumes: CacheDataset (memory), PersistentDataset (disk), none, or auto: memory when they "
+        "fit the memory budget ($SSL_DOMAINS_MEMORY_BUDGET, default 25% of RAM), else disk",
     )
     cache_dir: str = option(
-        "", doc="PersistentDataset folder for cache: disk (empty: a temporary folder, removed with the data module)"
+        "", doc="PersistentDataset folder (empty: $SSL_DOMAINS_CACHE/medical/<preprocessing key>, kept across runs)"
+    )
+    index_cache: bool = option(
+        True, doc="cache the volumes' sizes and foreground points on disk, keyed by the files and the preprocessing"
     )
     intensity_aug: bool = option(
         False, doc="random bias field, gamma and noise on the network's input views (targets stay clean)"

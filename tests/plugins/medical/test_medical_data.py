@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import gzip
 from pathlib import Path
 
@@ -229,18 +228,65 @@ def test_disk_and_no_cache_give_the_cached_volumes(tmp_path):
     assert any((tmp_path / "cache").iterdir())
     for cache in ("disk", "none"):
         assert all(torch.equal(a, b) for a, b in zip(volumes["memory"], volumes[cache], strict=True))
-    # without cache_dir: one temporary folder per data module, made at setup, gone with the module; the
-    # config itself is left as written (a run's saved config names no temporary path)
+    # without cache_dir: one folder per preprocessing setup under $SSL_DOMAINS_CACHE/medical, kept for the next
+    # run; the config itself is left as written
     cfg = _cfg(cache="disk")
-    assert cfg.cache_dir == ""
     dm = MedicalDataModule(data, cfg, "views")
     dm.setup("fit")
-    folder = Path(dm._cache_tmp.name)
-    assert any(folder.iterdir()) and cfg.cache_dir == ""
+    folder = dm.cache_folder()
+    assert folder.parent.name == "medical" and cfg.cache_dir == ""
     assert torch.equal(dm.volume(0)["image"], volumes["memory"][0])
-    del dm
-    gc.collect()
-    assert not folder.exists()
+    # the foreground index was measured by the runs above, so this one preprocesses a volume when it is read
+    assert len(list(folder.glob("*.pt"))) == 1
+    assert MedicalDataModule(data, _cfg(cache="disk", spacing=(3.0, 3.0, 3.0)), "views").cache_folder() != folder
+
+
+def test_auto_cache_weighs_the_headers_against_the_memory_budget(tmp_path, monkeypatch):
+    data = _volumes(tmp_path / "data", 2, shape=(40, 44, 36))  # 1.5 mm voxels -> 30 x 33 x 27 at 2 mm
+    dm = MedicalDataModule(data, _cfg(), "views")
+    assert dm.cfg.cache == "auto"
+    dm.records = find_volumes(data)
+    assert dm.preprocessed_size() == 2 * 30 * 33 * 27 * 4  # float32, before the foreground crop
+    monkeypatch.setenv("SSL_DOMAINS_MEMORY_BUDGET", "1M")
+    dm.setup("fit")
+    assert dm.cache == "memory"
+    monkeypatch.setenv("SSL_DOMAINS_MEMORY_BUDGET", "100K")
+    small = MedicalDataModule(data, _cfg(), "views")
+    small.setup("fit")
+    assert small.cache == "disk"
+    before = set(small.cache_folder().glob("*.pt"))
+    assert torch.equal(small.volume(1)["image"], dm.volume(1)["image"])
+    assert len(set(small.cache_folder().glob("*.pt")) - before) == 1
+
+
+def test_a_disk_cache_the_filesystem_cannot_hold_is_refused_before_any_work(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    data = _volumes(tmp_path / "data", 2)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+    dm = MedicalDataModule(data, _cfg(cache="disk", cache_dir=str(tmp_path / "cache")), "views")
+    with pytest.raises(DataError, match=r"need up to 0\.0 GB and the disk has 0\.0 GB free; point cache_dir"):
+        dm.setup("fit")
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def test_a_second_setup_reads_the_foreground_index_and_no_volume(tmp_path, monkeypatch):
+    data = _volumes(tmp_path / "data", 3)
+    first = MedicalDataModule(data, _cfg(cls=AliceConfig, cache="disk", cache_dir=str(tmp_path / "c")), "pairs")
+    first.setup("fit")
+    monkeypatch.setattr(MedicalDataModule, "volume", lambda self, i: pytest.fail("setup read a volume"))
+    again = MedicalDataModule(data, _cfg(cls=AliceConfig, cache="disk", cache_dir=str(tmp_path / "c")), "pairs")
+    again.setup("fit")
+    assert isinstance(again.foreground_points.points, np.memmap)
+    for i in range(3):
+        np.testing.assert_array_equal(again.foreground_points[i], first.foreground_points[i])
+        for key, value in first.geometry[i].items():
+            np.testing.assert_array_equal(again.geometry[i][key], value)
+    (data / "v1.nii.gz").touch()  # a changed file: measured again
+    with pytest.raises(pytest.fail.Exception, match="setup read a volume"):
+        MedicalDataModule(data, _cfg(cls=AliceConfig, cache="disk", cache_dir=str(tmp_path / "c")), "pairs").setup()
 
 
 def test_box_and_world_correspondence():
