@@ -238,6 +238,9 @@ def test_disk_and_no_cache_give_the_cached_volumes(tmp_path):
     assert torch.equal(dm.volume(0)["image"], volumes["memory"][0])
     # the foreground index was measured by the runs above, so this one preprocesses a volume when it is read
     assert len(list(folder.glob("*.pt"))) == 1
+    again = dm.volume(0)["image"]  # a cache hit comes back memory-mapped: a crop reads only its own pages
+    assert torch.equal(again, volumes["memory"][0])
+    assert any(str(folder) in line for line in Path("/proc/self/maps").read_text().splitlines())
     assert MedicalDataModule(data, _cfg(cache="disk", spacing=(3.0, 3.0, 3.0)), "views").cache_folder() != folder
 
 
