@@ -161,9 +161,49 @@ def _audio(presets: list[str]) -> Corpus:
                   "LibriSpeech/train-960", _count_audio, ("soundfile", "torchaudio"))  # fmt: skip
 
 
+# ---- 3-D medical: CT volumes ---------------------------------------------------------------------------------
+def _write_ct(root: Path, start: int, stop: int, shape: tuple[int, int, int] = (256, 256, 160)) -> None:
+    """CT cases start..stop-1 in TotalSegmentator's layout, ``<case>/ct.nii.gz``: int16 HU, 256 x 256 x 160 at
+    1.5 x 1.5 x 2 mm (a body ellipse of soft tissue with organs and bone in air), gzipped as nibabel writes it."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(start)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij", sparse=True)
+    pool = []
+    for k in range(4):  # 4 encoded volumes, copied (distinct files, as a corpus has)
+        body = np.broadcast_to((x / 0.8) ** 2 + (y / 0.6) ** 2 < 1, shape)
+        hu = np.where(body, 40.0, -1000.0) + rng.normal(0, 20, shape).astype(np.float32)
+        for _ in range(6):  # organs of -100..200 HU, and a spine of bone
+            c = rng.uniform(-0.4, 0.4, 3)
+            hu[(x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < rng.uniform(0.02, 0.08)] = rng.uniform(-100, 200)
+        hu[np.broadcast_to(x**2 + (y + 0.45) ** 2 < 0.01, shape) & body] = 700.0 + 100 * k
+        tmp = root / f".pool-{start}-{k}.nii.gz"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(hu.astype(np.int16), np.diag([1.5, 1.5, 2.0, 1.0])), str(tmp))
+        pool.append(tmp.read_bytes())
+        tmp.unlink()
+    for case in range(start, stop):
+        folder = root / "Totalsegmentator_dataset" / f"s{case:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ct.nii.gz").write_bytes(pool[case % len(pool)])
+
+
+def _count_medical(dm: Any) -> dict[str, int]:
+    return {"units": len(dm.records), "train_items": len(dm.records) * dm.cfg.samples_per_volume}
+
+
+def _medical(preset: str, plugin: str) -> Corpus:
+    # Swin UNETR's self-supervised pretraining set (Tang et al., CVPR 2022): 5,050 CTs; Alice's are of that kind.
+    # The disk cache at every size: the path auto takes for a corpus beyond the memory budget
+    return Corpus([preset], [f"{plugin}.cache=disk"], "5,050 CTs (Swin UNETR pretraining)", 5_050, "volumes",
+                  (".gz",), _write_ct, "Totalsegmentator_dataset", _count_medical, ("monai", "nibabel"))  # fmt: skip
+
+
 CORPORA: dict[str, Corpus] = {
     "croma": _rs("croma-base", "croma"),
     "ssl4eo": _rs("ssl4eo-small", "ssl4eo"),
     "tera": _audio(["tera-base", "tera-librispeech"]),
     "ssast": _audio(["ssast-base"]),
+    "alice": _medical("alice-paper", "alice"),
+    "contrastive3d": _medical("contrastive3d-vit", "contrastive3d"),
 }
