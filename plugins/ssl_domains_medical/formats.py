@@ -1,4 +1,5 @@
-"""Finding the volumes a run reads: a folder, a glob, one file, or a manifest CSV; NIfTI files or DICOM series.
+"""Finding the volumes a run reads: a folder, a glob, one file, a manifest CSV, or a Medical Segmentation
+Decathlon ``dataset.json``; NIfTI files or DICOM series.
 
 Every problem is a :class:`~ssl_domains.DataError` that names the file and says what to do. Reading the voxels
 is MONAI's job (``LoadImaged`` in ``transforms.py``); this module only decides *which* files are volumes.
@@ -19,6 +20,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 # formats a user may well hand us that we do not read: say how to convert instead of skipping them silently
 UNSUPPORTED_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".mgz", ".mgh", ".hdr", ".img", ".npy", ".npz", ".h5")
 GLOB_CHARS = "*?["
+DECATHLON = "dataset.json"  # the Medical Segmentation Decathlon's datalist, beside imagesTr/ labelsTr/ imagesTs/
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,38 @@ def _read_manifest(path: Path) -> list[VolumeRecord]:
     return records
 
 
+def _read_decathlon(path: Path) -> list[VolumeRecord]:
+    """The ``training`` list of a Medical Segmentation Decathlon ``dataset.json`` (image and label map), through
+    MONAI's ``load_decathlon_datalist``; its ``test`` images have no labels and are left out (labels are used all
+    together: pass ``imagesTs`` itself to pretrain on those)."""
+    import json
+
+    from monai.data import load_decathlon_datalist
+
+    try:
+        entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key="training", base_dir=path.parent)
+    except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"{path}: not a Decathlon dataset.json ({type(exc).__name__}: {exc}); it needs a 'training' list of "
+            '{"image": ..., "label": ...} entries, paths relative to the file'
+        ) from None
+    records = []
+    for k, entry in enumerate(entries):
+        image, label = Path(entry["image"]), Path(entry["label"]) if entry.get("label") else None
+        for p in (image, label):
+            if p is not None and not p.exists():
+                raise DataError(f"{path}: training entry {k} names {p}, which does not exist")
+        records.append(VolumeRecord(image, label))
+    if not records:
+        raise DataError(f"{path}: the 'training' list is empty")
+    return records
+
+
 def find_volumes(data: str | Path) -> list[VolumeRecord]:
     """The volumes named by ``data``: a NIfTI file, a DICOM series folder, a folder searched recursively (every
-    ``.nii``/``.nii.gz`` file and every folder of DICOM slices), a glob pattern, or a manifest CSV with an
-    ``image`` column and an optional ``label`` column (paths relative to the CSV)."""
+    ``.nii``/``.nii.gz`` file and every folder of DICOM slices), a glob pattern, a manifest CSV with an
+    ``image`` column and an optional ``label`` column (paths relative to the CSV), or a Decathlon task folder
+    (``dataset.json`` beside ``imagesTr``/``labelsTr``) or its ``dataset.json``."""
     text = str(data)
     if any(ch in text for ch in GLOB_CHARS) and not Path(text).exists():
         matches = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
@@ -133,16 +163,20 @@ def find_volumes(data: str | Path) -> list[VolumeRecord]:
     path = Path(text)
     if not path.exists():
         raise DataError(f"{path} does not exist; pass a folder, a NIfTI file, a glob or a manifest CSV")
+    if path.is_dir() and (path / DECATHLON).is_file():  # not a folder scan: labelsTr would be read as images
+        return _read_decathlon(path / DECATHLON)
     if path.is_file():
         if path.suffix.lower() == ".csv":
             return _read_manifest(path)
+        if path.suffix.lower() == ".json":
+            return _read_decathlon(path)
         if _is_nifti(path):
             return [VolumeRecord(path)]
         if path.name.lower().endswith(UNSUPPORTED_SUFFIXES):
             raise _unsupported(path)
         raise DataError(
-            f"{path}: not a NIfTI file (.nii / .nii.gz) or a manifest (.csv); pass a folder of volumes, a DICOM "
-            "series folder, or one of those"
+            f"{path}: not a NIfTI file (.nii / .nii.gz), a manifest (.csv) or a Decathlon dataset.json; pass a "
+            "folder of volumes, a DICOM series folder, or one of those"
         )
     records = _volumes_among(_folder_files(path))
     if not records:

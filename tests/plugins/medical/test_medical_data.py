@@ -386,3 +386,34 @@ def test_a_volume_with_nothing_above_the_foreground_threshold_names_the_window(t
     cfg = _cfg(intensity="ct", ct_window=(-125.0, 225.0), roi=32)
     with pytest.raises(DataError, match=r"air\.nii\.gz: no voxel above foreground_threshold.*ct_window"):
         MedicalDataModule(tmp_path, cfg, mode="views").setup("fit")
+
+
+def test_a_decathlon_task_folder_reads_its_training_list_with_labels(tmp_path):
+    import json
+
+    task = tmp_path / "Task09_Spleen"
+    for i in range(2):
+        image, label = phantom((24, 28, 20), seed=i)
+        write_nifti(task / "imagesTr" / f"spleen_{i}.nii.gz", image)
+        write_nifti(task / "labelsTr" / f"spleen_{i}.nii.gz", label)
+    write_nifti(task / "imagesTs" / "spleen_9.nii.gz", phantom((24, 28, 20), seed=9)[0])
+    listing = {
+        "name": "Spleen", "modality": {"0": "CT"}, "numTraining": 2, "test": ["./imagesTs/spleen_9.nii.gz"],
+        "training": [{"image": f"./imagesTr/spleen_{i}.nii.gz", "label": f"./labelsTr/spleen_{i}.nii.gz"}
+                     for i in range(2)],
+    }  # fmt: skip
+    (task / "dataset.json").write_text(json.dumps(listing))
+    for data in (task, task / "dataset.json"):  # the folder (not scanned: labelsTr is no image) or the file
+        records = find_volumes(data)
+        assert [(r.image.name, r.image.parent.name, r.label.parent.name) for r in records] == [
+            ("spleen_0.nii.gz", "imagesTr", "labelsTr"), ("spleen_1.nii.gz", "imagesTr", "labelsTr")]  # fmt: skip
+    dm = MedicalDataModule(task, _cfg(), "views")
+    dm.setup("fit")
+    assert set(dm.volume(0)) >= {"image", "label"}
+    listing["training"][1]["label"] = "./labelsTr/missing.nii.gz"
+    (task / "dataset.json").write_text(json.dumps(listing))
+    with pytest.raises(DataError, match=r"dataset.json: training entry 1 names .*missing.nii.gz, which does not exist"):
+        find_volumes(task)
+    (task / "dataset.json").write_text('{"name": "Spleen"}')
+    with pytest.raises(DataError, match=r"not a Decathlon dataset\.json"):
+        find_volumes(task)
