@@ -16,9 +16,12 @@ from pathlib import Path
 from ssl_domains import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# other single-file volumes MONAI reads: FreeSurfer's MGH/MGZ (nibabel, through transforms.FreeSurferReader) and
+# NRRD (MONAI's NrrdReader, with pynrrd)
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, ".mgz", ".mgh", ".nrrd")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 # formats a user may well hand us that we do not read: say how to convert instead of skipping them silently
-UNSUPPORTED_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".mgz", ".mgh", ".hdr", ".img", ".npy", ".npz", ".h5")
+UNSUPPORTED_SUFFIXES = (".mha", ".mhd", ".nhdr", ".hdr", ".img", ".npy", ".npz", ".h5")
 GLOB_CHARS = "*?["
 DECATHLON = "dataset.json"  # the Medical Segmentation Decathlon's datalist, beside imagesTr/ labelsTr/ imagesTs/
 
@@ -34,14 +37,14 @@ class VolumeRecord:
     def name(self) -> str:
         """The file name without its NIfTI suffix (the DICOM folder's name for a series)."""
         name = self.image.name
-        for suffix in NIFTI_SUFFIXES[::-1]:
+        for suffix in VOLUME_SUFFIXES[::-1]:
             if name.endswith(suffix):
                 return name[: -len(suffix)]
         return name
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.endswith(NIFTI_SUFFIXES)
+def _is_volume_file(path: Path) -> bool:
+    return path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
 def _has_dicom_magic(path: Path) -> bool:
@@ -71,7 +74,7 @@ def _volumes_among(files: list[Path]) -> list[VolumeRecord]:
     records: list[VolumeRecord] = []
     dicom_dirs: set[Path] = set()
     for path in files:
-        if _is_nifti(path):
+        if _is_volume_file(path):
             records.append(VolumeRecord(path))
         elif path.name.lower().endswith(UNSUPPORTED_SUFFIXES):
             raise _unsupported(path)
@@ -170,7 +173,7 @@ def find_volumes(data: str | Path) -> list[VolumeRecord]:
             return _read_manifest(path)
         if path.suffix.lower() == ".json":
             return _read_decathlon(path)
-        if _is_nifti(path):
+        if _is_volume_file(path):
             return [VolumeRecord(path)]
         if path.name.lower().endswith(UNSUPPORTED_SUFFIXES):
             raise _unsupported(path)
@@ -184,21 +187,40 @@ def find_volumes(data: str | Path) -> list[VolumeRecord]:
     return records
 
 
+def _nrrd_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Shape and voxel size of an NRRD volume, from its header (the length of each space direction)."""
+    import numpy as np
+
+    try:
+        import nrrd
+
+        header = nrrd.read_header(str(path))
+    except ImportError:
+        raise DataError(f"{path}: reading NRRD needs pynrrd: pip install pynrrd") from None
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be read as a volume (its NRRD header: {exc}); is the file complete?") from None
+    directions = np.asarray(header.get("space directions", np.eye(3)), dtype=np.float64)
+    directions = directions[np.isfinite(directions).all(1)]  # a 'none' row (a channel axis) is NaN in pynrrd
+    return tuple(int(n) for n in header["sizes"])[-3:], tuple(np.linalg.norm(directions, axis=1))[-3:]
+
+
 def preprocessed_bytes(record: VolumeRecord, spacing: tuple[float, float, float]) -> int:
     """An upper bound on the bytes ``record`` takes once preprocessed (float32 image, int64 label map, resampled to
-    ``spacing``, before the foreground crop), read from the NIfTI header alone; a DICOM series is taken at its
-    files' size as int16 voxels. What ``cache: auto`` weighs against the memory budget."""
-    if _is_nifti(record.image):
+    ``spacing``, before the foreground crop), read from the file's header alone (NIfTI, MGH, NRRD); a DICOM series
+    is taken at its files' size as int16 voxels. What ``cache: auto`` weighs against the memory budget."""
+    if record.image.name.lower().endswith(".nrrd"):
+        shape, zooms = _nrrd_grid(record.image)
+    elif _is_volume_file(record.image):
         import nibabel
 
         try:
             header = nibabel.load(str(record.image)).header
         except Exception as exc:
             raise DataError(
-                f"{record.image}: cannot be read as a volume (its NIfTI header: {exc}); check that the file is a "
-                "complete NIfTI file"
+                f"{record.image}: cannot be read as a volume (its header: {exc}); check that the file is complete"
             ) from None
         shape, zooms = header.get_data_shape()[:3], header.get_zooms()[:3]
+    if _is_volume_file(record.image):
         voxels = math.prod(
             math.ceil(n * abs(float(z or 1.0)) / s) for n, z, s in zip(shape, zooms, spacing, strict=False)
         )  # 2-D: refused later

@@ -10,8 +10,25 @@ from typing import Any
 import numpy as np
 import torch
 from monai import transforms as mt
+from monai.data import NibabelReader
+from monai.data.utils import is_supported_format
 
 from ssl_domains import DataError
+
+
+class FreeSurferReader(NibabelReader):
+    """FreeSurfer's MGH / MGZ volumes (``orig.mgz``, ``brain.mgz``), read by nibabel as MONAI's NIfTI reader reads
+    NIfTI: MONAI's ``NibabelReader`` would read them too, but its suffix check admits NIfTI alone."""
+
+    def verify_suffix(self, filename: Any) -> bool:
+        return is_supported_format(filename, ["mgz", "mgh"])
+
+    def read(self, data: Any, **kwargs: Any) -> Any:
+        import nibabel as nib
+
+        images = super().read(data, **kwargs)  # as NIfTI, so that MONAI finds the header fields it reads
+        as_nifti = lambda im: nib.Nifti1Image(np.asanyarray(im.dataobj), im.affine)  # noqa: E731
+        return [as_nifti(im) for im in images] if isinstance(images, list) else as_nifti(images)
 
 
 def _above(image: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -104,8 +121,10 @@ def preprocessing(cfg: Any, keys: tuple[str, ...]) -> mt.Compose:
         intensity = mt.ScaleIntensityRangePercentilesd(
             "image", lower=cfg.mr_percentiles[0], upper=cfg.mr_percentiles[1], b_min=0.0, b_max=1.0, clip=True
         )
+    load = mt.LoadImaged(keys, image_only=True)
+    load.register(FreeSurferReader())  # picked by suffix, as MONAI picks its own readers
     chain: list[Any] = [
-        mt.LoadImaged(keys, image_only=True),
+        load,
         mt.EnsureChannelFirstd(keys),
         CheckVolumed(keys),
         *([CheckLabelGridd(keys)] if "label" in keys else []),

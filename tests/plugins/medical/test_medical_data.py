@@ -417,3 +417,27 @@ def test_a_decathlon_task_folder_reads_its_training_list_with_labels(tmp_path):
     (task / "dataset.json").write_text('{"name": "Spleen"}')
     with pytest.raises(DataError, match=r"not a Decathlon dataset\.json"):
         find_volumes(task)
+
+
+def test_mgz_and_nrrd_read_as_the_same_volume_as_nifti(tmp_path):
+    """FreeSurfer's MGZ (nibabel) and NRRD (MONAI's NrrdReader; LPS, so its x and y run the other way) give the
+    NIfTI file's preprocessed voxels, and their headers bound the cache size as NIfTI's do."""
+    import nrrd
+
+    image = phantom((40, 44, 36), seed=0)[0]
+    write_nifti(tmp_path / "v.nii.gz", image, spacing=(1.5, 1.5, 1.5))
+    nib.save(nib.MGHImage(image, np.diag([1.5, 1.5, 1.5, 1.0])), str(tmp_path / "v.mgz"))
+    lps = {
+        "space": "left-posterior-superior",
+        "space directions": np.diag([1.5] * 3),
+        "space origin": [-58.5, -64.5, 0],
+    }
+    nrrd.write(str(tmp_path / "v.nrrd"), np.ascontiguousarray(image[::-1, ::-1]), lps)
+    dm = MedicalDataModule(tmp_path, _cfg(cache="memory"), "views")
+    dm.setup("fit")
+    assert [r.name for r in dm.records] == ["v", "v", "v"]
+    assert [r.image.suffix for r in dm.records] == [".mgz", ".gz", ".nrrd"]
+    reference = dm.volume(1)["image"]
+    for i in (0, 2):
+        assert torch.equal(dm.volume(i)["image"], reference)
+    assert dm.preprocessed_size() == 3 * 30 * 33 * 27 * 4
