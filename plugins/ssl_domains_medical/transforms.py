@@ -195,17 +195,54 @@ def corruptions(cfg: Any, views: tuple[str, ...]) -> list[Any]:
     return steps
 
 
-def intensity_jitter() -> mt.Compose:
-    """A random intensity change of one crop in [0, 1]: MONAI ``RandBiasField`` (a smooth multiplicative field),
-    ``RandAdjustContrast`` (gamma) and ``RandGaussianNoise``, the scanner/subject variations a representation
-    should not encode (``intensity_aug``)."""
-    return mt.Compose(
-        [
-            mt.RandBiasField(prob=0.8, coeff_range=(0.1, 0.3)),
-            mt.RandAdjustContrast(prob=0.8, gamma=(0.7, 1.5)),
-            mt.RandGaussianNoise(prob=0.5, std=0.02),
-        ]
-    )
+BIAS_DEGREE, BIAS_COEFF, BIAS_PROB = 3, (0.1, 0.3), 0.8  # MONAI RandBiasField(prob=0.8, coeff_range=(0.1, 0.3))
+GAMMA, GAMMA_PROB = (0.7, 1.5), 0.8  # RandAdjustContrast(prob=0.8, gamma=(0.7, 1.5))
+NOISE_STD, NOISE_PROB = 0.02, 0.5  # RandGaussianNoise(prob=0.5, std=0.02): each crop's std drawn from U(0, 0.02)
+
+
+def legendre_basis(shape: tuple[int, ...], degree: int, device: Any = None) -> torch.Tensor:
+    """``[K, D, H, W]``: the products ``P_i(x) P_j(y) P_k(z)``, ``i + j + k <= degree``, of Legendre polynomials on
+    ``linspace(-1, 1)`` per axis, in the order of MONAI's ``RandBiasField`` coefficients (K = 20 at degree 3)."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=torch.float64) for n in shape]
+    polys = []
+    for t in axes:  # P_0..P_degree by Bonnet's recursion: (n + 1) P_{n+1} = (2n + 1) t P_n - n P_{n-1}
+        p = [torch.ones_like(t), t]
+        for n in range(1, degree):
+            p.append(((2 * n + 1) * t * p[n] - n * p[n - 1]) / (n + 1))
+        polys.append(torch.stack(p[: degree + 1]))
+    terms = [(i, j, k) for i in range(degree + 1) for j in range(degree + 1 - i) for k in range(degree + 1 - i - j)]
+    px, py, pz = polys
+    return torch.stack([px[i][:, None, None] * py[j][None, :, None] * pz[k][None, None, :] for i, j, k in terms])
+
+
+def apply_jitter(views: torch.Tensor, coeff: torch.Tensor, gamma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """MONAI's bias field, gamma and noise, with explicit per-crop parameters, on a batch ``[N, 1, D, H, W]``:
+    ``x * exp(sum_k coeff[n, k] B_k)``, then ``((x - min) / (range + 1e-7)) ** gamma[n] * range + min`` per crop,
+    then ``+ noise``. A crop a step skips has zero coefficients, gamma 1 and zero noise (the identity)."""
+    basis = legendre_basis(tuple(views.shape[2:]), BIAS_DEGREE, views.device).to(torch.float32)
+    x = views.float() * torch.exp(torch.einsum("nk,kdhw->ndhw", coeff.float(), basis))[:, None]
+    low = x.amin(dim=(1, 2, 3, 4), keepdim=True)
+    span = x.amax(dim=(1, 2, 3, 4), keepdim=True) - low
+    x = ((x - low) / (span + 1e-7)).clamp_min(0.0) ** gamma.float().view(-1, 1, 1, 1, 1) * span + low
+    return (x + noise).to(views.dtype)
+
+
+def jitter_batch(views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The ``intensity_aug`` change of each crop in a batch ``[N, 1, D, H, W]`` on its device, drawn per crop as
+    MONAI's ``RandBiasField`` -> ``RandAdjustContrast`` -> ``RandGaussianNoise`` draw it: the scanner and subject
+    variations a representation should not encode. Vectorised: no loop over crops, no host sync."""
+    n, dev = views.shape[0], views.device
+    k = len(legendre_basis((2, 2, 2), BIAS_DEGREE))
+
+    def draw(*size: int) -> torch.Tensor:
+        return torch.rand(*size, device=dev, generator=generator)
+
+    bias_on, gamma_on, noise_on = draw(n) < BIAS_PROB, draw(n) < GAMMA_PROB, draw(n) < NOISE_PROB
+    coeff = (BIAS_COEFF[0] + (BIAS_COEFF[1] - BIAS_COEFF[0]) * draw(n, k)) * bias_on[:, None]
+    gamma = torch.where(gamma_on, GAMMA[0] + (GAMMA[1] - GAMMA[0]) * draw(n), torch.ones(n, device=dev))
+    std = NOISE_STD * draw(n) * noise_on
+    noise = torch.randn(views.shape, device=dev, generator=generator) * std.view(-1, 1, 1, 1, 1)
+    return apply_jitter(views, coeff, gamma, noise)
 
 
 def crop_around(image: torch.Tensor, centre: np.ndarray, roi: int) -> torch.Tensor:

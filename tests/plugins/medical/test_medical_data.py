@@ -441,3 +441,44 @@ def test_mgz_and_nrrd_read_as_the_same_volume_as_nifti(tmp_path):
     for i in (0, 2):
         assert torch.equal(dm.volume(i)["image"], reference)
     assert dm.preprocessed_size() == 3 * 30 * 33 * 27 * 4
+
+
+def test_batched_jitter_is_monais_bias_field_gamma_and_noise():
+    """``apply_jitter`` with MONAI's drawn parameters gives MONAI's output, crop by crop, for the whole batch."""
+    from monai.transforms import AdjustContrast, RandBiasField
+
+    from ssl_domains_medical.transforms import apply_jitter, jitter_batch
+
+    gen = np.random.default_rng(0)
+    crops = torch.as_tensor(gen.uniform(0.0, 1.0, (3, 1, 12, 10, 8)), dtype=torch.float32)
+    coeff = torch.as_tensor(gen.uniform(0.1, 0.3, (3, 20)), dtype=torch.float32)
+    gamma, noise = torch.tensor([0.7, 1.0, 1.5]), 0.01 * torch.randn(crops.shape)
+    ours = apply_jitter(crops, coeff, gamma, noise)
+    field = RandBiasField(prob=1.0, coeff_range=(0.1, 0.3))
+    for n in range(3):
+        biased = crops[n].numpy() * np.exp(field._generate_random_field((12, 10, 8), 3, coeff[n].tolist()))
+        expected = AdjustContrast(float(gamma[n]))(torch.as_tensor(biased, dtype=torch.float32)) + noise[n]
+        np.testing.assert_allclose(ours[n].numpy(), np.asarray(expected), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(apply_jitter(crops, 0 * coeff, torch.ones(3), 0 * noise), crops, atol=1e-6)
+    many = torch.rand(400, 1, 6, 6, 6)
+    out = jitter_batch(many, torch.Generator().manual_seed(0))
+    unchanged = (out - many).abs().flatten(1).amax(1) < 1e-5  # all three skipped: 0.2 * 0.2 * 0.5 of the crops
+    assert out.shape == many.shape and 0.0 < unchanged.float().mean() < 0.06
+    assert jitter_batch(many.bfloat16()).dtype == torch.bfloat16
+
+
+def test_views_are_jittered_on_the_device_after_transfer_and_targets_stay_clean(tmp_path):
+    data = _volumes(tmp_path / "data", 3)
+    dm = MedicalDataModule(data, _cfg(cls=AliceConfig), "pairs")
+    dm.setup("fit")
+    assert dm.cfg.intensity_aug
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.equal(batch["query_view"], batch["query"])  # the loader does no intensity work
+    query = batch["query"].clone()
+    moved = dm.on_after_batch_transfer(batch, 0)
+    assert torch.equal(moved["query"], query) and not torch.equal(moved["query_view"], query)
+    assert moved["anchor_view"].shape == moved["anchor"].shape
+    plain = MedicalDataModule(data, _cfg(cls=AliceConfig, intensity_aug=False), "pairs")
+    plain.setup("fit")
+    batch = next(iter(plain.train_dataloader()))
+    assert torch.equal(plain.on_after_batch_transfer(batch, 0)["query_view"], batch["query"])
