@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["cache_root", "cached_arrays", "cached_index", "files_signature", "tree_signature"]
+__all__ = ["cache_root", "cached_array_folder", "cached_arrays", "cached_index", "files_signature", "tree_signature"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,6 +124,48 @@ def cached_index(
     return value
 
 
+def _load_arrays(folder: Path, mmap_mode: str) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    return {p.stem: np.load(p, mmap_mode=mmap_mode) for p in sorted(folder.glob("*.npy"))}  # type: ignore[arg-type]
+
+
+def cached_array_folder(
+    root: Path,
+    key: Mapping[str, Any],
+    write: Callable[[Path], None],
+    *,
+    files: Sequence[Path] | None = None,
+    mmap_mode: str = "r",
+) -> dict[str, np.ndarray]:
+    """Arrays that ``write(folder)`` puts in an empty folder as ``<name>.npy`` files (with
+    ``numpy.lib.format.open_memmap`` for arrays larger than RAM, filled a block at a time), kept under the cache
+    for the same files and ``key`` and given back memory-mapped (``mmap_mode``: ``"r"``, or ``"c"`` for arrays
+    that ``torch.from_numpy`` wraps). The folder is written beside its place and renamed into it whole: a reader
+    sees every array or none, and an interrupted ``write`` leaves nothing. A cache that cannot be written is an
+    error here, since what it holds may not fit in memory."""
+    count, folder = _entry(root, key, files, ".arrays")
+    if folder.is_dir():
+        try:
+            arrays = _load_arrays(folder, mmap_mode)
+            log.info("%s: index of %d files read from the cache (%s)", root, count, folder)
+            return arrays
+        except Exception as exc:  # a truncated or foreign file: rebuild it
+            log.warning("%s: the index cache %s cannot be read (%s); rebuilding it", root, folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        write(tmp)
+        os.replace(tmp, folder)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (isinstance(exc, OSError) and folder.is_dir()):  # unless a DDP rank put the same arrays there first
+            raise
+    log.info("%s: index of %d files cached in %s", root, count, folder)
+    return _load_arrays(folder, mmap_mode)
+
+
 def cached_arrays(
     root: Path,
     key: Mapping[str, Any],
@@ -140,31 +182,17 @@ def cached_arrays(
 
     if not enabled:
         return dict(build())
-    count, folder = _entry(root, key, files, ".arrays")
-    if folder.is_dir():
-        try:
-            arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
-            log.info("%s: index of %d files read from the cache (%s)", root, count, folder)
-            return arrays
-        except Exception as exc:
-            log.warning("%s: the index cache %s cannot be read (%s); rebuilding it", root, folder, exc)
-            shutil.rmtree(folder, ignore_errors=True)
-    arrays = dict(build())
-    try:  # written beside, then renamed into place whole: a reader sees all the arrays or none
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            for name, array in arrays.items():
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(array))
-            os.replace(tmp, folder)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not folder.is_dir():  # another process (a DDP rank) may have put the same index there first
-                raise
-        log.info("%s: index of %d files cached in %s", root, count, folder)
-        return {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
-    except Exception as exc:
-        log.warning(
-            "%s: could not cache the index in %s (%s); the next run will scan the data again", root, folder, exc
-        )
-        return arrays
+    built: dict[str, np.ndarray] = {}
+
+    def write(folder: Path) -> None:
+        built.update(build())
+        for name, array in built.items():
+            np.save(folder / f"{name}.npy", np.ascontiguousarray(array))
+
+    try:
+        return cached_array_folder(root, key, write, files=files)
+    except Exception as exc:  # as cached_index: an unwritable cache must not fail the run
+        if not built:
+            raise
+        log.warning("%s: could not cache the index (%s); the next run will scan the data again", root, exc)
+        return built

@@ -16,6 +16,7 @@ only the training split.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,12 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, DataError
 from ssl_domains.data import eval_loader, random_split_indices, train_loader
 from ssl_domains.datamodule import FittedDataModule
+from ssl_domains.indexcache import cached_array_folder, cached_index
+from ssl_domains.memory import fits_in_memory
 
-from .formats import find_tables, read_table
+from .formats import TableFiles, find_tables, iter_frames, read_table, table_dataset, table_rows
 from .schema import check_missing, encode_table, fit_schema
+from .stream import BATCH_ROWS, SchemaPass, encode_to, encoded_key, hashed_split
 
 
 class _Rows(Dataset):
@@ -95,6 +99,10 @@ class TableDataModule(FittedDataModule):
 
     def read(self, stage: str | None) -> None:
         files = find_tables(self.data)
+        self.streamed = self._streams(files)
+        if self.streamed:
+            self._read_streaming(files)
+            return
         train = self._read(files.train)
         first_row = {"train": 0}
         # Splits need the target: a table without it (new rows to embed) is kept whole, in file order.
@@ -145,8 +153,78 @@ class TableDataModule(FittedDataModule):
         if len(self.train_rows) == 0:
             raise DataError(f"{files.train} leaves no training rows after the validation and test splits")
 
+    # ---- tables larger than memory (stream.py) ---------------------------------------------------------------
+    def _streams(self, files: TableFiles) -> bool:
+        """``storage: auto``: stream when the tables, read into pandas and encoded, would exceed the memory
+        budget (16 bytes per cell: the float64 frame and its encoding; a CSV at 3 bytes of RAM per byte)."""
+        if self.cfg.storage != "auto":
+            return self.cfg.storage == "stream"
+        need = 0
+        for path in (p for p in (files.train, files.val, files.test) if p is not None):
+            rows = table_rows(path)
+            need += path.stat().st_size * 3 if rows is None else rows * len(table_dataset(path).schema) * 16
+        return not fits_in_memory(need, f"{files.train}: the table in pandas")
+
+    def _read_streaming(self, files: TableFiles) -> None:
+        """One pass for the statistics and row counts (cached, keyed by the files and the settings), one to
+        encode into memory-mapped arrays (cached too); batches then gather their rows from the maps."""
+        cfg, tables = self.cfg, [p for p in (files.train, files.val, files.test) if p is not None]
+        first = next(iter_frames(files.train, 16, cfg.sep, tuple(cfg.na_values)))
+        labelled = cfg.target is not None and cfg.target in first.columns
+        hold_test, hold_val = labelled and files.test is None, labelled and files.val is None
+        fitted = dict(self.fitted)
+
+        def gather() -> dict[str, Any]:
+            summary = SchemaPass(cfg)
+            if not fitted:  # new rows to embed: the run's schema, checked as each batch is encoded
+                summary.first(first, files.train)
+            for path in tables:
+                for frame in iter_frames(path, BATCH_ROWS, cfg.sep, tuple(cfg.na_values)):
+                    summary.count(frame, path)
+                    if path == files.train and not fitted:
+                        split = hashed_split(frame.index.to_numpy(), cfg, hold_test, hold_val)
+                        summary.fit(frame[split == SPLIT_TRAIN], path)
+            summary.check_missing()
+            return {"rows": summary.rows, "state": None if fitted else summary.state(files.train)}
+
+        parts = [p for t in tables for p in (sorted(t.rglob("*")) if t.is_dir() else [t]) if p.is_file()]
+        settings = {k: getattr(cfg, k) for k in ("target", "task", "categorical", "numerical", "drop", "missing",
+                    "numeric_scaling", "sep", "na_values", "val_fraction", "test_fraction", "split_seed")}  # fmt: skip
+        key = {"tabular": "pass", "fitted": bool(fitted), **json.loads(json.dumps(settings))}
+        summary = cached_index(self.data, key, gather, files=parts)
+        if not fitted:
+            self.fitted.update(summary["state"])
+        counts = [summary["rows"][str(p)] for p in tables]
+        splits = {files.train: lambda rows: hashed_split(rows, cfg, hold_test, hold_val)}
+        for path, code in ((files.val, SPLIT_VAL), (files.test, SPLIT_TEST)):
+            if path is not None:
+                splits[path] = lambda rows, code=code: np.full(len(rows), code, np.int8)
+
+        def write(folder: Path) -> None:
+            encode_to(folder, [(p, splits[p]) for p in tables], sum(counts), self.fitted, cfg)
+
+        arrays = cached_array_folder(
+            self.data, encoded_key(tables, cfg, self.fitted), write, files=parts, mmap_mode="c"
+        )
+        self.numeric, self.categorical = torch.from_numpy(arrays["numeric"]), torch.from_numpy(arrays["categorical"])
+        self.split = torch.from_numpy(arrays["split"])
+        self.target = torch.from_numpy(arrays["target"]) if "target" in arrays else None
+        self.row_id = None  # rows in file order: an id is a position (positions())
+        self.files, self.file_starts = [str(p) for p in tables], np.cumsum([0, *counts[:-1]])
+        self.unknown_counts = []  # logged per file by encode_to
+        n = len(self.split)
+        if self.task == "classification" and self.target is not None:
+            self.label = self.target
+        else:
+            self.label = torch.tensor(-1, dtype=torch.long).expand(n)  # no memory per row
+        self.train_rows = np.flatnonzero(arrays["split"] == SPLIT_TRAIN)
+        if len(self.train_rows) == 0:
+            raise DataError(f"{files.train} leaves no training rows after the validation and test splits")
+
     def positions(self, row_ids: np.ndarray) -> np.ndarray:
         """Where the rows with these ids sit in the encoded tensors (the inverse of ``row_id``)."""
+        if self.streamed:  # rows in file order: an id is a position
+            return np.asarray(row_ids, dtype=np.int64)
         ids = self.row_id.numpy()
         order = np.argsort(ids)
         return order[np.searchsorted(ids, row_ids, sorter=order)]
@@ -154,6 +232,9 @@ class TableDataModule(FittedDataModule):
     def provenance(self, ids: np.ndarray) -> dict[str, Any]:
         """Each embedded row's file and its 0-based position there (a held-out row keeps its training file's)."""
         at = self.positions(np.asarray(ids))
+        if self.streamed:
+            k = np.searchsorted(self.file_starts, at, side="right") - 1
+            return {"file": [self.files[j] for j in k], "row": at - self.file_starts[k]}
         return {"file": [self.files[k] for k in self.file_of[at]], "row": self.row_in_file[at]}
 
     # ---- batches ---------------------------------------------------------------------------------------------
@@ -168,8 +249,8 @@ class TableDataModule(FittedDataModule):
             "numeric": self.numeric[index],
             "categorical": self.categorical[index],
             "label": self.label[index],
-            "split": self.split[index],
-            "id": self.row_id[index],
+            "split": self.split[index].long(),
+            "id": index if self.streamed else self.row_id[index],
         }
 
     def train_dataloader(self) -> DataLoader:

@@ -44,6 +44,12 @@ class TJEPAConfig:
     val_fraction: float = option(0.2, doc="share of the training table held out for validation (model selection)")
     test_fraction: float = option(0.2, doc="share held out for testing when no test table is given")
     split_seed: int = option(0, doc="seed of the validation/test split (fixed across pretraining seeds)")
+    storage: Literal["auto", "memory", "stream"] = option(
+        "auto",
+        doc="memory: the table read into pandas; stream (for tables larger than memory): statistics fitted in one "
+        "streaming pass, rows encoded into memory-mapped arrays under $SSL_DOMAINS_CACHE; auto: stream when the "
+        "table in pandas would exceed the memory budget",
+    )
     batch_size: int = option(512, doc="rows per batch (reference: 512)")
     num_workers: int = option(0, doc="data-loading worker processes (batches are tensor slices: 0 is fine)")
     # model

@@ -153,8 +153,9 @@ def _scale_numeric(values: np.ndarray, state: dict[str, Any]) -> np.ndarray:
     return torch.special.ndtri(clipped).numpy()  # quantile -> standard normal (scikit-learn's output="normal")
 
 
-def encode_table(frame: pd.DataFrame, path: Path, state: dict[str, Any]) -> EncodedTable:
-    """Encode ``frame`` with a fitted ``state``; unseen categories become index 0 and are counted in the log.
+def encode_table(frame: pd.DataFrame, path: Path, state: dict[str, Any], quiet: bool = False) -> EncodedTable:
+    """Encode ``frame`` with a fitted ``state``; unseen categories become index 0 and are counted in the log
+    (``quiet``: only in ``unknown_counts``, for a caller that encodes a file in parts and logs the total).
 
     Missing values are expected to be checked already (``check_missing``, once per file, before any split).
     """
@@ -181,7 +182,7 @@ def encode_table(frame: pd.DataFrame, path: Path, state: dict[str, Any]) -> Enco
         n_unknown = int((codes[:, j] == UNKNOWN_INDEX).sum())
         if n_unknown:
             unknown[c] = n_unknown
-    if unknown:
+    if unknown and not quiet:
         log.warning("%s: categories unseen in training mapped to the unknown index: %s", path, unknown)
     return EncodedTable(scaled, codes, _encode_target(frame, path, state), unknown)
 

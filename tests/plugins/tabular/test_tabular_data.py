@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, DataError
 from ssl_domains.config import from_mapping
@@ -155,3 +156,90 @@ def test_ids_are_row_numbers_in_the_files_across_held_out_splits(tmp_path: Path)
     new.setup("predict")
     batch = next(iter(new.predict_dataloader()))
     assert batch["id"].tolist() == list(range(50)) and new.target is None
+
+
+# ---- tables larger than memory (stream.py) ---------------------------------------------------------------------
+def test_streamed_statistics_equal_the_in_memory_fit_on_the_same_training_rows(tmp_path: Path, monkeypatch):
+    from ssl_domains_tabular import stream
+    from ssl_domains_tabular.schema import encode_table, fit_schema
+
+    monkeypatch.setattr(stream, "BATCH_ROWS", 50)  # many batches: the moments are merged, the vocabularies joined
+    monkeypatch.setattr("ssl_domains_tabular.data.BATCH_ROWS", 50)
+    data = write_example_table(tmp_path / "t", rows=800)
+    train = pd.read_csv(data / "train.csv", skipinitialspace=True)
+    train.loc[[3, 70], "age"], train.loc[10, "income"] = np.nan, np.nan
+    train.to_csv(data / "train.csv", index=False)
+    train = pd.read_csv(data / "train.csv", skipinitialspace=True)
+    for scaling in ("quantile", "standard", "minmax"):
+        dm = _module(data, storage="stream", numeric_scaling=scaling, missing="impute")
+        assert dm.streamed and len(dm.split) == 800  # train.csv's 600 rows, then test.csv's 200
+        rows = np.flatnonzero(dm.split.numpy()[:600] == SPLIT_TRAIN)
+        expected = fit_schema(train.iloc[rows], data / "train.csv", dm.cfg)
+        assert expected.keys() == dm.fitted.keys()
+        for key, value in expected.items():
+            if key in ("median", "shift", "scale", "quantiles"):
+                np.testing.assert_allclose(dm.fitted[key], value, rtol=1e-12, atol=1e-12)
+            else:
+                assert dm.fitted[key] == value, key
+        test = encode_table(pd.read_csv(data / "test.csv", skipinitialspace=True), data / "test.csv", dm.fitted)
+        np.testing.assert_array_equal(dm.numeric.numpy()[600:], test.numeric)
+        np.testing.assert_array_equal(dm.categorical.numpy()[600:], test.categorical)
+        assert (dm.split.numpy()[600:] == SPLIT_TEST).all() and dm.label[600:].tolist() == test.target.tolist()
+
+
+def test_hashed_split_shares_and_batches_from_the_memory_maps(tmp_path: Path):
+    data = write_example_table(tmp_path / "t", rows=20_000)
+    frame = pd.concat([pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")], ignore_index=True)
+    frame.to_parquet(tmp_path / "all.parquet", index=False)
+    dm = _module(tmp_path / "all.parquet", storage="stream")
+    shares = {s: float((dm.split == s).float().mean()) for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST)}
+    assert abs(shares[SPLIT_TEST] - 0.2) < 0.01 and abs(shares[SPLIT_VAL] - 0.16) < 0.01  # 0.2 of the other 0.8
+    again = _module(tmp_path / "all.parquet", storage="stream", batch_size=7)
+    assert torch.equal(again.split, dm.split)  # a function of split_seed and the row
+    other = _module(tmp_path / "all.parquet", storage="stream", split_seed=1)
+    assert not torch.equal(other.split, dm.split)
+    assert isinstance(dm.numeric, torch.Tensor) and dm.numeric.numpy().base is not None  # over the memory map
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["split"].dtype == torch.int64 and set(batch["split"].tolist()) == {SPLIT_TRAIN}
+    np.testing.assert_array_equal(batch["numeric"].numpy(), dm.numeric.numpy()[batch["id"].numpy()])
+    assert dm.provenance(np.array([5, 19_999])) == {"file": [str(tmp_path / "all.parquet")] * 2,
+                                                   "row": pytest.approx(np.array([5, 19_999]))}  # fmt: skip
+
+
+def test_a_warm_setup_reads_neither_pass_and_a_failed_encoding_leaves_no_cache(tmp_path: Path, monkeypatch):
+    from ssl_domains.indexcache import cache_root
+    from ssl_domains_tabular import stream
+
+    data = write_example_table(tmp_path / "t", rows=400)
+    first = _module(data, storage="stream")
+    monkeypatch.setattr(stream.SchemaPass, "fit", lambda *a: pytest.fail("the statistics were fitted again"))
+    monkeypatch.setattr("ssl_domains_tabular.data.encode_to", lambda *a: pytest.fail("the rows were encoded again"))
+    again = _module(data, storage="stream")
+    assert again.fitted == first.fitted and torch.equal(again.numeric, first.numeric)
+    monkeypatch.undo()
+    test = pd.read_csv(data / "test.csv")
+    test.loc[7, "label"] = "maybe"  # a class the training rows never had: refused while encoding test.csv
+    test.to_csv(data / "test.csv", index=False)
+    before = set((cache_root() / "index").iterdir())
+    with pytest.raises(DataError, match=r"test\.csv: target 'label' has 1 rows with classes not in training"):
+        _module(data, storage="stream")
+    assert all(p.suffix == ".pkl" for p in set((cache_root() / "index").iterdir()) - before)  # no arrays, no tmp
+
+
+def test_auto_streams_beyond_the_memory_budget_and_partitioned_parquet_and_feather_read(tmp_path: Path, monkeypatch):
+    data = write_example_table(tmp_path / "t", rows=400)
+    train = pd.read_csv(data / "train.csv", skipinitialspace=True)
+    parts = tmp_path / "parts" / "train"
+    for k, chunk in enumerate(np.array_split(np.arange(len(train)), 3)):
+        (parts / f"shard={k}").mkdir(parents=True)
+        train.iloc[chunk].to_parquet(parts / f"shard={k}" / "part-0.parquet", index=False)
+    pd.read_csv(data / "test.csv", skipinitialspace=True).to_feather(tmp_path / "parts" / "test.feather")
+    monkeypatch.setenv("SSL_DOMAINS_MEMORY_BUDGET", "1G")
+    memory = _module(tmp_path / "parts", drop=["shard"])
+    assert not memory.streamed and memory.files == [str(parts), str(tmp_path / "parts" / "test.feather")]
+    monkeypatch.setenv("SSL_DOMAINS_MEMORY_BUDGET", "10K")
+    streamed = _module(tmp_path / "parts", drop=["shard"])
+    assert streamed.streamed and len(streamed.split) == len(memory.split) == 400
+    reference = _module(data)  # the same rows as CSV: the same schema
+    assert memory.fitted["vocab"] == reference.fitted["vocab"] == streamed.fitted["vocab"]
+    assert int((streamed.split == SPLIT_TEST).sum()) == int((memory.split == SPLIT_TEST).sum()) == 100

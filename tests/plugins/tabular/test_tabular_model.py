@@ -247,3 +247,23 @@ def test_regression_metrics_are_also_given_in_units_of_the_target_std():
     metrics = compare_heads(numeric, dm, seeds=1, epochs=3, patience=2)
     assert metrics["target_std"] == pytest.approx(float(target[:200].std()))
     assert metrics["linear_raw_mean_std_units"] == pytest.approx(metrics["linear_raw_mean"] / metrics["target_std"])
+
+
+def test_a_streamed_table_trains_embeds_and_evaluates_through_the_cli(tmp_path: Path):
+    data = write_example_table(tmp_path / "data", rows=600)
+    run = tmp_path / "run"
+    sets = ["tjepa.target=label", "tjepa.depth=1", "tjepa.predictor_depth=1", "tjepa.eval_seeds=1",
+            "tjepa.head_epochs=3", "trainer.max_epochs=1", "tjepa.storage=stream"]  # fmt: skip
+    flags = [a for kv in sets for a in ("--set", kv)]
+    result = run_cli("train", "--plugin", "tjepa", "--data", str(data), "--output", str(run), *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    new = pd.read_csv(data / "test.csv").drop(columns="label").head(30)
+    new.to_parquet(tmp_path / "new.parquet", index=False)
+    out = tmp_path / "emb.parquet"
+    result = run_cli("embed", "--run", str(run), "--data", str(tmp_path / "new.parquet"), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_parquet(out)
+    assert table["id"].tolist() == table["row"].tolist() == list(range(30))
+    result = run_cli("evaluate", "--run", str(run), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "gbdt_mean" in json.loads(result.stdout.strip().splitlines()[-1])
