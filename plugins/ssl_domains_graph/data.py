@@ -24,6 +24,8 @@ from ssl_domains.datamodule import FittedDataModule
 from .formats import GraphSource, read_graph_source, validate_graph
 from .sampling import NeighborSampler
 
+NEIGHBOR_THRESHOLD = 500_000  # node_batching auto: sampled subgraphs beyond this many nodes (ogbn-products: 2.4M)
+
 
 def _with_self_loops(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
     return add_self_loops(remove_self_loops(edge_index)[0], num_nodes=num_nodes)[0]
@@ -90,6 +92,7 @@ class GraphDataModule(FittedDataModule):
 
     def read(self, stage: str | None) -> None:
         source = read_graph_source(self.data)
+        self.node_batching = "full"  # resolved below for one graph
         auto = "graph" if source.is_collection else "node"
         level = self.fit("level", lambda: auto if self.cfg.level == "auto" else self.cfg.level)
         if level == "node" and len(source.graphs) != 1:
@@ -106,7 +109,10 @@ class GraphDataModule(FittedDataModule):
             if g.edge_index.shape[1] == 0:
                 raise DataError(f"{source.origin}: the graph has no edges; GraphMAE reconstructs nodes from neighbours")
             self.full_batch = self._node_batch(g)
-            if self.cfg.node_batching == "neighbor":
+            self.node_batching = self.cfg.node_batching
+            if self.node_batching == "auto":  # a whole large graph per step outgrows a GPU (and its activations)
+                self.node_batching = "neighbor" if g.num_nodes > NEIGHBOR_THRESHOLD else "full"
+            if self.node_batching == "neighbor":
                 edges = remove_self_loops(g.edge_index)[0]
                 self.sampler = NeighborSampler(edges, g.num_nodes, self.cfg.num_neighbors)
 
@@ -202,7 +208,7 @@ class GraphDataModule(FittedDataModule):
             return eval_loader(
                 items, batch_size=cfg.batch_size, collate_fn=self._graph_collate, num_workers=cfg.num_workers
             )
-        if cfg.node_batching == "neighbor":
+        if self.node_batching == "neighbor":
             items = _Indices(self.graphs[0].num_nodes)
             if train:
                 return train_loader(
@@ -221,7 +227,7 @@ class GraphDataModule(FittedDataModule):
 
     def sample_batches(self, max_items: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
         """Predict batches covering at most ``max_items`` random items (for figures on large graphs)."""
-        if self.level == "graph" or self.cfg.node_batching == "full":
+        if self.level == "graph" or self.node_batching == "full":
             return list(self.predict_dataloader())
         n = self.graphs[0].num_nodes
         ids = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_items].sort().values

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,10 @@ def read_graph_source(path: Path) -> GraphSource:
         if path.suffix == ".pt":
             return GraphSource(_read_pt(path), path, "pt")
         raise DataError(f"{path}: a single file must be a .pt file; for CSV data pass the folder holding edges.csv")
+    ogb = _ogb_edges(path)
+    if ogb is not None:
+        graph, node_ids = _read_ogb(path, ogb)
+        return GraphSource([graph], path, "ogb", node_ids)
     for raw in (path / "raw", path):
         if list(raw.glob("ind.*.x")):
             return GraphSource([_read_planetoid(raw)], raw, "planetoid")
@@ -54,8 +59,72 @@ def read_graph_source(path: Path) -> GraphSource:
         return GraphSource([graph], path, "table", node_ids)
     raise DataError(
         f"{path}: no graph found. Expected a Planetoid folder (raw/ind.NAME.x ...), a TU folder (raw/NAME_A.txt ...), "
-        "a .pt file, or a folder with edges.csv and nodes.csv/nodes.parquet"
+        "an extracted OGB node dataset (ogbn_NAME/raw/edge.csv.gz ...), a .pt file, or a folder with edges.csv and "
+        "nodes.csv/nodes.parquet"
     )
+
+
+def _ogb_edges(path: Path) -> Path | None:
+    """``raw/edge.csv.gz`` (or ``.csv``) of an extracted OGB node-property dataset (``ogbn_arxiv/``)."""
+    return next((p for p in (path / "raw" / "edge.csv.gz", path / "raw" / "edge.csv") if p.is_file()), None)
+
+
+def _ogb_table(raw: Path, name: str, dtype: Any = None) -> Any:
+    """``raw/<name>.csv.gz`` (headerless, as OGB ships them), or None when the dataset has no such file."""
+    import pandas as pd
+
+    path = next((p for p in (raw / f"{name}.csv.gz", raw / f"{name}.csv") if p.is_file()), None)
+    if path is None:
+        return None
+    try:
+        return pd.read_csv(path, header=None, dtype=dtype).to_numpy()
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be read as OGB's CSV ({type(exc).__name__}: {exc})") from None
+
+
+def _read_ogb(root: Path, edges_path: Path) -> tuple[Data, np.ndarray | None]:
+    """An OGB node-property dataset as extracted from its zip, read without the ``ogb`` package or a download:
+    ``raw/edge.csv.gz`` (made undirected: GraphMAE's ``to_bidirected`` for ogbn-arxiv, OGB's inverse edges
+    for ogbn-products), ``raw/node-feat.csv.gz``, ``raw/node-label.csv.gz``, the one ``split/<scheme>/``
+    (train / valid / test node lists) and the ids of ``mapping/nodeidx2*.csv.gz``."""
+    import pandas as pd
+    from torch_geometric.utils import to_undirected
+
+    raw = root / "raw"
+    if (raw / "edge_reltype.csv.gz").is_file() or (raw / "relations").is_dir():
+        raise DataError(f"{root}: a heterogeneous OGB graph (ogbn-mag); GraphMAE reads homogeneous graphs only")
+    edges = _ogb_table(raw, "edge", np.int64)
+    if edges is None or edges.ndim != 2 or edges.shape[1] != 2 or len(edges) == 0:
+        raise DataError(f"{edges_path}: needs one 'source,target' pair of node indices per line")
+    features = _ogb_table(raw, "node-feat", np.float32)
+    counts = _ogb_table(raw, "num-node-list", np.int64)
+    n = int(counts[0, 0]) if counts is not None else len(features) if features is not None else int(edges.max()) + 1
+    if edges.min() < 0 or edges.max() >= n:
+        raise DataError(f"{edges_path}: edges name nodes outside 0..{n - 1}")
+    data = Data(edge_index=to_undirected(torch.from_numpy(edges.T.copy()), num_nodes=n), num_nodes=n)
+    if features is not None:
+        if len(features) != n:
+            raise DataError(f"{raw / 'node-feat.csv.gz'}: {len(features)} rows for {n} nodes")
+        data.x = torch.from_numpy(features)
+    labels = _ogb_table(raw, "node-label")
+    if labels is not None:
+        if labels.shape[1] != 1:
+            raise DataError(
+                f"{raw / 'node-label.csv.gz'}: {labels.shape[1]} labels per node (multi-label, as ogbn-proteins); "
+                "the node probe needs one class per node"
+            )
+        data.y = torch.from_numpy(np.nan_to_num(labels[:, 0].astype(np.float64), nan=-1).astype(np.int64))
+    schemes = sorted(p for p in (root / "split").glob("*") if p.is_dir()) if (root / "split").is_dir() else []
+    if schemes:
+        split = np.full(n, -1, np.int64)
+        for name, code in (("train", 0), ("valid", 1), ("test", 2)):
+            nodes = _ogb_table(schemes[0], name, np.int64)
+            if nodes is not None:
+                split[nodes[:, 0]] = code
+        data.split = torch.from_numpy(split)
+    mapping = sorted((root / "mapping").glob("nodeidx2*.csv*")) if (root / "mapping").is_dir() else []
+    node_ids = pd.read_csv(mapping[0]).iloc[:, 1].to_numpy() if mapping else None
+    return data, node_ids if node_ids is not None and len(node_ids) == n else None
 
 
 def _read_planetoid(raw: Path) -> Data:

@@ -49,8 +49,10 @@ class GraphMAEConfig:
     pooling: Literal["mean", "sum", "max"] = option("mean", doc="graph-level readout of node embeddings")
     batch_size: int = option(32, doc="graphs per batch (graph level) or seed nodes per batch (neighbor mode)")
     shuffle: bool = option(True, doc="shuffle graphs each epoch (the reference's graph script does not)")
-    node_batching: Literal["full", "neighbor"] = option(
-        "full", doc="full: the whole graph each step; neighbor: sampled subgraphs, for graphs larger than memory"
+    node_batching: Literal["auto", "full", "neighbor"] = option(
+        "auto",
+        doc="full: the whole graph each step; neighbor: sampled subgraphs, for graphs too large for one step; auto: "
+        "neighbor beyond 500,000 nodes",
     )
     num_neighbors: list[int] = option(
         default_factory=lambda: [10, 10, 10], doc="neighbor mode: neighbors sampled per hop (layers + decoder)"
@@ -88,6 +90,8 @@ class GraphMAEPlugin(ModalityPlugin[GraphMAEConfig]):
         "a .pt file with a torch_geometric Data, a list of Data, or an InMemoryDataset's processed file",
         "a folder with edges.csv (source,target) and nodes.csv or nodes.parquet (feature columns; optional "
         "'label' and 'split' (train/val/test) columns; optional 'node_id' giving each row's id used in edges.csv)",
+        "an extracted OGB node dataset (ogbn_NAME/raw/edge.csv.gz, node-feat.csv.gz, node-label.csv.gz, "
+        "split/SCHEME/{train,valid,test}.csv.gz), read without the ogb package; edges made undirected",
     )
     batch_keys = {"x": "float32", "edge_index": "int64", "batch": "int64", "id": "int64"}
     input_spec = {

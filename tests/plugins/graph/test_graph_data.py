@@ -188,3 +188,52 @@ def test_neighbor_mode_batches(cora: Path):
     assert batch["label"].shape == (128,)
     ids = torch.cat([b["id"] for b in dm.predict_dataloader()])
     assert torch.equal(ids, torch.arange(2708))
+
+
+def _write_ogb(root: Path, n: int = 40, seed: int = 0) -> Path:
+    """An extracted ogbn-style folder: headerless gzipped CSVs, directed edges, one split scheme, a node mapping."""
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, n, 120)
+    dst = (src + rng.integers(1, n, 120)) % n
+    raw, split = root / "raw", root / "split" / "time"
+    raw.mkdir(parents=True)
+    split.mkdir(parents=True)
+    (root / "mapping").mkdir()
+    pd.DataFrame({"a": src, "b": dst}).to_csv(raw / "edge.csv.gz", header=False, index=False)
+    pd.DataFrame(rng.normal(size=(n, 5)).astype(np.float32)).to_csv(raw / "node-feat.csv.gz", header=False, index=False)
+    pd.DataFrame(rng.integers(0, 3, n)).to_csv(raw / "node-label.csv.gz", header=False, index=False)
+    pd.DataFrame([n]).to_csv(raw / "num-node-list.csv.gz", header=False, index=False)
+    order = rng.permutation(n)
+    for name, part in (("train", order[:20]), ("valid", order[20:30]), ("test", order[30:])):
+        pd.DataFrame(part).to_csv(split / f"{name}.csv.gz", header=False, index=False)
+    pd.DataFrame({"node idx": range(n), "paper id": 9000 + np.arange(n)}).to_csv(
+        root / "mapping" / "nodeidx2paperid.csv.gz", index=False
+    )
+    return root
+
+
+def test_an_extracted_ogb_node_dataset_reads_without_the_ogb_package(tmp_path: Path):
+    root = _write_ogb(tmp_path / "ogbn_toy")
+    source = read_graph_source(root)
+    g = source.graphs[0]
+    assert source.kind == "ogb" and g.num_nodes == 40 and g.x.shape == (40, 5)
+    edges = pd.read_csv(root / "raw" / "edge.csv.gz", header=None).to_numpy()
+    pairs = set(map(tuple, g.edge_index.T.tolist()))
+    assert all((a, b) in pairs and (b, a) in pairs for a, b in edges)  # made undirected
+    assert sorted(pairs) == sorted({(a, b) for a, b in edges} | {(b, a) for a, b in edges})
+    train = pd.read_csv(root / "split" / "time" / "train.csv.gz", header=None)[0].to_numpy()
+    assert (g.split[train] == 0).all() and int((g.split == 1).sum()) == 10 and int((g.split == 2).sum()) == 10
+    assert g.y.tolist() == pd.read_csv(root / "raw" / "node-label.csv.gz", header=None)[0].tolist()
+    dm = setup(root)
+    assert dm.provenance(np.array([0, 39])) == {"node_id": pytest.approx(np.array([9000, 9039]))}
+    (root / "raw" / "node-label.csv.gz").unlink()
+    pd.DataFrame(np.zeros((40, 2), int)).to_csv(root / "raw" / "node-label.csv.gz", header=False, index=False)
+    with pytest.raises(DataError, match="2 labels per node"):
+        read_graph_source(root)
+
+
+def test_auto_node_batching_samples_neighbours_beyond_the_threshold(cora: Path, monkeypatch):
+    assert GraphMAEConfig().node_batching == "auto" and setup(cora).node_batching == "full"
+    monkeypatch.setattr("ssl_domains_graph.data.NEIGHBOR_THRESHOLD", 1000)  # Cora: 2,708 nodes
+    dm = setup(cora, batch_size=64)
+    assert dm.node_batching == "neighbor" and len(next(iter(dm.train_dataloader()))["id"]) == 64
