@@ -212,33 +212,39 @@ def encode_to(
     cfg: Any,
 ) -> None:
     """Encode ``tables`` (a file and the split of its row numbers) a batch at a time into ``folder``:
-    ``numeric`` float32, ``categorical`` int64, ``split`` int8, and ``target`` when the tables have it."""
-    from numpy.lib.format import open_memmap
+    ``numeric`` float32, ``categorical`` int64, ``split`` int8, and ``target`` when every table has it. Written
+    as streams (:class:`ssl_domains.evaluation.NpyStream`): the process holds one batch, whatever the table."""
+    from ssl_domains.evaluation.writer import NpyStream
 
-    width_n, width_c = len(state["numeric"]), len(state["categorical"])
-    out = {
-        "numeric": open_memmap(folder / "numeric.npy", "w+", np.float32, (rows, width_n)),
-        "categorical": open_memmap(folder / "categorical.npy", "w+", np.int64, (rows, width_c)),
-        "split": open_memmap(folder / "split.npy", "w+", np.int8, (rows,)),
+    streams = {
+        "numeric": NpyStream(folder / "numeric.npy", "float32"),
+        "categorical": NpyStream(folder / "categorical.npy", "int64"),
+        "split": NpyStream(folder / "split.npy", "int8"),
     }
-    start = 0
+    target: NpyStream | None = None
+    every_target, start = True, 0
     for path, split_of in tables:
         unknown: dict[str, int] = {}
         for frame in iter_frames(path, BATCH_ROWS, cfg.sep, tuple(cfg.na_values)):
             encoded = encode_table(frame, path, state, quiet=True)
-            stop = start + len(frame)
-            out["numeric"][start:stop], out["categorical"][start:stop] = encoded.numeric, encoded.categorical
-            out["split"][start:stop] = split_of(frame.index.to_numpy())
-            if encoded.target is not None:
-                if "target" not in out:
-                    out["target"] = open_memmap(folder / "target.npy", "w+", encoded.target.dtype, (rows,))
-                out["target"][start:stop] = encoded.target
+            streams["numeric"].write(encoded.numeric.reshape(len(frame), -1))
+            streams["categorical"].write(encoded.categorical.reshape(len(frame), -1))
+            streams["split"].write(split_of(frame.index.to_numpy()))
+            if encoded.target is None:
+                every_target = False
+            elif every_target:
+                if target is None and start == 0:
+                    target = NpyStream(folder / "target.npy", str(encoded.target.dtype))
+                if target is not None:
+                    target.write(encoded.target)
             for column, n in encoded.unknown_counts.items():
                 unknown[column] = unknown.get(column, 0) + n
-            start = stop
+            start += len(frame)
         if unknown:
             log.warning("%s: categories unseen in training mapped to the unknown index: %s", path, unknown)
+    for stream in [*streams.values(), *([target] if target is not None else [])]:
+        stream.close()
+    if target is not None and not every_target:  # labels on some tables only: none are used, as in memory
+        (folder / "target.npy").unlink()
     if start != rows:
         raise DataError(f"the tables changed while being read ({start} rows, {rows} before); read them again")
-    for array in out.values():
-        array.flush()

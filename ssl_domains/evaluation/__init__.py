@@ -13,13 +13,14 @@ from .export import EmbeddingPredictionWriter, ExportSummary, export_embeddings
 from .knn import knn_predict, knn_probe
 from .probe import group_disjoint_probe, linear_probe, single_threaded_blas
 from .rankme import rankme
-from .writer import EmbeddingWriter, shard_path, wkb_polygons
+from .writer import EmbeddingWriter, NpyStream, shard_path, wkb_polygons
 
 __all__ = [
     "EmbeddingPredictionWriter",
     "EmbeddingWriter",
     "Embeddings",
     "ExportSummary",
+    "NpyStream",
     "collect_embeddings",
     "collect_position_embeddings",
     "embeddings_once",

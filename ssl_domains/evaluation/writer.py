@@ -48,9 +48,11 @@ def wkb_polygons(rings: np.ndarray) -> list[bytes | None]:
     return [None if np.isnan(r).any() else head + r.tobytes() for r in closed]
 
 
-class _NpyStream:
+class NpyStream:
     """A ``.npy`` file written in row blocks: the header, whose shape is known only at the end, is written last
-    into space reserved for it (numpy pads headers with spaces, so the reserved length reads back normally)."""
+    into space reserved for it (numpy pads headers with spaces, so the reserved length reads back normally).
+    The blocks go through the page cache with plain writes, so an array larger than memory is written without the
+    process holding it (a ``numpy.memmap`` being filled counts its dirty pages in the writer's RSS)."""
 
     def __init__(self, path: Path, dtype: str) -> None:
         self.path, self.dtype, self.rows, self.tail = path, np.dtype(dtype), 0, None
@@ -144,7 +146,7 @@ class EmbeddingWriter:
         self.out, self.world_size = shard_path(out, rank, world_size), world_size
         self.rows = 0
         self.dim: int | None = None
-        self._npy: dict[Path, _NpyStream] = {}
+        self._npy: dict[Path, NpyStream] = {}
         self._table: _ParquetStream | None = None
         self._table_path: Path | None = None
         self._temps: dict[Path, Path] = {}  # final path -> temporary path
@@ -181,7 +183,7 @@ class EmbeddingWriter:
                 if values is not None:
                     final = self.out.with_name(self.out.stem + suffix + ".npy")
                     if final not in self._npy:
-                        self._npy[final] = _NpyStream(self._temp(final), dtype)
+                        self._npy[final] = NpyStream(self._temp(final), dtype)
                     self._npy[final].write(np.asarray(values))
         else:
             rows["embedding"] = np.asarray(vectors, dtype=np.float32)
