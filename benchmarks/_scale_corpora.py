@@ -199,6 +199,38 @@ def _medical(preset: str, plugin: str) -> Corpus:
                   (".gz",), _write_ct, "Totalsegmentator_dataset", _count_medical, ("monai", "nibabel"))  # fmt: skip
 
 
+# ---- tabular: HIGGS ---------------------------------------------------------------------------------------------
+HIGGS_PART_ROWS = 110_000  # HIGGS's 11,000,000 rows are 100 parts
+
+
+def _write_higgs(root: Path, start: int, stop: int) -> None:
+    """HIGGS-like parts start..stop-1 as a hive-partitioned Parquet folder, ``higgs/part=<k>/part-0.parquet``:
+    110,000 rows of 28 float32 features (21 kinematic, 7 derived, as HIGGS) and a 0/1 label, 12 MB each."""
+    import pandas as pd
+
+    for part in range(start, stop):
+        rng = np.random.default_rng(part)
+        low = rng.normal(size=(HIGGS_PART_ROWS, 21)).astype(np.float32)
+        high = (np.abs(low[:, :7]) * low[:, 7:14] + rng.normal(0, 0.1, (HIGGS_PART_ROWS, 7))).astype(np.float32)
+        label = (high.sum(1) + 0.5 * low[:, 0] + rng.logistic(size=HIGGS_PART_ROWS) > 0).astype(np.float32)
+        frame = pd.DataFrame(np.column_stack([label, low, high]), columns=["label", *[f"f{j}" for j in range(28)]])
+        folder = root / "higgs" / f"part={part:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(folder / "part-0.parquet", index=False)
+
+
+def _count_tabular(dm: Any) -> dict[str, int]:
+    return {"units": len(dm.split) // HIGGS_PART_ROWS, "train_items": len(dm.train_rows)}
+
+
+def _tabular() -> Corpus:
+    # HIGGS (Baldi et al. 2014), one of T-JEPA's benchmarks: 11,000,000 rows. The streaming path at every size:
+    # the one auto takes beyond the memory budget
+    overrides = ["tjepa.target=label", "tjepa.task=classification", "tjepa.drop=[part]", "tjepa.storage=stream"]
+    return Corpus(["paper"], overrides, "HIGGS", 100, "parts", (".parquet",), _write_higgs, "higgs",
+                  _count_tabular, ("pyarrow", "pandas"))  # fmt: skip
+
+
 CORPORA: dict[str, Corpus] = {
     "croma": _rs("croma-base", "croma"),
     "ssl4eo": _rs("ssl4eo-small", "ssl4eo"),
@@ -206,4 +238,5 @@ CORPORA: dict[str, Corpus] = {
     "ssast": _audio(["ssast-base"]),
     "alice": _medical("alice-paper", "alice"),
     "contrastive3d": _medical("contrastive3d-vit", "contrastive3d"),
+    "tjepa": _tabular(),
 }

@@ -2,7 +2,7 @@
 
 Usage (issue 27)::
 
-    python benchmarks/scale.py --plugin croma|ssl4eo|tera|ssast|alice|contrastive3d --sizes 1,10,100 \
+    python benchmarks/scale.py --plugin croma|ssl4eo|tera|ssast|alice|contrastive3d|tjepa --sizes 1,10,100 \
         --root /scratch/scale [--steps 50]
 
 Writes a stand-in corpus in the paper corpus's own layout and format, at growing sizes, under ``--root`` (kept
@@ -20,7 +20,8 @@ needs at the preset's FLOPs per item at 40 % MFU (989 dense bf16 TFLOP/s).
 Stand-ins (``benchmarks/_scale_corpora.py``): ``croma`` and ``ssl4eo`` write SSL4EO-S12's own layout (per-band
 GeoTIFFs of S1 GRD and S2 L1C, four seasons, 5.4 MB per location); ``tera`` and ``ssast`` write LibriSpeech's
 (``speaker/chapter/*.flac``, 16 kHz FLAC of 10-15 s, 120 utterances and 28 MB per speaker); ``alice`` and
-``contrastive3d`` write TotalSegmentator's (``<case>/ct.nii.gz``, int16 CT of 256 x 256 x 160 at 1.5 x 1.5 x 2 mm).
+``contrastive3d`` write TotalSegmentator's (``<case>/ct.nii.gz``, int16 CT of 256 x 256 x 160 at 1.5 x 1.5 x 2 mm);
+``tjepa`` writes HIGGS as hive-partitioned Parquet (110,000 rows of 28 float32 features per part).
 Sizes are multiples of ``--unit`` locations, speakers or volumes; smaller sizes are hard links into the largest,
 so the disk holds the largest once. ``--no-embed`` leaves out the embed measurement (on a CPU, embedding a
 paper-sized model over 100x takes hours).
@@ -47,7 +48,15 @@ from _scale_corpora import CORPORA, data_files, ensure, subset
 
 H100_BF16_TFLOPS = 989.0
 MFU = 0.40
-UNITS = {"croma": 37, "ssl4eo": 37, "tera": 8, "ssast": 8, "alice": 2, "contrastive3d": 2}  # RS, audio: 20 GB at 100x
+UNITS = {
+    "croma": 37,
+    "ssl4eo": 37,
+    "tera": 8,
+    "ssast": 8,
+    "alice": 2,
+    "contrastive3d": 2,
+    "tjepa": 1,
+}  # RS, audio: 20 GB at 100x
 
 
 # ---- measurements, each in a fresh process ----------------------------------------------------------------------
