@@ -177,7 +177,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg.optim)
     clip = cfg.optim.gradient_clip_val
-    batches = [to_device(b, device) for b in itertools.islice(dm.train_dataloader(), 1 if args.quick else 4)]
+    batches = [dm.on_after_batch_transfer(to_device(b, device), 0)  # as Lightning hands them to the step
+               for b in itertools.islice(dm.train_dataloader(), 1 if args.quick else 4)]
     cycle = itertools.cycle(batches)
     bf16 = args.precision == "bf16-mixed"
 

@@ -86,9 +86,14 @@ def _built(plugin: ModalityPlugin, tmp_path: Path) -> tuple[Any, Any, Any]:
     return cfg, dm, plugin.model(cfg.method, dm)
 
 
-def _first_batch(loader: Any) -> dict[str, Any]:
-    batch = next(iter(loader))
+def _first_batch(dm: Any, stage: str = "train") -> dict[str, Any]:
+    """The first batch of ``dm``'s ``stage`` loader as the objective sees it: after the datamodule's
+    ``on_after_batch_transfer`` (Lightning calls it once the batch is on the device; a plugin may finish its
+    batches there, as the audio plugin computes its features)."""
+    batch = next(iter(getattr(dm, f"{stage}_dataloader")()))
     _require(isinstance(batch, dict), f"batches must be dicts, got {type(batch).__name__}")
+    batch = dm.on_after_batch_transfer(batch, 0)
+    _require(isinstance(batch, dict), f"on_after_batch_transfer must return a dict, got {type(batch).__name__}")
     return batch
 
 
@@ -160,7 +165,7 @@ def check_config_yaml_roundtrip(plugin: ModalityPlugin, tmp_path: Path) -> None:
 def check_datamodule_batches(plugin: ModalityPlugin, tmp_path: Path) -> None:
     """Training batches are dicts with the declared keys and dtypes; ``id`` has one entry per item."""
     _, dm, _ = _built(plugin, tmp_path)
-    batch = _first_batch(dm.train_dataloader())
+    batch = _first_batch(dm)
     for key, dtype in plugin.batch_keys.items():
         _require(key in batch, f"batch lacks declared key {key!r} (has {sorted(batch)})")
         got = str(batch[key].dtype).replace("torch.", "")
@@ -175,7 +180,7 @@ def check_masking_deterministic(plugin: ModalityPlugin, tmp_path: Path) -> None:
 
     cfg, dm, model = _built(plugin, tmp_path)
     objective = plugin.objective(cfg.method)
-    batch = _first_batch(dm.train_dataloader())
+    batch = _first_batch(dm)
     model.train()
     losses = []
     for seed in (1, 1, 2):
@@ -196,7 +201,7 @@ def check_objective_finite_and_differentiable(plugin: ModalityPlugin, tmp_path: 
     import torch
 
     cfg, dm, model = _built(plugin, tmp_path)
-    out = plugin.objective(cfg.method)(model.train(), _first_batch(dm.train_dataloader()))
+    out = plugin.objective(cfg.method)(model.train(), _first_batch(dm))
     _require("loss" in out, "the objective must return {'loss': ...}")
     loss = out["loss"]
     _require(loss.ndim == 0 and torch.isfinite(loss), f"loss must be a finite scalar, got {loss}")
@@ -213,7 +218,7 @@ def check_objective_under_bf16_autocast(plugin: ModalityPlugin, tmp_path: Path) 
     import torch
 
     cfg, dm, model = _built(plugin, tmp_path)
-    batch = _first_batch(dm.train_dataloader())
+    batch = _first_batch(dm)
     torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = plugin.objective(cfg.method)(model.train(), batch)["loss"]
@@ -235,7 +240,7 @@ def check_every_parameter_gets_a_gradient(plugin: ModalityPlugin, tmp_path: Path
 
     cfg, dm, model = _built(plugin, tmp_path)
     torch.manual_seed(0)
-    plugin.objective(cfg.method)(model.train(), _first_batch(dm.train_dataloader()))["loss"].backward()
+    plugin.objective(cfg.method)(model.train(), _first_batch(dm))["loss"].backward()
     unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     _require(not unused, f"{len(unused)} trainable parameters get no gradient (first: {unused[:4]}); freeze them")
 
@@ -246,7 +251,7 @@ def check_overfits_one_batch(plugin: ModalityPlugin, tmp_path: Path, steps: int 
 
     cfg, dm, model = _built(plugin, tmp_path)
     objective = plugin.objective(cfg.method)
-    batch = _first_batch(dm.train_dataloader())
+    batch = _first_batch(dm)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-3)
     model.train()
@@ -384,7 +389,7 @@ def check_embed_shape(plugin: ModalityPlugin, tmp_path: Path) -> None:
 
     _, dm, model = _built(plugin, tmp_path)
     dm.setup("predict")
-    batch = _first_batch(dm.predict_dataloader())
+    batch = _first_batch(dm, "predict")
     _require(isinstance(getattr(model, "embed_dim", None), int), "the model must define embed_dim: int")
     with torch.no_grad():
         z = model.eval().embed(batch)

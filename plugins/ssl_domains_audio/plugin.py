@@ -62,6 +62,12 @@ class AudioDataConfig:
         doc="keep every clip's features in memory (computed at setup), or none (decoded in the workers); auto keeps"
         " them when they fit 25% of RAM ($SSL_DOMAINS_MEMORY_BUDGET)",
     )
+    feature_extraction: Literal["auto", "loader", "device"] = option(
+        "auto",
+        doc="where training features are computed: in the loader workers, or on the training device (the workers"
+        " only decode and crop; the batch's features are computed there in one call, as s3prl's online"
+        " preprocessing does); auto: on the device unless the features are kept in memory",
+    )
     index_cache: bool = option(
         True, doc="cache the clip list and lengths on disk ($SSL_DOMAINS_CACHE): a second run reads no headers"
     )
@@ -81,6 +87,11 @@ def _check_heads(dim: int, heads: int, section: str) -> None:
 
 
 def _check_batches(cfg: AudioDataConfig, section: str) -> None:
+    if cfg.feature_extraction == "device" and cfg.cache == "memory":
+        raise ConfigError(
+            f"{section}.feature_extraction device computes the features of each training crop on the GPU, so there"
+            f" is nothing to keep in memory; set {section}.cache to auto or none, or feature_extraction to loader"
+        )
     if cfg.max_seconds is not None and cfg.max_seconds * 100 < cfg.crop_frames:  # 100 frames a second
         raise ConfigError(
             f"{section}.max_seconds {cfg.max_seconds} holds {int(cfg.max_seconds * 100)} frames, fewer than one crop"

@@ -13,10 +13,10 @@ import torch
 from ssl_domains import ConfigError, DataError
 from ssl_domains.config import from_mapping
 from ssl_domains.memory import BUDGET_ENV
-from ssl_domains_audio import formats
+from ssl_domains_audio import features, formats
 from ssl_domains_audio.data import AudioDataModule
 from ssl_domains_audio.formats import find_clips, read_audio
-from ssl_domains_audio.plugin import FSDD_NAMES, TERAConfig
+from ssl_domains_audio.plugin import FSDD_NAMES, SSASTConfig, TERAConfig
 from ssl_domains_audio.synthetic import synthetic_clip, write_example_clips
 
 
@@ -153,3 +153,88 @@ def test_max_seconds_batches_are_capped_by_padded_duration(tmp_path: Path):
         assert batch["features"].shape[0] * batch["features"].shape[1] <= 150
     with pytest.raises(ConfigError, match=r"tera\.max_seconds 0\.3 holds 30 frames, fewer than one crop of crop_"):
         from_mapping(TERAConfig, {"max_seconds": 0.3, "crop_frames": 60}, "tera").validate()
+
+
+def test_batched_features_equal_each_clips_features_frame_for_frame():
+    samples = np.random.default_rng(0).normal(0, 0.1, 16000 * 3).astype(np.float32)
+    for kind, bins in (("logmel_global", 80), ("fbank", 128)):
+        whole = features.compute(samples, kind, bins, 7000.0)
+        starts, frames = [0, 17, whole.shape[0] - 60], [90, 40, 60]  # rows of different lengths, one at the end
+        windows = [features.waveform_window(samples, kind, s, n) for s, n in zip(starts, frames, strict=True)]
+        padded = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for w in windows], batch_first=True)
+        batch = features.batch_features(padded, kind, bins, 7000.0)
+        assert batch.shape == (3, 90, bins)
+        for row, (start, n) in enumerate(zip(starts, frames, strict=True)):
+            torch.testing.assert_close(batch[row, :n], whole[start : start + n], atol=1e-5, rtol=1e-5)
+    raw = features.compute(samples, "logmel_global", 80)
+    padded = torch.cat([raw, torch.full((7, 80), 3.0)])[None]  # CMVN reads the valid frames only
+    torch.testing.assert_close(features.masked_cmvn(padded, torch.tensor([len(raw)]))[0, : len(raw)],
+                               features.log_mel(samples), atol=1e-4, rtol=0)  # fmt: skip
+    alphas = torch.tensor([0.9, 1.0, 1.12])
+    warped = features.warp_frequency(batch, alphas, 20.0, 7000.0)
+    for row, alpha in enumerate(alphas.tolist()):
+        assert torch.equal(warped[row], features.warp_frequency(batch[row], alpha, 20.0, 7000.0))
+
+
+@pytest.mark.parametrize(("kind", "crop", "vtlp"), [("logmel", 10_000, 0.0), ("logmel_global", 30, 0.1),
+                                                    ("fbank", 30, 0.1)])  # fmt: skip
+def test_features_on_the_device_equal_the_workers_features(tmp_path: Path, kind: str, crop: int, vtlp: float):
+    root = write_example_clips(tmp_path)
+    config = SSASTConfig if kind == "fbank" else TERAConfig
+
+    def module(**overrides) -> AudioDataModule:
+        cfg = from_mapping(config, {"batch_size": 4, "crop_frames": crop, "vtlp": vtlp, **overrides}, "x")
+        dm = AudioDataModule(root, cfg, kind=kind, pad_multiple=2 if kind == "fbank" else 1)
+        dm.setup("fit")
+        return dm
+
+    workers, device = module(feature_extraction="loader"), module(feature_extraction="device")
+    assert workers.in_memory and not workers.features_on_device
+    assert device.features_on_device and not device.in_memory and not device._cache
+    torch.manual_seed(5)
+    expected = next(iter(workers.train_dataloader()))
+    torch.manual_seed(5)  # the same crops and warp factors
+    crops = next(iter(device.train_dataloader()))
+    assert crops["waveform"].dtype == torch.float32 and "features" not in crops
+    got = device.on_after_batch_transfer(crops, 0)
+    assert sorted(got) == sorted(expected) and torch.equal(got["length"], expected["length"])
+    # float32 FFTs batched differently round differently; it shows only where the power is near log's 1e-10 floor
+    torch.testing.assert_close(got["features"], expected["features"], atol=1e-2, rtol=0)
+    assert float((got["features"] - expected["features"]).abs().mean()) < 1e-4
+    assert device.on_after_batch_transfer(expected, 0) is expected  # batches of features pass through
+    assert _auto_choice(root, "none") and not _auto_choice(root, "memory")  # auto: on the device unless cached
+
+
+def _auto_choice(root: Path, cache: str) -> bool:
+    return _module(root, cache=cache).features_on_device
+
+
+def test_long_crops_are_normalised_over_their_own_frames_and_memory_caching_conflicts(tmp_path: Path):
+    root = write_example_clips(tmp_path)
+    dm = _module(root, cache="none", crop_frames=20)
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert (batch["length"] == 20).all()
+    torch.testing.assert_close(batch["features"].mean(1), torch.zeros(4, 80), atol=1e-3, rtol=0)
+    torch.testing.assert_close(batch["features"].std(1, unbiased=False), torch.ones(4, 80), atol=1e-2, rtol=0)
+    with pytest.raises(ConfigError, match=r"tera\.feature_extraction device .* set tera\.cache to auto or none"):
+        from_mapping(TERAConfig, {"feature_extraction": "device", "cache": "memory"}, "tera").validate()
+
+
+def test_lightning_hands_the_objective_features_computed_on_the_device(tmp_path: Path):
+    import lightning.pytorch as pl
+
+    from ssl_domains import registry
+    from ssl_domains.run import resolve_config, train
+
+    seen: list[list[str]] = []
+
+    class Batches(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen.append(sorted(batch))
+
+    data = write_example_clips(tmp_path / "data")
+    small = ["tera.dim=32", "tera.depth=1", "tera.heads=2", "tera.ff_dim=64", "tera.cache=none"]
+    cfg = resolve_config(registry.load("tera"), data, [], [*small, "trainer.max_steps=2", "trainer.max_epochs=-1",
+                                                          "trainer.progress_bar=false"])  # fmt: skip
+    train(cfg, tmp_path / "run", callbacks=[Batches()])
+    assert seen == [["features", "id", "label", "length", "split"]] * 2
