@@ -11,7 +11,8 @@ out of git; reused by a later call), then measures each size in fresh processes 
 - ``setup_cold_s`` / ``setup_warm_s``: ``datamodule.setup("fit")`` with an empty index cache, then with it warm;
 - ``peak_rss_gb``: ``ssl-domains train`` at the paper's preset for ``--steps`` steps (setup included), in one
   process (``num_workers=0``, so that one process holds everything a worker would);
-- ``loader_items_per_s_per_worker``: training items one process yields (``num_workers=0``);
+- ``loader_items_per_s_per_worker``: training items one process yields (``num_workers=0``, one thread, as a
+  DataLoader worker runs; what a plugin leaves to ``on_after_batch_transfer`` runs on the GPU and is not counted);
 - ``embed_peak_rss_gb`` / ``embed_rows_per_s``: ``ssl-domains embed`` of the trained run over the same corpus.
 
 A last line extrapolates to the paper's full corpus: index time and RAM, disk, and the loader workers one H100
@@ -90,11 +91,14 @@ def measure_setup(plugin: str, data: Path, overrides: list[str], loader_batches:
 
         loader = batches()
         next(loader)  # the first batch pays for imports and the sampler
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in a DataLoader worker, which PyTorch runs on one thread
         start, items = time.perf_counter(), 0
         for _ in range(loader_batches):
             batch = next(loader)
             items += len(batch["id"])
         out["loader_items_per_s_per_worker"] = items / (time.perf_counter() - start)
+        torch.set_num_threads(threads)
         from torch.utils.flop_counter import FlopCounterMode
 
         model = plug.model(cfg.method, dm).train()
