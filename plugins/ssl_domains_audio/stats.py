@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
         raise UserError(f"{args.data}: no clips")
     # spread over the sorted list, as training does: a corpus sorted by speaker gives every speaker a share
     clips = [clips[i] for i in np.linspace(0, len(clips) - 1, min(len(clips), args.max_clips)).round().astype(int)]
-    feats = [clip_features(c, "fbank", args.num_mel_bins, cfg.min_seconds) for c in clips]
+    feats = (clip_features(c, "fbank", args.num_mel_bins, cfg.min_seconds) for c in clips)  # one clip at a time
     mean, std = dataset_statistics(feats)
     print(f"# fbank statistics of {len(clips)} clips under {args.data}")
     print(f"ssast.norm_mean={mean:.6f}")

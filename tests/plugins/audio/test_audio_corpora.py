@@ -238,3 +238,35 @@ def test_lightning_hands_the_objective_features_computed_on_the_device(tmp_path:
                                                           "trainer.progress_bar=false"])  # fmt: skip
     train(cfg, tmp_path / "run", callbacks=[Batches()])
     assert seen == [["features", "id", "label", "length", "split"]] * 2
+
+
+def test_fbank_statistics_are_summed_clip_by_clip_and_cached_with_their_files(tmp_path: Path, monkeypatch):
+    from ssl_domains_audio import data
+
+    root = write_example_clips(tmp_path)
+    frames = [torch.randn(50 + 9 * i, 4) * 3 - 4 for i in range(6)]
+    every = torch.cat(frames).double()
+    mean, std = data.dataset_statistics(iter(frames))
+    assert mean == pytest.approx(float(every.mean()), abs=1e-12)
+    assert std == pytest.approx(float(every.std(unbiased=False)), abs=1e-12)
+    decoded = []
+    real = data.clip_features
+    monkeypatch.setattr(data, "clip_features", lambda clip, *a: decoded.append(clip.path) or real(clip, *a))
+
+    def ssast(**overrides) -> AudioDataModule:
+        cfg = from_mapping(SSASTConfig, {"cache": "none", **overrides}, "ssast")
+        dm = AudioDataModule(root, cfg, kind="fbank", pad_multiple=16)
+        dm.setup("fit")
+        return dm
+
+    first = ssast()
+    assert len(decoded) == 27  # every training clip, once
+    decoded.clear()
+    again = ssast()
+    assert decoded == [] and again.fitted.get("norm") == first.fitted.get("norm")  # from the cache: nothing decoded
+    soundfile.write(str(root / "0_ann_0.wav"), synthetic_clip(0, 0, 7, 8000), 8000)  # a file of the sample changes
+    ssast()
+    assert len(decoded) == 27
+    decoded.clear()
+    ssast(index_cache=False)
+    assert len(decoded) == 27
