@@ -26,6 +26,7 @@ def crop_panels(
     """Column titles and ``[X, Y, Z]`` volumes (on the host): the clean crop, the network's input and its output."""
     torch.manual_seed(0)
     batch = {k: v.to(device) for k, v in next(iter(datamodule.train_dataloader())).items() if torch.is_tensor(v)}
+    batch = datamodule.on_after_batch_transfer(batch, 0)  # the views, as the training step gets them
     model.eval()
     if mode == "pairs":
         crop = batch["query"][:1]

@@ -82,6 +82,11 @@ class Contrastive3DConfig(MedicalConfig):
     shuffle_prob: float = option(0.8, doc="RandCoarseShuffled probability (recipe: 0.8)")
     shuffle_holes: int = option(10, doc="RandCoarseShuffled holes (recipe: 10)")
     shuffle_size: int = option(8, doc="RandCoarseShuffled hole side (recipe: 8)")
+    corruptions_on: Literal["device", "loader"] = option(
+        "device",
+        doc="where the views are corrupted: on the training device, batched after the transfer (the same MONAI"
+        " draws, transforms.corrupt_batch; the workers only crop), or by MONAI's transforms in the loader workers",
+    )
     positives: Literal["views", "corresponding"] = option(
         "views",
         doc="NT-Xent positives: two corrupted copies of one crop (MONAI, Tang), or corrupted crops at corresponding"

@@ -144,8 +144,9 @@ def preprocessing(cfg: Any, keys: tuple[str, ...]) -> mt.Compose:
     return mt.Compose(chain)
 
 
-def view_transforms(cfg: Any) -> mt.Compose:
-    """contrastive3d's random crop and two independently corrupted views (MONAI ViT SSL recipe)."""
+def view_transforms(cfg: Any, corrupt: bool = True) -> mt.Compose:
+    """contrastive3d's random crop and two independently corrupted views (MONAI ViT SSL recipe); with
+    ``corrupt=False`` the crop alone (the views are made on the device, :func:`corrupt_batch`)."""
     roi = [cfg.roi] * 3
     crops = cfg.crops_per_volume
     steps: list[Any] = [
@@ -153,8 +154,10 @@ def view_transforms(cfg: Any) -> mt.Compose:
         mt.RandSpatialCropSamplesd("image", roi_size=roi, num_samples=crops, random_size=False)
         if crops > 1
         else mt.RandSpatialCropd("image", roi_size=roi, random_size=False),
-        mt.CopyItemsd("image", times=2, names=["view1", "view2"]),
     ]
+    if not corrupt:
+        return mt.Compose(steps)
+    steps.append(mt.CopyItemsd("image", times=2, names=["view1", "view2"]))
     return mt.Compose(steps + corruptions(cfg, ("view1", "view2")))
 
 
@@ -193,6 +196,93 @@ def corruptions(cfg: Any, views: tuple[str, ...]) -> list[Any]:
             ),
         ]
     return steps
+
+
+# ---- the same corruptions on the training device, for a whole batch -----------------------------------------------
+def _uniform(shape: tuple[int, ...], low: Any, high: Any, generator: torch.Generator | None, device: Any) -> Any:
+    return low + (high - low) * torch.rand(shape, device=device, generator=generator)
+
+
+def coarse_boxes(
+    n: int, shape: tuple[int, ...], holes: int, size: int, max_size: int | None, generator: torch.Generator | None,
+    device: Any,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``holes`` boxes per crop, ``(start, size)`` of shape ``[n, 3]`` each, drawn as MONAI's
+    ``RandCoarseTransform.randomize`` draws them: each side uniform over ``size .. max_size`` (integers), where
+    ``size`` is the previous hole's side (MONAI reassigns it in its loop, so a crop's holes never shrink; kept),
+    clipped to the crop, and the corner uniform over the positions that keep the box inside."""
+    dims = torch.tensor(shape, device=device)
+    side = torch.full((n, len(shape)), size, device=device)
+    boxes = []
+    for _ in range(holes):
+        if max_size is not None:
+            high = torch.full_like(side, max_size).maximum(side)
+            side = (side + torch.rand(side.shape, device=device, generator=generator) * (high - side + 1)).floor()
+            side = side.long().minimum(high)
+        valid = side.minimum(dims)
+        corner = (torch.rand(side.shape, device=device, generator=generator) * (dims - valid + 1)).floor().long()
+        boxes.append((corner.minimum(dims - valid), valid))
+    return boxes
+
+
+def boxes_mask(boxes: list[tuple[torch.Tensor, torch.Tensor]], shape: tuple[int, ...]) -> torch.Tensor:
+    """``[n, D, H, W]``: the voxels inside any of the boxes. A box is the outer product of three 0/1 intervals, so
+    the count of boxes over each voxel is one batched matrix product, ``(a ⊗ b)ᵀ c`` summed over the boxes."""
+    corner = torch.stack([c for c, _ in boxes], 1)  # [n, holes, 3]
+    side = torch.stack([s for _, s in boxes], 1)
+    axes = [torch.arange(length, device=corner.device) for length in shape]
+    a, b, c = (((x >= corner[..., i, None]) & (x < (corner + side)[..., i, None])).float() for i, x in enumerate(axes))
+    n, holes = corner.shape[:2]
+    plane = (a[..., :, None] * b[..., None, :]).reshape(n, holes, -1)  # [n, holes, D * H]
+    return (torch.bmm(plane.transpose(1, 2), c) > 0.5).reshape(n, *shape)
+
+
+def coarse_shuffle(views: torch.Tensor, holes: int, size: int, prob: float, generator: torch.Generator | None = None
+                   ) -> torch.Tensor:  # fmt: skip
+    """MONAI's ``RandCoarseShuffle(prob, holes, spatial_size=size)`` on ``[N, C, D, H, W]``: with probability
+    ``prob`` per crop, the voxels of each of ``holes`` boxes of side ``size`` are permuted at random, each channel
+    apart, one box after the other (as MONAI does, so overlapping boxes shuffle twice)."""
+    n, c, *shape = views.shape
+    device = views.device
+    chosen = torch.rand(n, device=device, generator=generator) < prob
+    flat = views.reshape(n, c, -1).clone()
+    _, h, w = shape
+    sd, sh, sw = (min(size, length) for length in shape)  # a fixed side: every crop's box has the same shape
+    for corner, _ in coarse_boxes(n, tuple(shape), holes, size, None, generator, device):
+        grid = (torch.arange(sd, device=device)[:, None, None] * h + torch.arange(sh, device=device)[None, :, None]) * w
+        offsets = (grid + torch.arange(sw, device=device)[None, None, :]).reshape(-1)
+        index = ((corner[:, 0] * h + corner[:, 1]) * w + corner[:, 2])[:, None] + offsets  # [n, side^3]
+        index = index[:, None, :].expand(n, c, -1)
+        patch = flat.gather(2, index)
+        order = torch.rand(patch.shape, device=device, generator=generator).argsort(dim=-1)
+        shuffled = torch.where(chosen[:, None, None], patch.gather(2, order), patch)
+        flat.scatter_(2, index, shuffled)
+    return flat.reshape(views.shape)
+
+
+def corrupt_batch(views: torch.Tensor, cfg: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`corruptions` of each crop in ``[N, C, D, H, W]``, batched on its device, with MONAI's semantics:
+    ``OneOf`` (each crop in-painted or out-painted, even odds) ``RandCoarseDropout`` with ``fill_value=None``,
+    whose values are uniform over the crop's own [min, max] (in-painting fills the union of the holes,
+    out-painting everything outside the union of the kept boxes), then :func:`coarse_shuffle`. No loop over
+    crops and no host sync; the hole sizes are scaled from 96^3 crops to the crop's size."""
+    n, _, *shape = views.shape
+    device, grid = views.device, tuple(shape)
+
+    def scaled(size: int) -> int:
+        return max(1, round(size * cfg.roi / 96))
+
+    inpaint = boxes_mask(coarse_boxes(n, grid, cfg.inpaint_holes, scaled(cfg.inpaint_size),
+                                      scaled(cfg.inpaint_max_size), generator, device), grid)  # fmt: skip
+    kept = boxes_mask(coarse_boxes(n, grid, cfg.outpaint_holes, scaled(cfg.outpaint_size),
+                                   scaled(cfg.outpaint_max_size), generator, device), grid)  # fmt: skip
+    inpainting = torch.rand(n, device=device, generator=generator) < 0.5
+    replaced = torch.where(inpainting[:, None, None, None], inpaint, ~kept)[:, None]
+    low = views.amin(dim=(1, 2, 3, 4), keepdim=True)
+    high = views.amax(dim=(1, 2, 3, 4), keepdim=True)
+    noise = _uniform(tuple(views.shape), low, high, generator, device).to(views.dtype)
+    out = torch.where(replaced, noise, views)
+    return coarse_shuffle(out, cfg.shuffle_holes, scaled(cfg.shuffle_size), cfg.shuffle_prob, generator)
 
 
 BIAS_DEGREE, BIAS_COEFF, BIAS_PROB = 3, (0.1, 0.3), 0.8  # MONAI RandBiasField(prob=0.8, coeff_range=(0.1, 0.3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +27,11 @@ def _cfg(cls=Contrastive3DConfig, **kw):
     cfg = cls(**{**base, **kw})
     cfg.validate()
     return cfg
+
+
+def _train_batch(dm: MedicalDataModule) -> dict:
+    """A training batch as the objective sees it: the views are corrupted after the transfer."""
+    return dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
 
 
 def _volumes(root: Path, count: int = 3, shape=(40, 44, 36)) -> Path:
@@ -190,14 +196,14 @@ def test_view_batches_are_a_clean_crop_and_two_corrupted_copies(tmp_path):
     dm = MedicalDataModule(_volumes(tmp_path, 3), _cfg(), mode="views")
     dm.setup("fit")
     torch.manual_seed(0)
-    batch = next(iter(dm.train_dataloader()))
+    batch = _train_batch(dm)
     assert batch["image"].shape == batch["view1"].shape == (2, 1, 32, 32, 32)
     assert batch["volume"].tolist() == [i % 3 for i in batch["id"].tolist()]
     changed = [(batch[v] != batch["image"]).float().mean().item() for v in ("view1", "view2")]
     assert sum(changed) > 0.0 and max(changed) < 0.9, f"views are partly corrupted copies of the crop: {changed}"
     assert not torch.equal(batch["view1"], batch["view2"])
     torch.manual_seed(0)
-    again = next(iter(dm.train_dataloader()))
+    again = _train_batch(dm)
     assert all(torch.equal(batch[k], again[k]) for k in batch), "crops and corruption follow torch's seed"
 
 
@@ -205,7 +211,7 @@ def test_several_crops_per_volume_sit_side_by_side_at_different_places(tmp_path)
     dm = MedicalDataModule(_volumes(tmp_path, 3, shape=(60, 64, 56)), _cfg(crops_per_volume=3), mode="views")
     dm.setup("fit")
     torch.manual_seed(0)
-    batch = next(iter(dm.train_dataloader()))
+    batch = _train_batch(dm)
     assert batch["image"].shape == batch["view2"].shape == (6, 1, 32, 32, 32)  # 2 volumes x 3 crops
     volumes = batch["volume"].tolist()
     assert volumes[:3] == [volumes[0]] * 3 and volumes[3:] == [volumes[3]] * 3
@@ -338,7 +344,7 @@ def test_corresponding_positives_are_corrupted_crops_of_two_volumes_at_one_point
     dm = MedicalDataModule(_volumes(tmp_path, 3), cfg, mode="corresponding_views")
     dm.setup("fit")
     torch.manual_seed(0)
-    batch = next(iter(dm.train_dataloader()))
+    batch = _train_batch(dm)
     assert batch["image"].shape == batch["image2"].shape == batch["view2"].shape == (2, 1, 32, 32, 32)
     assert (batch["volume"] != batch["partner"]).all(), "the positive comes from another volume"
     for first, second in (("view1", "image"), ("view2", "image2")):  # each view corrupts its own crop
@@ -482,3 +488,66 @@ def test_views_are_jittered_on_the_device_after_transfer_and_targets_stay_clean(
     plain.setup("fit")
     batch = next(iter(plain.train_dataloader()))
     assert torch.equal(plain.on_after_batch_transfer(batch, 0)["query_view"], batch["query"])
+
+
+def _monai_share(transform, shape, draws: int, fill: float | None = 0.0) -> np.ndarray:
+    """The share of voxels a MONAI coarse transform changes in a fresh image of ones (or of distinct values)."""
+    transform.set_random_state(0)
+    image = np.arange(np.prod(shape), dtype=np.float32).reshape((1, *shape)) if fill is None else None
+    shares = []
+    for _ in range(draws):
+        fresh = image.copy() if fill is None else np.ones((1, *shape), np.float32)  # MONAI writes into its input
+        shares.append(float((np.asarray(transform(fresh)) != (image if fill is None else 1.0)).mean()))
+    return np.array(shares)
+
+
+def test_device_corruptions_draw_as_monai_draws():
+    from monai.transforms import RandCoarseDropout, RandCoarseShuffle
+
+    from ssl_domains_medical.transforms import boxes_mask, coarse_boxes, coarse_shuffle
+
+    shape, gen = (20, 24, 28), torch.Generator().manual_seed(1)
+    boxes = coarse_boxes(4, shape, 6, 3, 12, gen, "cpu")
+    painted = torch.zeros(4, *shape, dtype=torch.bool)  # the union of the boxes, painted one crop at a time
+    for corner, side in boxes:
+        for n in range(4):
+            (z, y, x), (d, h, w) = corner[n].tolist(), side[n].tolist()
+            painted[n, z : z + d, y : y + h, x : x + w] = True
+    assert torch.equal(boxes_mask(boxes, shape), painted)
+    assert all(bool((b[1] >= a[1]).all()) for a, b in itertools.pairwise(boxes))  # MONAI's growing sides
+    shape = (32, 32, 32)
+    for holes, size, largest, holes_out in ((6, 2, 11, True), (6, 7, 21, False), (6, 7, None, True)):
+        monai = _monai_share(RandCoarseDropout(holes, size, dropout_holes=holes_out, fill_value=0.0,
+                                               max_spatial_size=largest, prob=1.0), shape, 400)  # fmt: skip
+        ours = boxes_mask(coarse_boxes(2000, shape, holes, size, largest, gen, "cpu"), shape).float().mean((1, 2, 3))
+        ours = (ours if holes_out else 1 - ours).numpy()
+        error = np.hypot(monai.std() / np.sqrt(len(monai)), ours.std() / np.sqrt(len(ours)))
+        assert abs(monai.mean() - ours.mean()) < 4 * error + 1e-4, (holes, size, largest, monai.mean(), ours.mean())
+    monai = _monai_share(RandCoarseShuffle(holes=10, spatial_size=3, prob=0.8), shape, 400, fill=None)
+    crops = torch.arange(32**3, dtype=torch.float32).reshape(1, 1, *shape).repeat(600, 1, 1, 1, 1)
+    shuffled = coarse_shuffle(crops, 10, 3, 0.8, gen)
+    ours = (shuffled != crops).float().mean((1, 2, 3, 4)).numpy()
+    assert abs(monai.mean() - ours.mean()) < 4 * np.hypot(monai.std() / 20, ours.std() / np.sqrt(600))
+    assert torch.equal(shuffled.flatten(1).sort(1).values, crops.flatten(1))  # a permutation: no value lost
+
+
+def test_views_are_corrupted_on_the_device_unless_asked_of_the_loader(tmp_path):
+    data = _volumes(tmp_path, 3)
+    dm = MedicalDataModule(data, _cfg(), mode="views")
+    dm.setup("fit")
+    raw = next(iter(dm.train_dataloader()))
+    assert "view1" not in raw and dm.corrupts_on_device  # the workers only crop
+    batch = dm.on_after_batch_transfer(raw, 0)
+    low, high = raw["image"].flatten(1).amin(1), raw["image"].flatten(1).amax(1)
+    for view in ("view1", "view2"):
+        values = batch[view].flatten(1)
+        assert ((values >= low[:, None] - 1e-6) & (values <= high[:, None] + 1e-6)).all()  # MONAI's fill range
+    assert dm.on_after_batch_transfer(batch, 0) is batch  # views made once
+    predicting = MedicalDataModule(data, _cfg(), mode="views")
+    predicting.setup("fit")
+    predicting.trainer = type("Trainer", (), {"predicting": True})()  # embed's whole volumes need no views
+    assert "view1" not in predicting.on_after_batch_transfer(next(iter(predicting.predict_dataloader())), 0)
+    loader = MedicalDataModule(data, _cfg(corruptions_on="loader"), mode="views")
+    loader.setup("fit")
+    ready = next(iter(loader.train_dataloader()))
+    assert "view1" in ready and loader.on_after_batch_transfer(ready, 0)["view1"] is ready["view1"]
