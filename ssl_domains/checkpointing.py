@@ -8,6 +8,9 @@
 * when training ends early (``max_steps``, ``max_minutes``);
 * at the current step when the process receives SIGTERM, SIGUSR1 (SLURM's pre-timeout signal) or a first
   Ctrl-C, then raises :class:`~ssl_domains.errors.Preempted` (exit code 75);
+* a write (or stop) due at an epoch's last batch happens at that epoch's end, after its validation: Lightning
+  resumes a checkpoint of the last batch in the next epoch and skips the epoch's end, which would change the
+  RNG draws that follow (validation draws too) and leave the epoch without its validation;
 * at the last finished step when an unreadable item stops the run (``trainer.on_data_error: stop``).
 
 Each file is ``checkpoints/step-<N>.ckpt`` (``epoch-<E>-step-<N>.ckpt`` at an epoch end), written atomically;
@@ -82,6 +85,8 @@ def _restore_loader_position(trainer: pl.Trainer) -> None:
     if not states or combined is None:
         return
     combined._load_state_dicts(states)
+    for loader in train_loaders(trainer):
+        loader.follow_epoch(trainer.current_epoch)
     fit_loop._combined_loader_states_to_load = []
     iter(fit_loop._data_fetcher)
 
@@ -99,6 +104,8 @@ class RunCheckpoints(pl.Callback):
         self._last_save = time.monotonic()
         self._started = False
         self._handlers: dict[int, Any] = {}
+        self._write_at_epoch_end = False  # a checkpoint (and a stop) due at an epoch's last batch waits for its end
+        self._stop_at_epoch_end = False
 
     # ---- signals ---------------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -161,6 +168,12 @@ class RunCheckpoints(pl.Callback):
                 data_error = "an unreadable item on another rank (its log names the file)"
             if stop and self.stop_reason is None:
                 self.stop_reason = "a signal to another rank"
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if (due_steps or due_time or stop) and not data_error and last_batch:
+            # Lightning resumes a checkpoint of an epoch's last batch in the next epoch without running this epoch's
+            # end (validation, epoch hooks and the RNG draws they make), so the write waits for the epoch end
+            self._write_at_epoch_end, self._stop_at_epoch_end = True, stop
+            return
         if due_steps or due_time or stop or data_error:
             self.save(trainer, f"step-{step:09d}")
         if data_error:
@@ -175,8 +188,12 @@ class RunCheckpoints(pl.Callback):
             loader.mark_epoch_end()
         finished = trainer.current_epoch + 1
         last_epoch = trainer.max_epochs is not None and finished >= trainer.max_epochs
-        if finished % self.cfg.checkpoint_every_n_epochs == 0 or last_epoch:
+        deferred, stop = self._write_at_epoch_end, self._stop_at_epoch_end
+        self._write_at_epoch_end = self._stop_at_epoch_end = False
+        if finished % self.cfg.checkpoint_every_n_epochs == 0 or last_epoch or deferred:
             self.save(trainer, f"epoch-{finished:04d}-step-{trainer.global_step:09d}")
+        if stop:  # the ranks agreed on it at the last batch
+            raise Preempted(self.stop_reason or "a signal")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # a run stopped by max_steps or max_minutes ends mid-epoch: keep its final state too

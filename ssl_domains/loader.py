@@ -205,6 +205,16 @@ class ResumableDataLoader(DataLoader):
         self._resume = dict(state)
         self._set_epoch(int(state["epoch"]) + 1 if state.get("finished") else int(state["epoch"]))
 
+    def follow_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` if the training loop resumed there past the loaded state's epoch.
+
+        Lightning resumes a checkpoint taken at an epoch's last batch in the next epoch; the state's position (the
+        end of the previous epoch) would otherwise make that epoch empty, and the run would end an epoch early.
+        """
+        if self._resume is not None and not self._resume.get("finished") and int(self._resume["epoch"]) < epoch:
+            self._resume["finished"] = True
+            self._set_epoch(epoch)
+
     def mark_epoch_end(self) -> None:
         """Called by the core when the training loop ends an epoch, before its checkpoint is written."""
         self._finished = True

@@ -66,3 +66,27 @@ def test_a_failed_read_can_be_retried(tmp_path: Path):
         with pytest.raises(FileNotFoundError):
             dm.setup("fit")
     assert dm.reads == 2 and not dm.ready
+
+
+def test_a_loader_state_from_an_epochs_end_starts_the_epoch_the_training_loop_resumed_in():
+    from ssl_domains.data import train_loader
+
+    def epoch_rows(loader) -> list[int]:
+        return [int(i) for batch in loader for i in batch]
+
+    loader = train_loader(list(range(40)), batch_size=8, seed=3)
+    first = epoch_rows(loader)
+    state = loader.state_dict()  # the position after the epoch's last batch, before its end was marked
+    assert state["consumed"] == 5 and not state["finished"]
+    second = train_loader(list(range(40)), batch_size=8, seed=3)
+    second.load_state_dict(state)
+    second.follow_epoch(1)  # Lightning resumed such a checkpoint in the next epoch
+    resumed = epoch_rows(second)
+    assert sorted(resumed) == list(range(40)) and resumed != first  # a whole epoch, in epoch 1's order
+    fresh = train_loader(list(range(40)), batch_size=8, seed=3)
+    fresh._set_epoch(1)
+    assert resumed == epoch_rows(fresh)
+    same = train_loader(list(range(40)), batch_size=8, seed=3)
+    same.load_state_dict(state)
+    same.follow_epoch(0)  # the same epoch: the state's position stands, and the epoch has no batch left
+    assert epoch_rows(same) == []

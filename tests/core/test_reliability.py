@@ -256,6 +256,35 @@ def test_a_signal_checkpoints_the_current_step_and_the_same_command_continues(
     assert logged == sorted(set(logged)), "a replayed step's metrics appear once, in order"
 
 
+def test_a_signal_at_an_epochs_last_batch_checkpoints_after_its_validation(
+    vectors: Path, straight: Path, tmp_path: Path, monkeypatch
+):
+    """Lightning resumes a checkpoint of an epoch's last batch in the next epoch, skipping the epoch's end: the
+    resumed run trained one epoch short (found when a signal landed on step 116 under load)."""
+    from ssl_domains.checkpointing import RunCheckpoints
+
+    step_end = RunCheckpoints.on_train_batch_end
+
+    def signal_at_the_last_batch(self, trainer, *args):
+        if trainer.global_step == STEPS_PER_EPOCH and self.stop_reason is None:
+            os.kill(os.getpid(), signal.SIGUSR1)  # handled by RunCheckpoints: sets the stop flag
+        return step_end(self, trainer, *args)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(RunCheckpoints, "on_train_batch_end", signal_at_the_last_batch)
+        assert main(dae(vectors, out)) == PREEMPTED_EXIT_CODE
+    # the write waited for the epoch's end: the epoch's validation ran before it, in the same process
+    written = {p.name for p in (out / "checkpoints").glob("*.ckpt")}
+    assert f"epoch-0001-step-{STEPS_PER_EPOCH:09d}.ckpt" in written
+    assert f"step-{STEPS_PER_EPOCH:09d}.ckpt" not in written
+    header, *rows = (out / "metrics.csv").read_text().splitlines()
+    assert any(r.split(",")[header.split(",").index("val/loss")] != "" for r in rows)
+    assert main(dae(vectors, out, "--resume-if-exists")) == 0
+    assert weights_equal(straight, out)
+    assert torch.load(out / "last.ckpt", weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
+
+
 def test_the_conformance_kit_raises_under_python_O():
     code = """
 import tempfile
