@@ -193,7 +193,7 @@ class RunCheckpoints(pl.Callback):
         if finished % self.cfg.checkpoint_every_n_epochs == 0 or last_epoch or deferred:
             self.save(trainer, f"epoch-{finished:04d}-step-{trainer.global_step:09d}")
         if stop:  # the ranks agreed on it at the last batch
-            raise Preempted(self.stop_reason or "a signal")
+            raise Preempted(self.stop_reason)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # a run stopped by max_steps or max_minutes ends mid-epoch: keep its final state too
