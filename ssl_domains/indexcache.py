@@ -30,7 +30,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["cache_root", "cached_array_folder", "cached_arrays", "cached_index", "files_signature", "tree_signature"]
+__all__ = [
+    "cache_root",
+    "cached_array_folder",
+    "cached_arrays",
+    "cached_folder",
+    "cached_index",
+    "files_signature",
+    "tree_signature",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -130,26 +138,24 @@ def _load_arrays(folder: Path, mmap_mode: str) -> dict[str, np.ndarray]:
     return {p.stem: np.load(p, mmap_mode=mmap_mode) for p in sorted(folder.glob("*.npy"))}  # type: ignore[arg-type]
 
 
-def cached_array_folder(
+def cached_folder(
     root: Path,
     key: Mapping[str, Any],
     write: Callable[[Path], None],
+    load: Callable[[Path], T],
     *,
     files: Sequence[Path] | None = None,
-    mmap_mode: str = "r",
-) -> dict[str, np.ndarray]:
-    """Arrays that ``write(folder)`` puts in an empty folder as ``<name>.npy`` files (with
-    ``numpy.lib.format.open_memmap`` for arrays larger than RAM, filled a block at a time), kept under the cache
-    for the same files and ``key`` and given back memory-mapped (``mmap_mode``: ``"r"``, or ``"c"`` for arrays
-    that ``torch.from_numpy`` wraps). The folder is written beside its place and renamed into it whole: a reader
-    sees every array or none, and an interrupted ``write`` leaves nothing. A cache that cannot be written is an
-    error here, since what it holds may not fit in memory."""
+) -> T:
+    """``load(folder)`` of a folder that ``write(folder)`` filled, kept under the cache for the same files and
+    ``key``. The folder is written beside its place and renamed into it whole: a reader sees all of it or none,
+    and an interrupted ``write`` leaves nothing. A folder ``load`` cannot read is rebuilt. A cache that cannot be
+    written is an error here, since what it holds (arrays larger than RAM, decoded pixels) may not fit in memory."""
     count, folder = _entry(root, key, files, ".arrays")
     if folder.is_dir():
         try:
-            arrays = _load_arrays(folder, mmap_mode)
+            value = load(folder)
             log.info("%s: index of %d files read from the cache (%s)", root, count, folder)
-            return arrays
+            return value
         except Exception as exc:  # a truncated or foreign file: rebuild it
             log.warning("%s: the index cache %s cannot be read (%s); rebuilding it", root, folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
@@ -160,10 +166,24 @@ def cached_array_folder(
         os.replace(tmp, folder)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (isinstance(exc, OSError) and folder.is_dir()):  # unless a DDP rank put the same arrays there first
+        if not (isinstance(exc, OSError) and folder.is_dir()):  # unless a DDP rank put the same folder there first
             raise
     log.info("%s: index of %d files cached in %s", root, count, folder)
-    return _load_arrays(folder, mmap_mode)
+    return load(folder)
+
+
+def cached_array_folder(
+    root: Path,
+    key: Mapping[str, Any],
+    write: Callable[[Path], None],
+    *,
+    files: Sequence[Path] | None = None,
+    mmap_mode: str = "r",
+) -> dict[str, np.ndarray]:
+    """:func:`cached_folder` of arrays that ``write(folder)`` puts in it as ``<name>.npy`` files (with
+    ``numpy.lib.format.open_memmap`` for arrays larger than RAM, filled a block at a time), given back
+    memory-mapped (``mmap_mode``: ``"r"``, or ``"c"`` for arrays that ``torch.from_numpy`` wraps)."""
+    return cached_folder(root, key, write, lambda folder: _load_arrays(folder, mmap_mode), files=files)
 
 
 def cached_arrays(

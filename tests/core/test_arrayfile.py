@@ -1,0 +1,80 @@
+"""The flat array file behind the decoded-pixel caches: exact round trips, windows, limits and truncation."""
+
+from __future__ import annotations
+
+import pickle
+import resource
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssl_domains.arrayfile import ArrayFile, ArrayFileWriter
+
+
+def _arrays() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [
+        rng.integers(0, 65535, (13, 64, 48), dtype=np.uint16),
+        rng.normal(size=(2, 64, 48)).astype(np.float32),
+        rng.normal(size=(5, 7)),  # float64, two dimensions
+    ]
+
+
+def test_arrays_come_back_exactly_whole_and_by_window(tmp_path: Path) -> None:
+    arrays = _arrays()
+    with ArrayFileWriter(tmp_path / "a.bin") as writer:
+        refs = [writer.append(a) for a in arrays]
+    assert writer.size == sum(a.nbytes for a in arrays) == (tmp_path / "a.bin").stat().st_size
+    store = ArrayFile(tmp_path / "a.bin")
+    for a, ref in zip(arrays, refs, strict=True):
+        assert ref.dtype == a.dtype.name and ref.shape == a.shape
+        np.testing.assert_array_equal(store.read(ref), a)
+    for top, left, h, w in [(0, 0, 64, 48), (10, 3, 20, 17), (63, 47, 1, 1)]:
+        for a, ref in zip(arrays[:2], refs[:2], strict=True):
+            window = store.read_window(ref, top, left, h, w)
+            np.testing.assert_array_equal(window, a[:, top : top + h, left : left + w])
+    np.testing.assert_array_equal(store.read_window(refs[2], 1, 2, 3, 4), arrays[2][1:4, 2:6])
+    with pytest.raises(ValueError, match="outside"):
+        store.read_window(refs[0], 50, 0, 20, 10)
+
+
+def test_a_copy_for_a_worker_opens_its_own_descriptor(tmp_path: Path) -> None:
+    (a, *_) = _arrays()
+    with ArrayFileWriter(tmp_path / "a.bin") as writer:
+        ref = writer.append(a)
+    store = ArrayFile(tmp_path / "a.bin")
+    store.read(ref)
+    copy = pickle.loads(pickle.dumps(store))  # what a spawned DataLoader worker receives
+    assert copy._fd is None
+    np.testing.assert_array_equal(copy.read_window(ref, 5, 5, 10, 10), a[:, 5:15, 5:15])
+    store.close()
+    copy.close()
+
+
+def test_the_limit_and_a_truncated_file_are_errors_naming_the_file(tmp_path: Path) -> None:
+    (a, *_) = _arrays()
+    writer = ArrayFileWriter(tmp_path / "a.bin", limit=a.nbytes + 10)
+    writer.append(a)
+    with pytest.raises(OSError, match=r"a\.bin: the cache would grow past its limit"):
+        writer.append(a)
+    writer.close()
+    with ArrayFileWriter(tmp_path / "b.bin") as writer:
+        ref = writer.append(a)
+    with open(tmp_path / "b.bin", "r+b") as f:
+        f.truncate(a.nbytes // 2)
+    with pytest.raises(OSError, match=r"b\.bin: ends before byte .*truncated"):
+        ArrayFile(tmp_path / "b.bin").read(ref)
+
+
+def test_reading_a_large_file_by_windows_keeps_nothing_resident(tmp_path: Path) -> None:
+    """Unlike a memory map, explicit reads leave the pages in the page cache, not in the process."""
+    plane = np.ones((4, 1024, 1024), dtype=np.float32)  # 16 MB
+    with ArrayFileWriter(tmp_path / "big.bin") as writer:
+        refs = [writer.append(plane) for _ in range(32)]  # 512 MB
+    store = ArrayFile(tmp_path / "big.bin")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for ref in refs:
+        assert store.read_window(ref, 100, 100, 64, 64).sum() == 4 * 64 * 64
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1e3
+    assert grown_mb < 64, f"peak RSS grew {grown_mb:.0f} MB reading windows of a 512 MB file"
