@@ -211,7 +211,7 @@ def _setup(objective: str, rgb: bool = False) -> tuple[Any, Any, Any, dict[str, 
     dm = plugin.datamodule(cfg.method, cfg.data)
     dm.setup("fit")
     torch.manual_seed(0)  # the loader's shuffle: the same chips on every run
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)  # normalised as on the device
     return plugin, cfg.method, dm, {k: batch[k].double() for k in ("view1", "view2")}
 
 

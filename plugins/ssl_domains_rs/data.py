@@ -10,8 +10,9 @@
 - **Memory.** Pixels are never held: the index (acquisitions' paths, shapes and dates, and each chip's offsets)
   is built once by reading every location once, one at a time, and is cached on disk
   (:func:`ssl_domains.indexcache.cached_index`, keyed by the files, their sizes and mtimes, and the settings
-  below); each chip is then read alone in the loader's workers (``rasterio.windows``). Memory stays flat in the
-  corpus size, and a second run on the same files skips the scan.
+  below); each chip is then read alone in the loader's workers: from the decoded-pixel cache the scan writes
+  beside the index (``cache: auto|disk``, :mod:`.pixelcache`), or from its GeoTIFFs (``rasterio.windows``,
+  ``cache: none``). Memory stays flat in the corpus size, and a second run on the same files skips the scan.
 - **Spatial hold-out.** ``holdout_quadrant`` k in 0..3 removes quadrant k (0 top-left, 1 top-right, 2
   bottom-left, 3 bottom-right) of *every* location from training; no training window touches it. The
   evaluation chips tile that quadrant without overlap (split 2). The rest of each scene is split 0.
@@ -25,7 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +36,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_domains import DataError
+from ssl_domains.arrayfile import ArrayFile, ArrayFileWriter, StoredArray
 from ssl_domains.data import eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
-from ssl_domains.indexcache import cached_index
+from ssl_domains.indexcache import cached_folder, cached_index
 
+from . import pixelcache
 from .bands import S1_GRD, SSL4EO_STATS, bands_for
 from .formats import Acquisition, chip_footprints, find_acquisitions, read_bands
 
-INDEX_VERSION = 2  # bump when what the index holds changes: older cached indexes are then rebuilt
+INDEX_VERSION = 3  # bump when what the index holds changes: older cached indexes are then rebuilt
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ class Scene:
     dates: list[str]
     shape: tuple[int, int]  # (H, W) at 10 m
     label: str | None = None
+    stored: list[StoredArray] = field(default_factory=list)  # per view, where the pixel cache holds it
 
 
 @dataclass
@@ -67,6 +72,7 @@ class ChipIndex:
     train_items: np.ndarray
     test_items: np.ndarray
     notes: list[str]  # warnings about the files, said again on every run that reads the index from the cache
+    pixels: bool = False  # whether the views are in the pixel cache beside the index (Scene.stored)
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -128,6 +134,18 @@ def normalise(image: np.ndarray, bands: tuple[str, ...], stats: dict[str, Any], 
     return np.clip((image - (mean - 2 * std)) / (4 * std), 0.0, 1.0)
 
 
+def normalise_batch(raw: torch.Tensor, bands: tuple[str, ...], stats: dict[str, Any], method: str) -> torch.Tensor:
+    """:func:`normalise` of a ``[B, C, H, W]`` batch on its device, the same float32 operations in the same order
+    (equal to the loader's result bit for bit). ``int16`` holds uint16 DN bit for bit (:meth:`RSDataModule.collate`:
+    pinned memory and CUDA copy every dtype but uint16 fully)."""
+    x = (raw.to(torch.int32) & 0xFFFF).float() if raw.dtype == torch.int16 else raw.float()
+    mean = torch.tensor([stats[b][0] for b in bands], dtype=torch.float32, device=x.device)[:, None, None]
+    std = torch.tensor([stats[b][1] for b in bands], dtype=torch.float32, device=x.device)[:, None, None]
+    if method == "zscore":
+        return (x - mean) / std
+    return ((x - (mean - 2 * std)) / (4 * std)).clamp(0.0, 1.0)
+
+
 def window_starts(extent: int, chip: int, stride: int) -> np.ndarray:
     """Start offsets of windows of ``chip`` pixels with ``stride`` inside ``[0, extent)``."""
     if extent < chip:
@@ -165,6 +183,7 @@ class RSDataModule(FittedDataModule):
         self.single_view: str | None = None
         self._noted: dict[tuple[str, ...], str] = {}
         self._said: set[str] = set()
+        self.pixels: ArrayFile | None = None  # the decoded-pixel cache, when read() found or wrote one
 
     def input_spec(self) -> dict[str, Any]:
         """Bands in the order the channels hold them, their statistics and the normalisation (:func:`normalise`)."""
@@ -231,32 +250,57 @@ class RSDataModule(FittedDataModule):
         )  # fmt: skip
 
     def _cached_index(self, single_view: str | None) -> ChipIndex:
-        build = lambda: self._build_index(single_view)  # noqa: E731
-        index = cached_index(self.data, self.index_key(single_view), build, enabled=self.cfg.index_cache)
+        key = self.index_key(single_view)
+        if self.cfg.cache == "none" or not self.cfg.index_cache:
+            self.pixels = None
+            build = lambda: self._build_index(single_view)  # noqa: E731
+            index = cached_index(self.data, key, build, enabled=self.cfg.index_cache)
+        else:  # the index and the decoded pixels, written in one scan into one cache folder
+
+            def write(folder: Path) -> None:
+                index = self._build_index(single_view, folder / pixelcache.PIXELS)
+                (folder / pixelcache.INDEX).write_bytes(pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL))
+
+            def load(folder: Path) -> tuple[ChipIndex, ArrayFile | None]:
+                index = pickle.loads((folder / pixelcache.INDEX).read_bytes())
+                if not index.pixels and pixelcache.decide(self.cfg.cache, self._pixel_bytes(index.scenes))[0]:
+                    raise LookupError("the pixels were left out for want of space, and there is room now")
+                return index, ArrayFile(folder / pixelcache.PIXELS) if index.pixels else None
+
+            index, self.pixels = cached_folder(self.data, {**key, "pixels": True}, write, load)
         for note in index.notes:
             if note not in self._said:
                 self._said.add(note)
                 log.warning("%s", note)
         return index
 
-    def _build_index(self, single_view: str | None) -> ChipIndex:
+    def _build_index(self, single_view: str | None, pixels: Path | None = None) -> ChipIndex:
         """Find the acquisitions, group them into locations and tile them; pixels are read once per location, to
-        find the chips without nodata or cloud, and dropped before the next location."""
+        find the chips without nodata or cloud, and dropped before the next location (after being appended to
+        the pixel cache at ``pixels``, when ``cache`` chooses it)."""
         self._noted.clear()
         acqs = [a for a in find_acquisitions(self.data) if self._wanted(a)]
-        scenes: list[Scene] = []
+        scenes = [s for s in (self._scene(g, single_view) for g in group_locations(acqs)) if s is not None]
+        write, note = False, None
+        if pixels is not None:
+            write, note = pixelcache.decide(self.cfg.cache, self._pixel_bytes(scenes))
         train: list[tuple[int, int, int, int]] = []
         test: list[tuple[int, int, int, int]] = []
-        for group in group_locations(acqs):
-            scene = self._scene(group, single_view)
-            if scene is None:
-                continue
-            valid = self._valid(scene)
-            train += self._train_windows(len(scenes), scene, valid)
-            test += self._test_windows(len(scenes), scene, valid)
-            scenes.append(scene)
+        writer = ArrayFileWriter(pixels) if write and pixels is not None else None
+        try:
+            for s, scene in enumerate(scenes):
+                valid = self._valid(scene, writer)
+                train += self._train_windows(s, scene, valid)
+                test += self._test_windows(s, scene, valid)
+        finally:
+            if writer is not None:
+                writer.close()
         as_items = lambda rows: np.array(rows, dtype=np.int64).reshape(-1, 4)  # noqa: E731
-        return ChipIndex(scenes, as_items(train), as_items(test), list(self._noted.values()))
+        notes = [*self._noted.values(), *([note] if note else [])]
+        return ChipIndex(scenes, as_items(train), as_items(test), notes, pixels=writer is not None)
+
+    def _pixel_bytes(self, scenes: list[Scene]) -> int:
+        return pixelcache.pixel_bytes(scenes, {"s1": len(self.s1_bands), "s2": len(self.s2_bands)})
 
     def _single_view(self) -> str | None:
         if self.mode == "temporal":
@@ -282,11 +326,15 @@ class RSDataModule(FittedDataModule):
                                   f"leaving out {', '.join(extra)} (and so for files like it)")  # fmt: skip
         return True
 
-    def _valid(self, scene: Scene) -> np.ndarray:
-        """``[H, W]``: valid in every view. Reads each view whole, once, and checks its values."""
+    def _valid(self, scene: Scene, writer: ArrayFileWriter | None = None) -> np.ndarray:
+        """``[H, W]``: valid in every view. Reads each view whole, once, checks its values, and appends it to the
+        pixel cache's ``writer``, if any."""
         valid = np.ones(scene.shape, dtype=bool)
+        scene.stored = []
         for acq in scene.views:
             image, ok = read_bands(acq, self.s1_bands if acq.sensor == "s1" else self.s2_bands)
+            if writer is not None:
+                scene.stored.append(writer.append(pixelcache.stored_form(image, acq.sensor)))
             if acq.sensor == "s1" and ok.any() and np.nanmax(image[:, ok]) > 60:
                 raise DataError(
                     f"{acq.name}: S1 values up to {np.nanmax(image[:, ok]):.0f} look linear, not dB; convert with "
@@ -389,12 +437,39 @@ class RSDataModule(FittedDataModule):
         _, a, b = min(gaps)
         return a, b
 
-    def chip(self, scene: Scene, view: int, y: int, x: int) -> torch.Tensor:
-        """View ``view`` of ``scene`` at ``(y, x)``: read alone from its files, normalised, ``[C, chip, chip]``."""
+    def raw_chip(self, scene: Scene, view: int, y: int, x: int) -> np.ndarray:
+        """View ``view`` of ``scene`` at ``(y, x)``, ``[C, chip, chip]`` before normalisation: from the pixel cache
+        (uint16 S2 DN, float32 S1 dB) or read alone from its files (float32)."""
         acq = scene.views[view]
+        size = self.cfg.chip
+        if self.pixels is not None:  # the view as read_bands returned it whole, nodata 0: the same pixels
+            return self.pixels.read_window(scene.stored[view], y, x, size, size)
         bands = self.s1_bands if acq.sensor == "s1" else self.s2_bands
-        image, _ = read_bands(acq, bands, window=(y, x, self.cfg.chip))  # nodata is 0, as when the index was built
+        return read_bands(acq, bands, window=(y, x, size))[0]  # nodata is 0, as when the index was built
+
+    def chip(self, scene: Scene, view: int, y: int, x: int) -> torch.Tensor:
+        """:meth:`raw_chip`, normalised (float32)."""
+        bands = self.s1_bands if scene.views[view].sensor == "s1" else self.s2_bands
+        image = self.raw_chip(scene, view, y, x).astype(np.float32, copy=False)
         return torch.from_numpy(normalise(image, bands, self.fitted["stats"], self.fitted["normalize"]))
+
+    def view_bands(self, key: str) -> tuple[str, ...]:
+        """The bands of a batch's view ``key`` (radar, optical, view1, view2)."""
+        return {"radar": self.s1_bands, "optical": self.s2_bands}.get(key, self.bands)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches carry their views raw (``raw_<view>``: uint16 DN as int16, or float32) and are normalised
+        here, on the training device (:func:`normalise_batch`): in a loader worker, normalising and stacking float32
+        chips cost 55 % of a cached chip's time. Other batches pass through."""
+        if not isinstance(batch, dict) or not any(k.startswith("raw_") for k in batch):
+            return batch
+        out = {k: v for k, v in batch.items() if not k.startswith("raw_")}
+        for key in (k for k in batch if k.startswith("raw_")):
+            view = key[len("raw_") :]
+            out[view] = normalise_batch(
+                batch[key], self.view_bands(view), self.fitted["stats"], self.fitted["normalize"]
+            )
+        return out
 
     def sample(self, item: np.ndarray, train: bool, index: int) -> dict[str, Any]:
         """One chip's views (random view pair when training, the evaluation pair otherwise)."""
@@ -414,18 +489,30 @@ class RSDataModule(FittedDataModule):
             return {self.single_view: self.chip(scene, 0, y, x), "id": index, "split": split, "location": s}
         else:
             a, b = self.eval_pair(scene)
+        keys = ("radar", "optical") if self.mode == "s1s2" else ("view1", "view2")
+        if train:  # normalised on the device (on_after_batch_transfer)
+            first = self.raw_chip(scene, a, y, x)
+            second = first.copy() if b == a else self.raw_chip(scene, b, y, x)
+            return {f"raw_{keys[0]}": first, f"raw_{keys[1]}": second, "id": index, "split": split, "location": s}
         first = self.chip(scene, a, y, x)
         second = first.clone() if b == a else self.chip(scene, b, y, x)
-        keys = ("radar", "optical") if self.mode == "s1s2" else ("view1", "view2")
         return {keys[0]: first, keys[1]: second, "id": index, "split": split, "location": s}
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return {
-            k: torch.stack([it[k] for it in items])
-            if torch.is_tensor(items[0][k])
-            else torch.tensor([it[k] for it in items])
-            for k in items[0]
-        }
+        """Stacks the views; raw views (NumPy) stay in their dtype, uint16 as int16 bits, float32 if mixed."""
+        out: dict[str, torch.Tensor] = {}
+        for k in items[0]:
+            values = [it[k] for it in items]
+            if isinstance(values[0], np.ndarray):
+                if len({v.dtype for v in values}) > 1:
+                    values = [v.astype(np.float32) for v in values]
+                stacked = np.stack(values)
+                out[k] = torch.from_numpy(stacked.view(np.int16) if stacked.dtype == np.uint16 else stacked)
+            elif torch.is_tensor(values[0]):
+                out[k] = torch.stack(values)
+            else:
+                out[k] = torch.tensor(values)
+        return out
 
     def provenance(self, ids: np.ndarray) -> dict[str, Any]:
         """Each embedded chip's location (its first view's file or folder), pixel offset, and footprint: the

@@ -46,6 +46,12 @@ class RSDataConfig:
     index_cache: bool = option(
         True, doc="cache the chip index on disk ($SSL_DOMAINS_CACHE/index), keyed by the files and these settings"
     )
+    cache: Literal["auto", "disk", "none"] = option(
+        "auto",
+        doc="decoded pixels (every view on the 10 m grid, uint16 S2 / float32 S1) in one file beside the index, "
+        "written in the index's scan and read one chip at a time: disk, none (every chip from its GeoTIFFs), or "
+        "auto: disk when it takes at most half the free space under $SSL_DOMAINS_CACHE",
+    )
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on inconsistent sizes (called by the core on every resolved config)."""
@@ -56,6 +62,8 @@ class RSDataConfig:
             )
         if self.train_stride < 0:
             raise ConfigError(f"train_stride must be >= 0 (0: chip // 2), got {self.train_stride}")
+        if self.cache == "disk" and not self.index_cache:
+            raise ConfigError("cache: disk keeps the pixels with the chip index; set index_cache: true, or cache: none")
         if not -1 <= self.holdout_quadrant <= 3:
             raise ConfigError(f"holdout_quadrant must be -1 or 0..3, got {self.holdout_quadrant}")
         known = {"B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"}

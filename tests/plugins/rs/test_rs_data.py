@@ -59,7 +59,7 @@ def test_shipped_scenes_pair_s1_with_s2_and_resample_to_10m():
     assert ssl4eo_scene.kinds.count("s1") == 2 and ssl4eo_scene.kinds.count("s2") == 2  # L1C left out
     s1, s2 = dm.eval_pair(ssl4eo_scene)
     assert (ssl4eo_scene.dates[s1], ssl4eo_scene.dates[s2]) == ("20200607", "20200604")  # closest dates
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)  # normalised on the device
     assert batch["optical"].shape == (4, 12, 16, 16) and batch["radar"].shape == (4, 2, 16, 16)
     assert float(batch["optical"].min()) >= 0.0 and float(batch["optical"].max()) <= 1.0
 
@@ -91,7 +91,7 @@ def test_temporal_mode_pairs_two_dates_of_one_location(tmp_path: Path):
     dm = RSDataModule(root, cfg, mode="temporal")
     dm.setup("fit")
     assert len(dm.scenes) == 2 and all(len(s.views) == 2 for s in dm.scenes)
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)  # normalised on the device
     assert batch["view1"].shape == batch["view2"].shape == (4, 12, 16, 16)
     assert not np.allclose(batch["view1"].numpy(), batch["view2"].numpy())  # two different dates
 
@@ -210,7 +210,7 @@ def test_nan_pixels_become_invalid_and_drop_their_chips(tmp_path: Path):
     dm.setup("fit")
     starts = {(int(y), int(x)) for _, y, x, _ in dm.train_items}
     assert starts == {(0, 16), (16, 0), (16, 16)}  # the NaN window is gone, values never reach the model
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)  # normalised on the device
     assert np.isfinite(batch["radar"].numpy()).all()
 
 

@@ -1,4 +1,5 @@
-"""Chips are read alone from their files and equal the same pixels of the whole scene; the index is cached."""
+"""Chips are read alone, from the pixel cache or their files, and equal the same pixels of the whole scene; the
+index and the pixels are cached."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssl_domains import ConfigError, DataError
 from ssl_domains_rs.data import RSDataModule, normalise
 from ssl_domains_rs.formats import find_acquisitions, read_bands
 from ssl_domains_rs.plugin import CROMAConfig, SSL4EOConfig
@@ -30,11 +32,15 @@ def test_window_equals_the_whole_scene_resampled(window: tuple[int, int, int]) -
     np.testing.assert_array_equal(part_valid, whole_valid[y : y + n, x : x + n])
 
 
+@pytest.mark.parametrize("cache", ["disk", "none"])
 @pytest.mark.parametrize("mode", ["s1s2", "temporal"])
-def test_every_chip_is_the_scene_read_whole(mode: str) -> None:
-    cfg = CROMAConfig(chip=64, holdout_quadrant=3) if mode == "s1s2" else SSL4EOConfig(chip=64, s2_level="L1C")
+def test_every_chip_is_the_scene_read_whole(mode: str, cache: str) -> None:
+    """From the decoded-pixel cache or from the GeoTIFFs, a chip is the same pixels of the whole scene, exactly."""
+    cfg = (CROMAConfig(chip=64, holdout_quadrant=3, cache=cache) if mode == "s1s2"
+           else SSL4EOConfig(chip=64, s2_level="L1C", cache=cache))  # fmt: skip
     dm = RSDataModule(SSL4EO, cfg, mode=mode)
     dm.setup("fit")
+    assert (dm.pixels is not None) == (cache == "disk")
     assert len(dm.train_items) and len(dm.test_items)
     for s, y, x, _ in [*dm.train_items[:3], *dm.test_items[:3]]:
         scene = dm.scenes[s]
@@ -99,3 +105,98 @@ def test_index_cache_off_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("SSL_DOMAINS_CACHE", str(tmp_path / "cache"))
     RSDataModule(SSL4EO, CROMAConfig(chip=64, index_cache=False), mode="s1s2").setup("fit")
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_pixel_cache_keeps_s2_as_uint16_and_serves_chips_without_the_geotiffs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_DOMAINS_CACHE", str(tmp_path / "cache"))
+    data = _copy(tmp_path)
+    cfg = CROMAConfig(chip=64, holdout_quadrant=3)  # cache: auto, and the disk has room
+    first = RSDataModule(data, cfg, mode="s1s2")
+    first.setup("fit")
+    assert first.pixels is not None
+    pairs = [pair for scene in first.scenes for pair in zip(scene.views, scene.stored, strict=True)]
+    stored = {(acq.sensor, ref.dtype) for acq, ref in pairs}
+    assert stored == {("s1", "float32"), ("s2", "uint16")}
+    (pixels,) = (tmp_path / "cache").rglob("pixels.bin")
+    views = sum(len(scene.views) for scene in first.scenes)
+    assert pixels.stat().st_size == sum(
+        (2 * 4 if acq.sensor == "s1" else 12 * 2) * acq.shape[0] * acq.shape[1]
+        for scene in first.scenes
+        for acq in scene.views
+    ) and views == len([r for scene in first.scenes for r in scene.stored])
+    import ssl_domains_rs.data as data_module
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a GeoTIFF was read")
+
+    monkeypatch.setattr(data_module, "read_bands", no_read)
+    monkeypatch.setattr(data_module, "find_acquisitions", no_read)
+    second = RSDataModule(data, cfg, mode="s1s2")
+    second.setup("fit")
+    import torch
+
+    for train in (True, False):
+        torch.manual_seed(0)
+        a = first.collate([first.sample(item, train, i) for i, item in enumerate(first.train_items[:4])])
+        torch.manual_seed(0)
+        b = second.collate([second.sample(item, train, i) for i, item in enumerate(second.train_items[:4])])
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_reads_the_geotiffs_when_the_pixels_would_take_over_half_the_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    import shutil as shutil_module
+
+    import ssl_domains_rs.pixelcache as pixelcache
+
+    monkeypatch.setenv("SSL_DOMAINS_CACHE", str(tmp_path / "cache"))
+    tiny = shutil_module._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6)  # 1 MB free
+    monkeypatch.setattr(pixelcache.shutil, "disk_usage", lambda path: tiny)
+    with caplog.at_level(logging.WARNING):
+        dm = RSDataModule(SSL4EO, CROMAConfig(chip=64, holdout_quadrant=3), mode="s1s2")
+        dm.setup("fit")
+    assert dm.pixels is None and "chips are read from their GeoTIFFs" in caplog.text
+    assert not list((tmp_path / "cache").rglob("pixels.bin"))
+    with pytest.raises(DataError, match=r"the decoded pixels need .* GB and the disk has 0\.0 GB free.*cache: none"):
+        RSDataModule(SSL4EO, CROMAConfig(chip=64, holdout_quadrant=3, cache="disk"), mode="s1s2").setup("fit")
+    assert not list((tmp_path / "cache").rglob("pixels.bin")) and not list((tmp_path / "cache").rglob(".*"))
+    monkeypatch.undo()  # room again: the next run writes the pixels it left out
+    monkeypatch.setenv("SSL_DOMAINS_CACHE", str(tmp_path / "cache"))
+    again = RSDataModule(SSL4EO, CROMAConfig(chip=64, holdout_quadrant=3), mode="s1s2")
+    again.setup("fit")
+    assert again.pixels is not None and len(list((tmp_path / "cache").rglob("pixels.bin"))) == 1
+
+
+def test_cache_disk_needs_the_index_cache() -> None:
+    with pytest.raises(ConfigError, match="cache: disk keeps the pixels with the chip index"):
+        CROMAConfig(cache="disk", index_cache=False).validate()
+
+
+@pytest.mark.parametrize("method", ["clip2sigma", "zscore"])
+def test_training_batches_normalised_on_the_device_equal_the_loaders_normalisation(method: str) -> None:
+    """Training chips leave the workers raw (uint16 DN as int16 bits, S1 float32) and are normalised after the
+    transfer: bit for bit what :func:`normalise` gives, DN above 32767 included."""
+    import torch
+
+    from ssl_domains_rs.data import normalise_batch
+
+    dm = RSDataModule(SSL4EO, CROMAConfig(chip=64, holdout_quadrant=3, normalize=method), mode="s1s2")
+    dm.setup("fit")
+    torch.manual_seed(0)
+    raw = dm.collate([dm.sample(item, True, i) for i, item in enumerate(dm.train_items[:4])])
+    assert raw["raw_optical"].dtype == torch.int16 and raw["raw_radar"].dtype == torch.float32
+    batch = dm.on_after_batch_transfer(raw, 0)
+    assert set(batch) == {"radar", "optical", "id", "split", "location"}
+    for key, bands in (("optical", dm.s2_bands), ("radar", dm.s1_bands)):
+        bits = raw[f"raw_{key}"].numpy()
+        values = (bits.view(np.uint16) if bits.dtype == np.int16 else bits).astype(np.float32)
+        expected = np.stack([normalise(v, bands, dm.fitted["stats"], method) for v in values])
+        np.testing.assert_array_equal(batch[key].numpy(), expected)
+    high = np.array([0, 1, 32767, 32768, 40000, 65535], dtype=np.uint16).reshape(1, 1, 2, 3).repeat(12, axis=1)
+    got = normalise_batch(torch.from_numpy(high.view(np.int16)), dm.s2_bands, dm.fitted["stats"], method)
+    np.testing.assert_array_equal(got[0].numpy(), normalise(high[0].astype(np.float32), dm.s2_bands,
+                                                            dm.fitted["stats"], method))  # fmt: skip
+    assert dm.on_after_batch_transfer({"optical": batch["optical"]}, 0)["optical"] is batch["optical"]
