@@ -13,6 +13,10 @@ out of git; reused by a later call), then measures each size in fresh processes 
   process (``num_workers=0``, so that one process holds everything a worker would);
 - ``loader_items_per_s_per_worker``: training items one process yields (``num_workers=0``, one thread, as a
   DataLoader worker runs; what a plugin leaves to ``on_after_batch_transfer`` runs on the GPU and is not counted);
+  ``..._from_disk``: the same after dropping the data and the caches from the page cache (``POSIX_FADV_DONTNEED``),
+  as for a corpus larger than RAM;
+- ``cache_gb``: what the run left under ``$SSL_DOMAINS_CACHE`` (indexes, preprocessed or decoded items; deleted
+  after the size with ``--no-embed``, since a pixel cache is as large as the corpus);
 - ``embed_peak_rss_gb`` / ``embed_rows_per_s``: ``ssl-domains embed`` of the trained run over the same corpus.
 
 A last line extrapolates to the paper's full corpus: index time and RAM, disk, and the loader workers one H100
@@ -47,6 +51,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from _scale_corpora import CORPORA, data_files, ensure, subset
 
+CACHE_ENV = "SSL_DOMAINS_CACHE"
 H100_BF16_TFLOPS = 989.0
 MFU = 0.40
 UNITS = {
@@ -98,6 +103,13 @@ def measure_setup(plugin: str, data: Path, overrides: list[str], loader_batches:
             batch = next(loader)
             items += len(batch["id"])
         out["loader_items_per_s_per_worker"] = items / (time.perf_counter() - start)
+        # again with the caches and the data out of the page cache: a corpus larger than RAM is read from disk
+        evicted = _evict([Path(os.environ[CACHE_ENV]), data])
+        start, items = time.perf_counter(), 0
+        for _ in range(loader_batches):
+            items += len(next(loader)["id"])
+        out["loader_items_per_s_per_worker_from_disk"] = items / (time.perf_counter() - start)
+        out["evicted_gb"] = evicted / 1e9
         torch.set_num_threads(threads)
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -112,6 +124,22 @@ def measure_setup(plugin: str, data: Path, overrides: list[str], loader_batches:
         del model
         torch.cuda.empty_cache()
     return out
+
+
+def _evict(folders: list[Path]) -> int:
+    """Drop every file under ``folders`` from the page cache (``POSIX_FADV_DONTNEED``; no root needed): the
+    next reads come from the disk. Returns the bytes of the files."""
+    total = 0
+    for folder in folders:
+        for path in [folder] if folder.is_file() else folder.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+                total += path.stat().st_size
+    return total
 
 
 def _rss_gb() -> float:
@@ -136,7 +164,7 @@ def _child(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
 
 def measure_size(args: argparse.Namespace, data: Path, units: int, scratch: Path) -> dict[str, Any]:
     corpus = CORPORA[args.plugin]
-    env = {**os.environ, "SSL_DOMAINS_CACHE": str(scratch / f"cache{units}"), "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, CACHE_ENV: str(scratch / f"cache{units}"), "PYTHONWARNINGS": "ignore"}
     shutil.rmtree(env["SSL_DOMAINS_CACHE"], ignore_errors=True)
     me = [sys.executable, __file__, "--plugin", args.plugin, "--measure-setup", str(data)]
     sets = [*corpus.overrides, *args.set, f"{args.plugin}.num_workers=0"]
@@ -164,9 +192,13 @@ def measure_size(args: argparse.Namespace, data: Path, units: int, scratch: Path
         "setup_rss_gb": round(cold["rss_after_setup_gb"], 3), "steps": args.steps, "train_wall_s": round(train_s, 1),
         "peak_rss_gb": round(train_rss, 3),
         "loader_items_per_s_per_worker": round(warm["loader_items_per_s_per_worker"], 1),
+        "loader_items_per_s_per_worker_from_disk": round(warm["loader_items_per_s_per_worker_from_disk"], 1),
         "gflop_per_item": round(warm["gflop_per_item"], 2),
     }  # fmt: skip
+    cache_gb = sum(p.stat().st_size for p in Path(env[CACHE_ENV]).rglob("*") if p.is_file()) / 1e9
+    row["cache_gb"] = round(cache_gb, 2)
     if args.no_embed:
+        shutil.rmtree(env[CACHE_ENV], ignore_errors=True)  # a pixel cache is as large as the corpus
         return row
     out = scratch / f"emb{units}.parquet"
     embed_s, embed_rss, _ = _child([sys.executable, "-m", "ssl_domains", "embed", "--run", str(run), "--data",
@@ -193,6 +225,7 @@ def extrapolate(plugin: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "train_items": int(big["train_items"] / big[unit] * full),
         "h100_items_per_s_at_40pct_mfu": round(gpu_items_per_s),
         "workers_per_h100": math.ceil(gpu_items_per_s / big["loader_items_per_s_per_worker"]),
+        "workers_per_h100_from_disk": math.ceil(gpu_items_per_s / big["loader_items_per_s_per_worker_from_disk"]),
     }  # fmt: skip
 
 
