@@ -16,6 +16,7 @@ written (read-only home, full disk) is a warning, and the run goes on with the i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -96,6 +97,27 @@ def _entry(root: Path, key: Mapping[str, Any], files: Sequence[Path] | None, suf
     return count, cache_root() / "index" / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}{suffix}"
 
 
+@contextlib.contextmanager
+def _building(entry: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``<entry>.lock`` while one process checks and builds the cache entry: the DDP
+    ranks of a machine (or of a cluster, on a filesystem with ``flock``) set up at the same time, and without it
+    each would scan the corpus and write its own copy of a cache as large as the corpus, all but one thrown away.
+    The others wait, then read what the first wrote."""
+    try:
+        import fcntl
+
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(entry.with_name(entry.name + ".lock"), "a")  # noqa: SIM115 (closed below)
+    except (ImportError, OSError):  # no flock (Windows) or a read-only cache: unlocked, the atomic rename keeps one
+        yield
+        return
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        lock.close()  # closing releases the lock
+
+
 def cached_index(
     root: Path,
     key: Mapping[str, Any],
@@ -113,6 +135,11 @@ def cached_index(
     if not enabled:
         return build()
     count, path = _entry(root, key, files, ".pkl")
+    with _building(path):
+        return _cached_pickle(root, count, path, build)
+
+
+def _cached_pickle(root: Path, count: int, path: Path, build: Callable[[], T]) -> T:
     if path.is_file():
         try:
             with path.open("rb") as f:
@@ -151,6 +178,11 @@ def cached_folder(
     and an interrupted ``write`` leaves nothing. A folder ``load`` cannot read is rebuilt. A cache that cannot be
     written is an error here, since what it holds (arrays larger than RAM, decoded pixels) may not fit in memory."""
     count, folder = _entry(root, key, files, ".arrays")
+    with _building(folder):
+        return _cached_folder(root, count, folder, write, load)
+
+
+def _cached_folder(root: Path, count: int, folder: Path, write: Callable[[Path], None], load: Callable[[Path], T]) -> T:
     if folder.is_dir():
         try:
             value = load(folder)

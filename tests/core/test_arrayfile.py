@@ -78,3 +78,34 @@ def test_reading_a_large_file_by_windows_keeps_nothing_resident(tmp_path: Path) 
         assert store.read_window(ref, 100, 100, 64, 64).sum() == 4 * 64 * 64
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1e3
     assert grown_mb < 64, f"peak RSS grew {grown_mb:.0f} MB reading windows of a 512 MB file"
+
+
+def _build_once(args: tuple[str, str]) -> float:
+    import os
+    import time
+
+    from ssl_domains.indexcache import cached_folder
+
+    root, log = args
+    os.environ["SSL_DOMAINS_CACHE"] = str(Path(root) / "cache")
+
+    def write(folder: Path) -> None:
+        with open(log, "a") as f:
+            f.write("built\n")
+        time.sleep(0.5)  # a long scan: the other process arrives while it runs
+        (folder / "value").write_text("42")
+
+    return float(cached_folder(Path(root) / "data", {"k": 1}, write, lambda f: (f / "value").read_text()))
+
+
+def test_processes_setting_up_at_once_build_a_cache_entry_once(tmp_path: Path) -> None:
+    """DDP ranks set up together: one builds (under a lock), the others wait and read what it wrote."""
+    import multiprocessing
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f.txt").write_text("x")
+    log = tmp_path / "built.log"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        values = pool.map(_build_once, [(str(tmp_path), str(log))] * 3)
+    assert values == [42.0, 42.0, 42.0]
+    assert log.read_text().count("built") == 1

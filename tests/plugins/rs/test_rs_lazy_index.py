@@ -115,6 +115,7 @@ def test_the_pixel_cache_keeps_s2_as_uint16_and_serves_chips_without_the_geotiff
     cfg = CROMAConfig(chip=64, holdout_quadrant=3)  # cache: auto, and the disk has room
     first = RSDataModule(data, cfg, mode="s1s2")
     first.setup("fit")
+    assert len(list((tmp_path / "cache").rglob("pixels.bin"))) == 1
     assert first.pixels is not None
     pairs = [pair for scene in first.scenes for pair in zip(scene.views, scene.stored, strict=True)]
     stored = {(acq.sensor, ref.dtype) for acq, ref in pairs}
