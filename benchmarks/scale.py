@@ -197,8 +197,9 @@ def measure_size(args: argparse.Namespace, data: Path, units: int, scratch: Path
     }  # fmt: skip
     cache_gb = sum(p.stat().st_size for p in Path(env[CACHE_ENV]).rglob("*") if p.is_file()) / 1e9
     row["cache_gb"] = round(cache_gb, 2)
-    if args.no_embed:
-        shutil.rmtree(env[CACHE_ENV], ignore_errors=True)  # a pixel cache is as large as the corpus
+    if args.no_embed:  # a pixel cache is as large as the corpus, and a paper-sized run's checkpoints are GBs
+        shutil.rmtree(env[CACHE_ENV], ignore_errors=True)
+        shutil.rmtree(run, ignore_errors=True)
         return row
     out = scratch / f"emb{units}.parquet"
     embed_s, embed_rss, _ = _child([sys.executable, "-m", "ssl_domains", "embed", "--run", str(run), "--data",

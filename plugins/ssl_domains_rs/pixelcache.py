@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 PIXELS = "pixels.bin"
 INDEX = "index.pkl"
-AUTO_SHARE = 0.5  # cache: auto writes the cache when it takes at most this share of the free space
+AUTO_SHARE = 0.8  # cache: auto writes the cache when it takes at most this share of the free space: the rest
+# is left for checkpoints and logs (medical's PersistentDataset cache, by comparison, may take all of it)
 
 
 def stored_form(image: np.ndarray, sensor: str) -> np.ndarray:
@@ -63,6 +64,6 @@ def decide(choice: str, need: int) -> tuple[bool, str | None]:
         return False, (
             f"chips are read from their GeoTIFFs (slow: about 80 chips/s per loader worker): the pixel cache would "
             f"take {need / 1e9:.1f} GB of the {free / 1e9:.1f} GB free under {folder} (it is written by the first run "
-            "that finds twice its size free); point $SSL_DOMAINS_CACHE at a larger disk, or set cache: disk"
+            "that finds the room); point $SSL_DOMAINS_CACHE at a larger disk, or set cache: disk"
         )
     return True, None

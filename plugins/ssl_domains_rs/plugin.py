@@ -50,7 +50,7 @@ class RSDataConfig:
         "auto",
         doc="decoded pixels (every view on the 10 m grid, uint16 S2 / float32 S1) in one file beside the index, "
         "written in the index's scan and read one chip at a time: disk, none (every chip from its GeoTIFFs), or "
-        "auto: disk when it takes at most half the free space under $SSL_DOMAINS_CACHE",
+        "auto: disk when it takes at most 80 % of the free space under $SSL_DOMAINS_CACHE",
     )
 
     def validate(self) -> None:

@@ -146,7 +146,7 @@ def test_the_pixel_cache_keeps_s2_as_uint16_and_serves_chips_without_the_geotiff
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_auto_reads_the_geotiffs_when_the_pixels_would_take_over_half_the_free_space(
+def test_auto_reads_the_geotiffs_when_the_pixels_would_take_most_of_the_free_space(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
     import shutil as shutil_module
