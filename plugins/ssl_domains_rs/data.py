@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pickle
@@ -286,15 +287,12 @@ class RSDataModule(FittedDataModule):
             write, note = pixelcache.decide(self.cfg.cache, self._pixel_bytes(scenes))
         train: list[tuple[int, int, int, int]] = []
         test: list[tuple[int, int, int, int]] = []
-        writer = ArrayFileWriter(pixels) if write and pixels is not None else None
-        try:
+        # the writer flushes and syncs only when the scan succeeds: a scan's error is not masked by a full disk's
+        with ArrayFileWriter(pixels) if write else contextlib.nullcontext() as writer:
             for s, scene in enumerate(scenes):
                 valid = self._valid(scene, writer)
                 train += self._train_windows(s, scene, valid)
                 test += self._test_windows(s, scene, valid)
-        finally:
-            if writer is not None:
-                writer.close()
         as_items = lambda rows: np.array(rows, dtype=np.int64).reshape(-1, 4)  # noqa: E731
         notes = [*self._noted.values(), *([note] if note else [])]
         return ChipIndex(scenes, as_items(train), as_items(test), notes, pixels=writer is not None)
