@@ -22,6 +22,8 @@ import numpy as np
 
 __all__ = ["ArrayFile", "ArrayFileWriter", "StoredArray"]
 
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv call may fill
+
 
 @dataclass(frozen=True)
 class StoredArray:
@@ -79,42 +81,78 @@ class ArrayFile:
         self.path = Path(path)
         self._fd: int | None = None
         self._pid = -1
+        self._buffer: np.ndarray | None = None
+        self._gap: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, object]:
-        return {"path": self.path, "_fd": None, "_pid": -1}
+        return {"path": self.path, "_fd": None, "_pid": -1, "_buffer": None, "_gap": None}
 
     def _handle(self) -> int:
         if self._fd is None or self._pid != os.getpid():  # a worker opens its own descriptor
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         return self._fd
 
-    def _read_into(self, buffer: np.ndarray, offset: int) -> None:
-        view = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(view):  # a read may return fewer bytes than asked (signals, network filesystems)
-            got = os.preadv(self._handle(), [view[done:]], offset + done)
+    def _read_into(self, buffers: list[memoryview], offset: int) -> None:
+        """Fill ``buffers`` in turn from the bytes at ``offset`` on: one ``preadv`` for up to ``IOV_MAX`` of them."""
+        total = offset + sum(len(b) for b in buffers)
+        while buffers:
+            got = os.preadv(self._handle(), buffers[:_IOV_MAX], offset)
             if got == 0:
-                raise OSError(f"{self.path}: ends before byte {offset + len(view)}; the cache is truncated")
-            done += got
+                raise OSError(f"{self.path}: ends before byte {total}; the cache is truncated")
+            offset += got
+            while buffers and got >= len(buffers[0]):  # a read may stop short (signals, network filesystems)
+                got -= len(buffers[0])
+                buffers = buffers[1:]
+            if got:
+                buffers = [buffers[0][got:], *buffers[1:]]
 
     def read(self, ref: StoredArray) -> np.ndarray:
         """The whole array."""
         out = np.empty(ref.shape, dtype=ref.dtype)
-        self._read_into(out, ref.offset)
+        self._read_into([memoryview(out).cast("B")], ref.offset)
         return out
 
-    def read_window(self, ref: StoredArray, top: int, left: int, height: int, width: int) -> np.ndarray:
-        """``array[..., top : top + height, left : left + width]`` of a stored array of two or more dimensions."""
+    def read_window(
+        self, ref: StoredArray, top: int, left: int, height: int, width: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``array[..., top : top + height, left : left + width]`` of a stored array of two or more dimensions.
+
+        With ``out`` (shape ``[..., height, width]``, any dtype the values cast to), the window is written there
+        and ``out`` returned: a loader fills its batch in place, with no array per item. The rows are read into
+        a buffer this instance keeps, so a window costs one copy beside the read and no new memory."""
         *planes, rows, cols = ref.shape
         if not (top >= 0 and left >= 0 and top + height <= rows and left + width <= cols):
             raise ValueError(f"window ({top}, {left}, {height}, {width}) outside a {rows} x {cols} array")
         dtype = np.dtype(ref.dtype)
         count = int(np.prod(planes, dtype=np.int64))
-        band = np.empty((count, height, cols), dtype=dtype)
+        band = self._scratch(count * height * cols * dtype.itemsize).view(dtype).reshape(count, height, cols)
         plane_bytes, row_bytes = rows * cols * dtype.itemsize, cols * dtype.itemsize
-        for p in range(count):  # one read per plane: its rows at full width
-            self._read_into(band[p], ref.offset + p * plane_bytes + top * row_bytes)
-        return band[:, :, left : left + width].reshape(*planes, height, width)
+        first, window_bytes = ref.offset + top * row_bytes, height * row_bytes
+        planes_out = [memoryview(plane).cast("B") for plane in band]
+        gap = plane_bytes - window_bytes
+        if count > 1 and gap <= window_bytes // 2:  # one read across the planes, the rows between them skipped
+            skip = memoryview(self._skip(gap))
+            self._read_into([b for plane in planes_out for b in (plane, skip)][:-1], first)
+        else:  # one read per plane: its rows at full width
+            for p, plane in enumerate(planes_out):
+                self._read_into([plane], first + p * plane_bytes)
+        window = band[:, :, left : left + width].reshape(*planes, height, width)
+        if out is None:
+            return window.copy()
+        np.copyto(out, window, casting="unsafe")
+        return out
+
+    def _skip(self, nbytes: int) -> np.ndarray:
+        """A buffer the rows between two planes' windows are read into and dropped (one per instance)."""
+        if self._gap is None or self._gap.nbytes != nbytes:
+            self._gap = np.empty(nbytes, dtype=np.uint8)
+        return self._gap
+
+    def _scratch(self, nbytes: int) -> np.ndarray:
+        """A byte buffer of at least ``nbytes``, reused across reads (grown when a larger window comes)."""
+        if self._buffer is None or self._buffer.nbytes < nbytes:
+            self._buffer = np.empty(nbytes, dtype=np.uint8)
+        return self._buffer[:nbytes]
 
     def close(self) -> None:
         """Close this process's descriptor (the next read opens it again)."""

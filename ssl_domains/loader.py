@@ -125,9 +125,20 @@ class _Guarded(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def __getitems__(self, indices: list[int]) -> Any:
+        """A batch's items; or, when the plugin's dataset has ``__getitems__`` (reading a whole batch in place,
+        returning the batch as a dict or its items as a list), what that returns. A batch that holds an unreadable
+        item is read again item by item, each guarded."""
+        if getattr(type(self.dataset), "__getitems__", None) is None:
+            return [self[i] for i in indices]
+        try:
+            return self.dataset.__getitems__(indices)  # type: ignore[attr-defined]
+        except DataError:
+            return [self[i] for i in indices]
+
     def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, list):  # a whole batch from a sampler that yields batches: guard each item
-            return [self[i] for i in index]
+        if isinstance(index, list):  # a whole batch from a sampler that yields batches
+            return self.__getitems__(index)
         try:
             return self.dataset[index]
         except DataError as exc:
@@ -153,7 +164,8 @@ class _GuardedCollate:
     def __call__(self, items: list[Any]) -> _Collated:
         skipped = list(_UNREADABLE)
         _UNREADABLE.clear()
-        return _Collated(self.collate(items), skipped)
+        batch = items if isinstance(items, dict) else self.collate(items)  # a dict: the dataset built the batch
+        return _Collated(batch, skipped)
 
 
 class ResumableDataLoader(DataLoader):

@@ -39,6 +39,29 @@ def test_arrays_come_back_exactly_whole_and_by_window(tmp_path: Path) -> None:
         store.read_window(refs[0], 50, 0, 20, 10)
 
 
+def test_windows_fill_a_given_array_and_planes_are_read_across_in_one_pass(tmp_path: Path) -> None:
+    """``out=`` takes the window in place (cast to its dtype); a window of most rows reads all planes in one pass
+    (the rows between them dropped), 600 planes included (more buffers than one preadv takes)."""
+    rng = np.random.default_rng(1)
+    tall = rng.integers(0, 65535, (13, 40, 30), dtype=np.uint16)
+    many = rng.integers(0, 65535, (600, 4, 4), dtype=np.uint16)
+    with ArrayFileWriter(tmp_path / "a.bin") as writer:
+        refs = [writer.append(tall), writer.append(many)]
+    store = ArrayFile(tmp_path / "a.bin")
+    for ref, a, (top, left, h, w) in [(refs[0], tall, (5, 3, 32, 24)), (refs[0], tall, (0, 0, 40, 30)),
+                                      (refs[0], tall, (2, 1, 8, 8)), (refs[1], many, (1, 1, 3, 2))]:  # fmt: skip
+        expected = a[:, top : top + h, left : left + w]
+        np.testing.assert_array_equal(store.read_window(ref, top, left, h, w), expected)
+        out = np.zeros((2, *expected.shape), dtype=np.float32)
+        target = out[1]
+        assert store.read_window(ref, top, left, h, w, out=target) is target
+        np.testing.assert_array_equal(out[1], expected.astype(np.float32))
+        assert not out[0].any()
+    first = store.read_window(refs[0], 0, 0, 4, 4)
+    store.read_window(refs[0], 10, 10, 4, 4)
+    np.testing.assert_array_equal(first, tall[:, :4, :4])  # a window returned is not the reused buffer
+
+
 def test_a_copy_for_a_worker_opens_its_own_descriptor(tmp_path: Path) -> None:
     (a, *_) = _arrays()
     with ArrayFileWriter(tmp_path / "a.bin") as writer:

@@ -1,4 +1,5 @@
-"""Batches capped by length (DurationBatchSampler), their resume, and the memory budget caches are chosen against."""
+"""Batches capped by length (DurationBatchSampler), their resume, batches a dataset reads whole, and the memory
+budget caches are chosen against."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ssl_domains import DataError, memory
-from ssl_domains.data import DurationBatchSampler, train_loader
+from ssl_domains.data import DurationBatchSampler, batch_tensor, train_loader
 
 
 def _lengths(n: int = 500, seed: int = 0) -> np.ndarray:
@@ -90,6 +91,32 @@ def test_a_loader_of_duration_batches_resumes_at_the_next_batch_and_guards_each_
     resumed.on_error = "skip"
     resumed.load_state_dict(state)
     assert [b["id"].tolist() for b in resumed] == full[3:]
+
+
+class _WholeBatches(_Lengths):
+    """Reads a batch at once into a tensor it allocates with batch_tensor, as the RS pixel cache does."""
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        if self.bad in indices:
+            raise DataError(f"item {self.bad} is unreadable")
+        ids = batch_tensor((len(indices),), torch.int64)
+        ids[:] = torch.tensor(indices)
+        return {"id": ids, "rows": torch.tensor(len(indices)), "shared": torch.tensor(ids.is_shared())}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_dataset_reading_whole_batches_hands_them_on_and_falls_back_to_guarded_items(workers: int):
+    """``__getitems__`` returning a dict is the batch (built in shared memory in a worker); a batch with an
+    unreadable item is read again item by item, the item replaced as ``on_error="skip"`` says."""
+    lengths = _lengths(40)
+    loader = train_loader(_WholeBatches(lengths, bad=9), batch_size=4, seed=0, collate_fn=_collate,
+                          num_workers=workers, shuffle=False)  # fmt: skip
+    loader.on_error = "skip"
+    batches = list(loader)
+    assert [b["id"].tolist() for b in batches[:2]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert all(bool(b["shared"]) == (workers == 1) for b in batches if "shared" in b)
+    fallback = [b for b in batches if "shared" not in b]  # the batch holding item 9, collated from its items
+    assert [b["id"].tolist() for b in fallback] == [[8, 10, 10, 11]] and loader.skipped == 1
 
 
 def test_memory_budget_reads_sizes_and_the_environment(monkeypatch):

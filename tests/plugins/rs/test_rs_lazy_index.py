@@ -201,3 +201,28 @@ def test_training_batches_normalised_on_the_device_equal_the_loaders_normalisati
     np.testing.assert_array_equal(got[0].numpy(), normalise(high[0].astype(np.float32), dm.s2_bands,
                                                             dm.fitted["stats"], method))  # fmt: skip
     assert dm.on_after_batch_transfer({"optical": batch["optical"]}, 0)["optical"] is batch["optical"]
+
+
+@pytest.mark.parametrize("mode", ["s1s2", "temporal"])
+def test_a_training_batch_read_in_place_equals_its_items_collated(mode: str) -> None:
+    """``read_batch`` (the pixel cache read into the batch's tensors) gives what ``collate`` makes of ``sample``'s
+    items, from the same random view pairs; a loader worker hands it on in shared memory."""
+    import torch
+
+    cfg = (CROMAConfig(chip=64, holdout_quadrant=3, cache="disk", batch_size=4) if mode == "s1s2"
+           else SSL4EOConfig(chip=64, s2_level="L1C", cache="disk", batch_size=4))  # fmt: skip
+    dm = RSDataModule(SSL4EO, cfg, mode=mode)
+    dm.setup("fit")
+    ids = list(range(min(4, len(dm.train_items))))[::-1]
+    torch.manual_seed(3)
+    whole = dm.read_batch(dm.train_items[ids], ids)
+    torch.manual_seed(3)
+    items = dm.collate([dm.sample(dm.train_items[i], True, i) for i in ids])
+    assert set(whole) == set(items) and any(k.startswith("raw_") for k in whole)
+    for key in items:
+        assert whole[key].dtype == items[key].dtype, key
+        torch.testing.assert_close(whole[key], items[key], rtol=0, atol=0)
+    dm.cfg.num_workers = 1
+    batch = next(iter(dm.train_dataloader()))
+    raw = [k for k in batch if k.startswith("raw_")]
+    assert raw and all(batch[k].shape == (4, *whole[k].shape[1:]) for k in raw)
