@@ -15,6 +15,9 @@ out of git; reused by a later call), then measures each size in fresh processes 
   DataLoader worker runs; what a plugin leaves to ``on_after_batch_transfer`` runs on the GPU and is not counted);
   ``..._from_disk``: the same after dropping the data and the caches from the page cache (``POSIX_FADV_DONTNEED``),
   as for a corpus larger than RAM;
+- ``loader_items_per_s_one_worker`` (and ``..._from_disk``): what one DataLoader worker process hands the main
+  process, the batch's trip through shared memory included (for two 13-band 224² views it halved the in-process
+  rate before batches were built in shared memory); the workers per H100 are computed from it;
 - ``cache_gb``: what the run left under ``$SSL_DOMAINS_CACHE`` (indexes, preprocessed or decoded items; deleted
   after the size with ``--no-embed``, since a pixel cache is as large as the corpus);
 - ``embed_peak_rss_gb`` / ``embed_rows_per_s``: ``ssl-domains embed`` of the trained run over the same corpus.
@@ -89,12 +92,7 @@ def measure_setup(plugin: str, data: Path, overrides: list[str], loader_batches:
     out: dict[str, Any] = {"setup_s": time.perf_counter() - start, **CORPORA[plugin].count(dm),
                            "rss_after_setup_gb": _rss_gb(), "in_memory": getattr(dm, "in_memory", False)}  # fmt: skip
     if loader_batches:
-
-        def batches():  # epochs after epochs: a small corpus may hold fewer than loader_batches batches
-            while True:
-                yield from dm.train_dataloader()
-
-        loader = batches()
+        loader = _epochs(dm)  # epochs after epochs: a small corpus may hold fewer than loader_batches batches
         next(loader)  # the first batch pays for imports and the sampler
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as in a DataLoader worker, which PyTorch runs on one thread
@@ -111,6 +109,7 @@ def measure_setup(plugin: str, data: Path, overrides: list[str], loader_batches:
         out["loader_items_per_s_per_worker_from_disk"] = items / (time.perf_counter() - start)
         out["evicted_gb"] = evicted / 1e9
         torch.set_num_threads(threads)
+        out.update(_one_worker(dm, loader_batches, [Path(os.environ[CACHE_ENV]), data]))
         from torch.utils.flop_counter import FlopCounterMode
 
         model = plug.model(cfg.method, dm).train()
@@ -124,6 +123,32 @@ def measure_setup(plugin: str, data: Path, overrides: list[str], loader_batches:
         del model
         torch.cuda.empty_cache()
     return out
+
+
+def _one_worker(dm: Any, loader_batches: int, folders: list[Path]) -> dict[str, float]:
+    """Items/s that one DataLoader worker process hands the main process, from the page cache and then from the
+    disk: what the in-process rate leaves out, the batch's trip through shared memory, is counted."""
+    dm.cfg.num_workers = 1
+    loader = iter(_epochs(dm))
+    for _ in range(2):  # the worker's start, its imports and first batches
+        next(loader)
+    out = {}
+    for key in ("loader_items_per_s_one_worker", "loader_items_per_s_one_worker_from_disk"):
+        if key.endswith("disk"):
+            _evict(folders)
+        start, items = time.perf_counter(), 0
+        for _ in range(loader_batches):
+            items += len(next(loader)["id"])
+        out[key] = items / (time.perf_counter() - start)
+    dm.cfg.num_workers = 0
+    return out
+
+
+def _epochs(dm: Any) -> Any:
+    """Batches of epoch after epoch, from one loader (its workers persist)."""
+    loader = dm.train_dataloader()
+    while True:
+        yield from loader
 
 
 def _evict(folders: list[Path]) -> int:
@@ -193,6 +218,8 @@ def measure_size(args: argparse.Namespace, data: Path, units: int, scratch: Path
         "peak_rss_gb": round(train_rss, 3),
         "loader_items_per_s_per_worker": round(warm["loader_items_per_s_per_worker"], 1),
         "loader_items_per_s_per_worker_from_disk": round(warm["loader_items_per_s_per_worker_from_disk"], 1),
+        "loader_items_per_s_one_worker": round(warm["loader_items_per_s_one_worker"], 1),
+        "loader_items_per_s_one_worker_from_disk": round(warm["loader_items_per_s_one_worker_from_disk"], 1),
         "gflop_per_item": round(warm["gflop_per_item"], 2),
     }  # fmt: skip
     cache_gb = sum(p.stat().st_size for p in Path(env[CACHE_ENV]).rglob("*") if p.is_file()) / 1e9
@@ -225,8 +252,9 @@ def extrapolate(plugin: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "data_tb_this_layout": round(big["data_gb"] / big[unit] * full / 1e3, 2),
         "train_items": int(big["train_items"] / big[unit] * full),
         "h100_items_per_s_at_40pct_mfu": round(gpu_items_per_s),
-        "workers_per_h100": math.ceil(gpu_items_per_s / big["loader_items_per_s_per_worker"]),
-        "workers_per_h100_from_disk": math.ceil(gpu_items_per_s / big["loader_items_per_s_per_worker_from_disk"]),
+        "workers_per_h100": math.ceil(gpu_items_per_s / big["loader_items_per_s_one_worker"]),
+        "workers_per_h100_from_disk": math.ceil(gpu_items_per_s / big["loader_items_per_s_one_worker_from_disk"]),
+        "workers_per_h100_in_process_rate": math.ceil(gpu_items_per_s / big["loader_items_per_s_per_worker"]),
     }  # fmt: skip
 
 
