@@ -101,15 +101,22 @@ def measure_setup(plugin: str, data: Path, overrides: list[str], loader_batches:
             batch = next(loader)
             items += len(batch["id"])
         out["loader_items_per_s_per_worker"] = items / (time.perf_counter() - start)
-        # again with the caches and the data out of the page cache: a corpus larger than RAM is read from disk
-        evicted = _evict([Path(os.environ[CACHE_ENV]), data])
-        start, items = time.perf_counter(), 0
-        for _ in range(loader_batches):
-            items += len(next(loader)["id"])
-        out["loader_items_per_s_per_worker_from_disk"] = items / (time.perf_counter() - start)
-        out["evicted_gb"] = evicted / 1e9
         torch.set_num_threads(threads)
-        out.update(_one_worker(dm, loader_batches, [Path(os.environ[CACHE_ENV]), data]))
+        dm.cfg.num_workers = 1  # one worker process, its batches handed on as in training
+        worker = _epochs(dm)
+        for _ in range(2):  # the worker's start, its imports and first batches
+            next(worker)
+        out["loader_items_per_s_one_worker"] = _rate(worker, loader_batches)
+        # again with the caches and the data out of the page cache: a corpus larger than RAM is read from disk
+        folders = [Path(os.environ[CACHE_ENV]), data]
+        out["evicted_gb"] = _evict(folders) / 1e9
+        out["loader_items_per_s_one_worker_from_disk"] = _rate(worker, loader_batches)
+        del worker
+        dm.cfg.num_workers = 0
+        _evict(folders)
+        torch.set_num_threads(1)
+        out["loader_items_per_s_per_worker_from_disk"] = _rate(loader, loader_batches)
+        torch.set_num_threads(threads)
         from torch.utils.flop_counter import FlopCounterMode
 
         model = plug.model(cfg.method, dm).train()
@@ -125,23 +132,12 @@ def measure_setup(plugin: str, data: Path, overrides: list[str], loader_batches:
     return out
 
 
-def _one_worker(dm: Any, loader_batches: int, folders: list[Path]) -> dict[str, float]:
-    """Items/s that one DataLoader worker process hands the main process, from the page cache and then from the
-    disk: what the in-process rate leaves out, the batch's trip through shared memory, is counted."""
-    dm.cfg.num_workers = 1
-    loader = iter(_epochs(dm))
-    for _ in range(2):  # the worker's start, its imports and first batches
-        next(loader)
-    out = {}
-    for key in ("loader_items_per_s_one_worker", "loader_items_per_s_one_worker_from_disk"):
-        if key.endswith("disk"):
-            _evict(folders)
-        start, items = time.perf_counter(), 0
-        for _ in range(loader_batches):
-            items += len(next(loader)["id"])
-        out[key] = items / (time.perf_counter() - start)
-    dm.cfg.num_workers = 0
-    return out
+def _rate(loader: Any, batches: int) -> float:
+    """Items/s over the next ``batches`` batches of ``loader``."""
+    start, items = time.perf_counter(), 0
+    for _ in range(batches):
+        items += len(next(loader)["id"])
+    return items / (time.perf_counter() - start)
 
 
 def _epochs(dm: Any) -> Any:

@@ -22,6 +22,11 @@ kept in :attr:`ResumableDataLoader.skipped`. With ``on_error="stop"`` the error 
 written then holds exactly the steps before it. Under DDP the failing rank cannot stop alone (the others wait
 in the gradient all-reduce), so it trains that one step on the substitute and :attr:`pending_error` is agreed
 on by all ranks at the step's end (see ``ssl_domains.checkpointing``).
+
+**Batches read whole.** A plugin's dataset may define ``__getitems__(indices)`` (PyTorch's batched fetch) and
+return the finished batch as a dict, read in place into tensors from :func:`ssl_domains.data.batch_tensor`; the
+collate function is then skipped. A batch that raises :class:`~ssl_domains.errors.DataError` is read again item
+by item through ``__getitem__``, each item guarded as above, and collated.
 """
 
 from __future__ import annotations

@@ -182,6 +182,19 @@ def test_non_geotiff_files_are_refused(tmp_path: Path):
         find_acquisitions(tmp_path / "notes.txt")
 
 
+def test_a_corrupt_band_file_is_named_by_setup_and_nothing_is_cached(tmp_path: Path, monkeypatch):
+    """Only one band of a product is opened for its header; the index's scan opens the rest, so a band that
+    rasterio cannot open is one DataError of setup, before any training and with no index or pixels cached."""
+    monkeypatch.setenv("SSL_DOMAINS_CACHE", str(tmp_path / "cache"))
+    root = write_example_pairs(tmp_path, locations=1)
+    broken = next(root.glob("s2a/*/*/B11.tif"))
+    broken.write_bytes(b"II*\x00 truncated")
+    with pytest.raises(DataError, match=rf"{broken.name} is not a readable GeoTIFF"):
+        RSDataModule(root, _croma_cfg(cache="disk"), mode="s1s2").setup("fit")
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix != ".lock"]
+    assert cached == []
+
+
 def test_linear_s1_and_missing_bands_are_named(tmp_path: Path):
     root = write_example_pairs(tmp_path, locations=1)
     for vv in root.rglob("VV.tif"):
