@@ -82,10 +82,9 @@ class ArrayFile:
         self._fd: int | None = None
         self._pid = -1
         self._buffer: np.ndarray | None = None
-        self._gap: np.ndarray | None = None
 
     def __getstate__(self) -> dict[str, object]:
-        return {"path": self.path, "_fd": None, "_pid": -1, "_buffer": None, "_gap": None}
+        return {"path": self.path, "_fd": None, "_pid": -1, "_buffer": None}
 
     def _handle(self) -> int:
         if self._fd is None or self._pid != os.getpid():  # a worker opens its own descriptor
@@ -125,13 +124,14 @@ class ArrayFile:
             raise ValueError(f"window ({top}, {left}, {height}, {width}) outside a {rows} x {cols} array")
         dtype = np.dtype(ref.dtype)
         count = int(np.prod(planes, dtype=np.int64))
-        band = self._scratch(count * height * cols * dtype.itemsize).view(dtype).reshape(count, height, cols)
         plane_bytes, row_bytes = rows * cols * dtype.itemsize, cols * dtype.itemsize
         first, window_bytes = ref.offset + top * row_bytes, height * row_bytes
+        gap = plane_bytes - window_bytes  # the rows between two planes' windows
+        scratch = self._scratch(count * window_bytes + gap)
+        band = scratch[: count * window_bytes].view(dtype).reshape(count, height, cols)
         planes_out = [memoryview(plane).cast("B") for plane in band]
-        gap = plane_bytes - window_bytes
-        if count > 1 and gap <= window_bytes // 2:  # one read across the planes, the rows between them skipped
-            skip = memoryview(self._skip(gap))
+        if count > 1 and gap <= window_bytes // 2:  # one read across the planes, the rows between them dropped
+            skip = memoryview(scratch[count * window_bytes :])
             self._read_into([b for plane in planes_out for b in (plane, skip)][:-1], first)
         else:  # one read per plane: its rows at full width
             for p, plane in enumerate(planes_out):
@@ -141,12 +141,6 @@ class ArrayFile:
             return window.copy()
         np.copyto(out, window, casting="unsafe")
         return out
-
-    def _skip(self, nbytes: int) -> np.ndarray:
-        """A buffer the rows between two planes' windows are read into and dropped (one per instance)."""
-        if self._gap is None or self._gap.nbytes != nbytes:
-            self._gap = np.empty(nbytes, dtype=np.uint8)
-        return self._gap
 
     def _scratch(self, nbytes: int) -> np.ndarray:
         """A byte buffer of at least ``nbytes``, reused across reads (grown when a larger window comes)."""
