@@ -8,8 +8,9 @@ resumed from a checkpoint sees exactly the batches the uninterrupted run would h
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+import pickle
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ __all__ = [
     "DurationBatchSampler",
     "EpochShuffleSampler",
     "LengthGroupedSampler",
+    "PackedList",
     "batch_tensor",
     "eval_loader",
     "mix_seed",
@@ -184,6 +186,59 @@ class DurationBatchSampler(EpochShuffleSampler):
 
     def __len__(self) -> int:
         return len(self.batches())
+
+
+T = TypeVar("T")
+
+
+class PackedList(Sequence[T]):
+    """A read-only list of picklable items kept as one byte array of their pickles and an array of offsets.
+
+    A Python list of objects costs its objects' headers and pointers (an index of a million file paths, several
+    GB), and a forked DataLoader worker that touches an object writes its reference count, so each worker
+    copies every page of objects it visits, and a garbage collection visits them all (PyTorch issue 13246).
+    Here the items are bytes in two NumPy arrays: the list costs what its pickles take, the workers share it
+    without copying, and it pickles (to an index cache) as two arrays. ``items`` is consumed once, so a
+    generator builds it without the objects ever being held together. An item is unpickled on each access
+    (about 1 us for a small dataclass): keep what the hot path needs, and make items pickle compactly.
+    """
+
+    def __init__(self, items: Iterable[T] = ()) -> None:
+        data, ends = bytearray(), []
+        for item in items:
+            data += pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+            ends.append(len(data))
+        self._data = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(0, dtype=np.uint8)
+        self._ends = np.asarray(ends, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = int(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"PackedList index {index} out of range for {len(self)} items")
+        start = int(self._ends[i - 1]) if i else 0
+        return pickle.loads(self._data[start : int(self._ends[i])])
+
+    def __iter__(self) -> Iterator[T]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes the list holds (its pickles and offsets)."""
+        return self._data.nbytes + self._ends.nbytes
+
+    def __repr__(self) -> str:
+        return f"PackedList({len(self)} items, {self.nbytes / 1e6:.1f} MB)"
 
 
 def batch_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
