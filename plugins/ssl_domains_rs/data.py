@@ -13,6 +13,9 @@
   below); each chip is then read alone in the loader's workers: from the decoded-pixel cache the scan writes
   beside the index (``cache: auto|disk``, :mod:`.pixelcache`), or from its GeoTIFFs (``rasterio.windows``,
   ``cache: none``). Memory stays flat in the corpus size, and a second run on the same files skips the scan.
+  The index keeps its locations as pickles in two arrays (:class:`ssl_domains.data.PackedList`), not as Python
+  objects, which a forked loader worker would copy as it touches them; the scan packs the acquisitions and
+  locations as it finds them, so the corpus is never held as objects either.
 - **Spatial hold-out.** ``holdout_quadrant`` k in 0..3 removes quadrant k (0 top-left, 1 top-right, 2
   bottom-left, 3 bottom-right) of *every* location from training; no training window touches it. The
   evaluation chips tile that quadrant without overlap (split 2). The rest of each scene is split 0.
@@ -28,7 +31,7 @@ import contextlib
 import json
 import logging
 import pickle
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,73 +40,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_domains import DataError
-from ssl_domains.arrayfile import ArrayFile, ArrayFileWriter, StoredArray
-from ssl_domains.data import batch_tensor, eval_loader, train_loader
+from ssl_domains.arrayfile import ArrayFile, ArrayFileWriter
+from ssl_domains.data import PackedList, batch_tensor, eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
 from ssl_domains.indexcache import cached_folder, cached_index
 
 from . import pixelcache
 from .bands import S1_GRD, SSL4EO_STATS, bands_for
-from .formats import Acquisition, chip_footprints, find_acquisitions, read_bands
+from .formats import Acquisition, chip_footprints, iter_acquisitions, read_bands
+from .locations import ChipIndex, Scene, group_locations, window_starts
 
-INDEX_VERSION = 3  # bump when what the index holds changes: older cached indexes are then rebuilt
+INDEX_VERSION = 4  # bump when what the index holds changes: older cached indexes are then rebuilt
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Scene:
-    """One location: its views (acquisitions, not their pixels) on one 10 m grid of ``shape``."""
-
-    name: str
-    views: list[Acquisition]
-    kinds: list[str]  # "s1" / "s2" per view
-    dates: list[str]
-    shape: tuple[int, int]  # (H, W) at 10 m
-    label: str | None = None
-    stored: list[StoredArray] = field(default_factory=list)  # per view, where the pixel cache holds it
-
-
-@dataclass
-class ChipIndex:
-    """What :meth:`RSDataModule.read` builds once and caches: the locations and every chip's
-    ``(location, row, col, split)``."""
-
-    scenes: list[Scene]
-    train_items: np.ndarray
-    test_items: np.ndarray
-    notes: list[str]  # warnings about the files, said again on every run that reads the index from the cache
-    pixels: bool = False  # whether the views are in the pixel cache beside the index (Scene.stored)
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
-
-
-def group_locations(acqs: list[Acquisition]) -> list[list[Acquisition]]:
-    """Acquisitions grouped by footprint (IoU >= 0.5), via a grid hash on footprint centres."""
-    cell = 0.01  # degrees; a centre's neighbours are searched in the 3 x 3 cells around it
-    grid: dict[tuple[int, int], list[int]] = {}
-    groups: list[list[Acquisition]] = []
-    owner: list[int] = []
-    for i, acq in enumerate(acqs):
-        cx, cy = (acq.bounds[0] + acq.bounds[2]) / 2, (acq.bounds[1] + acq.bounds[3]) / 2
-        key = (int(np.floor(cx / cell)), int(np.floor(cy / cell)))
-        near = [j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in grid.get((key[0] + dx, key[1] + dy), [])]
-        match = next((owner[j] for j in near if _iou(acq.bounds, acqs[j].bounds) >= 0.5), None)
-        if match is None:
-            match = len(groups)
-            groups.append([])
-        groups[match].append(acq)
-        owner.append(match)
-        grid.setdefault(key, []).append(i)
-    return groups
 
 
 def load_stats(spec: str, bands: tuple[str, ...], level: str) -> dict[str, tuple[float, float]]:
@@ -147,13 +96,6 @@ def normalise_batch(raw: torch.Tensor, bands: tuple[str, ...], stats: dict[str, 
     return ((x - (mean - 2 * std)) / (4 * std)).clamp(0.0, 1.0)
 
 
-def window_starts(extent: int, chip: int, stride: int) -> np.ndarray:
-    """Start offsets of windows of ``chip`` pixels with ``stride`` inside ``[0, extent)``."""
-    if extent < chip:
-        return np.empty(0, dtype=np.int64)
-    return np.arange(0, extent - chip + 1, stride, dtype=np.int64)
-
-
 class _Chips(Dataset):
     def __init__(self, module: RSDataModule, items: np.ndarray, train: bool) -> None:
         self.module, self.items, self.train = module, items, train
@@ -185,7 +127,7 @@ class RSDataModule(FittedDataModule):
         self.mode = mode
         self.s2_bands = tuple(cfg.s2_bands) if cfg.s2_bands else bands_for(cfg.s2_level)
         self.s1_bands = S1_GRD
-        self.scenes: list[Scene] = []
+        self.scenes: PackedList[Scene] = PackedList()
         # None, or the one view every item holds when data that cannot be paired is read for embedding only:
         # "optical"/"radar" (CROMA, by embed_modality) or "view1" (SSL4EO, single-date chips)
         self.single_view: str | None = None
@@ -287,24 +229,34 @@ class RSDataModule(FittedDataModule):
         find the chips without nodata or cloud, and dropped before the next location (after being appended to
         the pixel cache at ``pixels``, when ``cache`` chooses it)."""
         self._noted.clear()
-        acqs = [a for a in find_acquisitions(self.data) if self._wanted(a)]
-        scenes = [s for s in (self._scene(g, single_view) for g in group_locations(acqs)) if s is not None]
+        # packed as they come: the corpus's acquisitions and scenes are never Python objects all at once
+        acqs = PackedList(a for a in iter_acquisitions(self.data) if self._wanted(a))
+        bounds = np.array([a.bounds for a in acqs], dtype=np.float64).reshape(-1, 4)
+        found = (self._scene([acqs[int(j)] for j in g], single_view) for g in group_locations(bounds))
+        unscanned = PackedList(s for s in found if s is not None)
+        del acqs
         write, note = False, None
         if pixels is not None:
-            write, note = pixelcache.decide(self.cfg.cache, self._pixel_bytes(scenes))
-        train: list[tuple[int, int, int, int]] = []
-        test: list[tuple[int, int, int, int]] = []
+            write, note = pixelcache.decide(self.cfg.cache, self._pixel_bytes(unscanned))
+        train: list[np.ndarray] = []
+        test: list[np.ndarray] = []
+        as_items = lambda rows: np.array(rows, dtype=np.int64).reshape(-1, 4)  # noqa: E731
+
+        def scan(writer: ArrayFileWriter | None) -> Iterator[Scene]:
+            for s, scene in enumerate(unscanned):
+                valid = self._valid(scene, writer)  # fills scene.stored
+                train.append(as_items(self._train_windows(s, scene, valid)))
+                test.append(as_items(self._test_windows(s, scene, valid)))
+                yield scene
+
         # the writer flushes and syncs only when the scan succeeds: a scan's error is not masked by a full disk's
         with ArrayFileWriter(pixels) if write else contextlib.nullcontext() as writer:
-            for s, scene in enumerate(scenes):
-                valid = self._valid(scene, writer)
-                train += self._train_windows(s, scene, valid)
-                test += self._test_windows(s, scene, valid)
-        as_items = lambda rows: np.array(rows, dtype=np.int64).reshape(-1, 4)  # noqa: E731
+            scenes = PackedList(scan(writer))
         notes = [*self._noted.values(), *([note] if note else [])]
-        return ChipIndex(scenes, as_items(train), as_items(test), notes, pixels=writer is not None)
+        joined = lambda parts: np.concatenate(parts) if parts else as_items([])  # noqa: E731
+        return ChipIndex(scenes, joined(train), joined(test), notes, pixels=writer is not None)
 
-    def _pixel_bytes(self, scenes: list[Scene]) -> int:
+    def _pixel_bytes(self, scenes: Sequence[Scene]) -> int:
         return pixelcache.pixel_bytes(scenes, {"s1": len(self.s1_bands), "s2": len(self.s2_bands)})
 
     def _single_view(self) -> str | None:
@@ -377,10 +329,7 @@ class RSDataModule(FittedDataModule):
             )
         labels = {a.label for a in chosen if a.label} | {a.labels[0] for a in chosen if len(a.labels) == 1}
         return Scene(
-            name=chosen[0].name,
             views=chosen,
-            kinds=[a.sensor for a in chosen],
-            dates=[a.date for a in chosen],
             shape=chosen[0].shape,
             label=sorted(labels)[0] if len(labels) == 1 else None,
         )
@@ -430,12 +379,12 @@ class RSDataModule(FittedDataModule):
         ]
 
     def _evaluable(self, scene: Scene) -> bool:
-        return self.mode == "s1s2" or len(scene.views) >= 2
+        return self.mode == "s1s2" or len(scene.kinds) >= 2
 
     def eval_pair(self, scene: Scene) -> tuple[int, int]:
         """The views compared at evaluation: (S1, closest-date S2) or the first two dates (one date: itself)."""
         if self.mode == "temporal":
-            return (0, 1) if len(scene.views) > 1 else (0, 0)
+            return (0, 1) if len(scene.kinds) > 1 else (0, 0)
         s1 = [i for i, k in enumerate(scene.kinds) if k == "s1"]
         s2 = [i for i, k in enumerate(scene.kinds) if k == "s2"]
         gaps = [(_days(scene.dates[a], scene.dates[b]), a, b) for a in s1 for b in s2]
@@ -445,16 +394,15 @@ class RSDataModule(FittedDataModule):
     def raw_chip(self, scene: Scene, view: int, y: int, x: int) -> np.ndarray:
         """View ``view`` of ``scene`` at ``(y, x)``, ``[C, chip, chip]`` before normalisation: from the pixel cache
         (uint16 S2 DN, float32 S1 dB) or read alone from its files (float32)."""
-        acq = scene.views[view]
         size = self.cfg.chip
         if self.pixels is not None:  # the view as read_bands returned it whole, nodata 0: the same pixels
             return self.pixels.read_window(scene.stored[view], y, x, size, size)
-        bands = self.s1_bands if acq.sensor == "s1" else self.s2_bands
-        return read_bands(acq, bands, window=(y, x, size))[0]  # nodata is 0, as when the index was built
+        bands = self.s1_bands if scene.kinds[view] == "s1" else self.s2_bands
+        return read_bands(scene.views[view], bands, window=(y, x, size))[0]  # nodata is 0, as when the index was built
 
     def chip(self, scene: Scene, view: int, y: int, x: int) -> torch.Tensor:
         """:meth:`raw_chip`, normalised (float32)."""
-        bands = self.s1_bands if scene.views[view].sensor == "s1" else self.s2_bands
+        bands = self.s1_bands if scene.kinds[view] == "s1" else self.s2_bands
         image = self.raw_chip(scene, view, y, x).astype(np.float32, copy=False)
         return torch.from_numpy(normalise(image, bands, self.fitted["stats"], self.fitted["normalize"]))
 
@@ -504,8 +452,8 @@ class RSDataModule(FittedDataModule):
             s1 = [i for i, k in enumerate(scene.kinds) if k == "s1"]
             s2 = [i for i, k in enumerate(scene.kinds) if k == "s2"]
             return s1[int(torch.randint(len(s1), ()))], s2[int(torch.randint(len(s2), ()))]
-        if len(scene.views) >= 2:
-            a, b = torch.randperm(len(scene.views))[:2].tolist()
+        if len(scene.kinds) >= 2:
+            a, b = torch.randperm(len(scene.kinds))[:2].tolist()
             return a, b
         return 0, 0
 
@@ -515,11 +463,12 @@ class RSDataModule(FittedDataModule):
         items, from the same random draws, without an array per chip or a copy to hand the batch on. Stacking
         the chips and the copy into shared memory took 60 % of a worker's time for SSL4EO's two 13-band views."""
         assert self.pixels is not None
-        pairs = [self._train_pair(self.scenes[int(s)]) for s in items[:, 0]]
+        scenes = [self.scenes[int(s)] for s in items[:, 0]]
+        pairs = [self._train_pair(scene) for scene in scenes]
         size = self.cfg.chip
         out: dict[str, torch.Tensor] = {}
         for k, key in enumerate(self._view_keys()):
-            refs = [self.scenes[int(row[0])].stored[pair[k]] for row, pair in zip(items, pairs, strict=True)]
+            refs = [scene.stored[pair[k]] for scene, pair in zip(scenes, pairs, strict=True)]
             whole = all(ref.dtype == "uint16" for ref in refs)  # S2 DN: int16 bits, as collate stacks them
             batch = batch_tensor((len(items), refs[0].shape[0], size, size), torch.int16 if whole else torch.float32)
             target = batch.numpy().view(np.uint16) if whole else batch.numpy()

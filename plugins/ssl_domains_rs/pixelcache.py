@@ -25,7 +25,7 @@ from ssl_domains import DataError
 from ssl_domains.indexcache import cache_root
 
 if TYPE_CHECKING:
-    from .data import Scene
+    from .locations import Scene
 
 PIXELS = "pixels.bin"
 INDEX = "index.pkl"

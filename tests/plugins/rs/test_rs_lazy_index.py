@@ -68,7 +68,7 @@ def test_second_setup_reads_the_index_from_the_cache(tmp_path: Path, monkeypatch
     def no_scan(*args, **kwargs):
         raise AssertionError("the data were scanned again")
 
-    monkeypatch.setattr(data_module, "find_acquisitions", no_scan)
+    monkeypatch.setattr(data_module, "iter_acquisitions", no_scan)
     second = RSDataModule(data, cfg, mode="s1s2")
     second.setup("fit")
     np.testing.assert_array_equal(first.train_items, second.train_items)
@@ -133,7 +133,7 @@ def test_the_pixel_cache_keeps_s2_as_uint16_and_serves_chips_without_the_geotiff
         raise AssertionError("a GeoTIFF was read")
 
     monkeypatch.setattr(data_module, "read_bands", no_read)
-    monkeypatch.setattr(data_module, "find_acquisitions", no_read)
+    monkeypatch.setattr(data_module, "iter_acquisitions", no_read)
     second = RSDataModule(data, cfg, mode="s1s2")
     second.setup("fit")
     import torch
