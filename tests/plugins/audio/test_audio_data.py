@@ -11,6 +11,7 @@ import torch
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, DataError
 from ssl_domains.config import from_mapping
+from ssl_domains.data import PackedList
 from ssl_domains_audio.data import AudioDataModule
 from ssl_domains_audio.features import band_range, kaldi_fbank, log_mel, num_frames, warp_frequency
 from ssl_domains_audio.formats import find_clips, read_audio
@@ -254,6 +255,8 @@ def test_synthesized_speech_is_unlabelled_16k_and_feeds_pretraining_only(tmp_pat
     root = write_example_clips(tmp_path)
     dm = _module(root, test_speakers=["cyd"], unlabelled=[str(tmp_path / "tts")])
     assert len(dm.clips) == 27 + 4 and dm.num_source_clips == 27
+    assert isinstance(dm.clips, PackedList) and dm.clips[27].path == paths[0]  # the extras follow, packed too
+    assert dm.clips[27].label is None and dm.clips[27].speaker is None
     extra = np.arange(27, 31)
     assert set(extra) <= set(dm.train_indices.tolist()) and (dm.label[extra] == -1).all()
     ids = torch.cat([b["id"] for b in dm.predict_dataloader()])
