@@ -231,7 +231,7 @@ class RSDataModule(FittedDataModule):
         self._noted.clear()
         # packed as they come: the corpus's acquisitions and scenes are never Python objects all at once
         acqs = PackedList(a for a in iter_acquisitions(self.data) if self._wanted(a))
-        bounds = np.array([a.bounds for a in acqs], dtype=np.float64).reshape(-1, 4)
+        bounds = np.fromiter((v for a in acqs for v in a.bounds), np.float64, 4 * len(acqs)).reshape(-1, 4)
         found = (self._scene([acqs[int(j)] for j in g], single_view) for g in group_locations(bounds))
         unscanned = PackedList(s for s in found if s is not None)
         del acqs
