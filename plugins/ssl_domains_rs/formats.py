@@ -62,9 +62,11 @@ class Acquisition:
         names = {b: os.path.basename(p) for b, p in self.bands.items()}
         if not folder or any(_join(folder, names[b]) != p for b, p in self.bands.items()):
             folder, names = "", dict(self.bands)
-        cloud = self.cloud_mask
-        if cloud is not None and folder and _join(folder, os.path.basename(cloud)) == cloud:
-            cloud = os.path.basename(cloud)
+        cloud: tuple[bool, str] | None = None  # (in the bands' folder, its name there or its path)
+        if self.cloud_mask is not None:
+            name = os.path.basename(self.cloud_mask)
+            inside = bool(folder) and _join(folder, name) == self.cloud_mask
+            cloud = (True, name) if inside else (False, self.cloud_mask)
         same = {n: n for n in names.values()}  # one string per distinct name: a multi-band file's is pickled once
         indices = tuple(self.band_index[b] for b in self.bands) if self.band_index else ()
         fields = (self.name, self.sensor, self.level, self.date, folder, tuple(self.bands),
@@ -82,11 +84,10 @@ def acquisition_from_state(name: str, sensor: str, level: str, date: str, folder
     """An :class:`Acquisition` from what its ``__reduce__`` kept."""
     bounds, shape, crs, transform, cloud, labels, label = rest
     paths = [_join(folder, n) for n in names] if folder else names
-    if cloud is not None and folder and os.sep not in cloud:
-        cloud = _join(folder, cloud)
+    mask = None if cloud is None else (_join(folder, cloud[1]) if cloud[0] else cloud[1])
     return Acquisition(
         name, sensor, level, date, dict(zip(bands, paths, strict=True)),
-        dict(zip(bands, indices, strict=True)) if indices else {}, bounds, shape, crs, transform, cloud, labels,
+        dict(zip(bands, indices, strict=True)) if indices else {}, bounds, shape, crs, transform, mask, labels,
         label,
     )  # fmt: skip
 
@@ -173,6 +174,8 @@ def _metadata(folder: Path, others: list[str]) -> dict:
 
 
 def _per_band(folder: Path, files: list[Path], others: list[str]) -> Acquisition:
+    """The acquisition of one product folder: ``files`` are its GeoTIFFs (bands, and maybe ``cloud_mask.tif``),
+    ``others`` the names of its other files (a BigEarthNet ``*labels_metadata.json``)."""
     bands: dict[str, Path] = {}
     for path in files:
         name = band_name(path.stem)
@@ -239,8 +242,12 @@ def _folders(root: Path) -> Iterator[tuple[Path, list[Path], list[str]]]:
     stack = [root]
     while stack:
         folder = stack.pop()
-        with os.scandir(folder) as listing:
-            entries = sorted(listing, key=lambda e: e.name)
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except PermissionError:
+            raise DataError(f"{folder}: the folder cannot be listed (permission denied); fix its permissions "
+                            "(chmod a+rx) or move it out of the data folder") from None  # fmt: skip
         tiffs, others, below = [], [], []
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
@@ -281,7 +288,7 @@ def iter_acquisitions(root: Path, eurosat_13: bool = True) -> Iterator[Acquisiti
         banded = [p for p in files if band_name(p.stem)]
         if banded:
             found = True
-            yield _per_band(folder, banded, others)
+            yield _per_band(folder, files, others)  # all the folder's GeoTIFFs: cloud_mask.tif is one
             continue
         for path in files:
             if path.name == "cloud_mask.tif" or path.stem.endswith("reference_map"):

@@ -4,7 +4,7 @@ the index the data module caches (:class:`ChipIndex`).
 The index is built once per corpus and kept by every loader worker, so it is packed: the locations are pickles in
 two arrays (:class:`ssl_domains.data.PackedList`). As a list of objects it took 43-53 kB a location in the main
 process, about 30-40 kB more in every worker (the objects' pages are copied as they are touched), and would have
-been 70-95 GB for SSL4EO-S12's 251,079 locations with 8 workers (``benchmarks/rs_index_memory.py``).
+been 70-95 GB for SSL4EO-S12's 251,079 locations with 8 workers (``benchmarks/index_memory.py``).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class ChipIndex:
     """What :meth:`RSDataModule.read` builds once and caches: the locations and every chip's
     ``(location, row, col, split)``. The locations are pickles in two arrays (:class:`~ssl_domains.data.PackedList`):
     a list of ``Scene`` objects took 43-53 kB a location in the main process, and was copied into every loader
-    worker (``benchmarks/rs_index_memory.py``)."""
+    worker (``benchmarks/index_memory.py``)."""
 
     scenes: PackedList[Scene]
     train_items: np.ndarray

@@ -13,9 +13,10 @@ import pytest
 from ssl_domains import DataError
 from ssl_domains.data import PackedList
 from ssl_domains_rs.data import RSDataModule
-from ssl_domains_rs.formats import Acquisition, _folders, find_acquisitions, iter_acquisitions
+from ssl_domains_rs.formats import Acquisition, _folders, find_acquisitions, iter_acquisitions, read_bands
 from ssl_domains_rs.locations import group_locations
 from ssl_domains_rs.plugin import SSL4EOConfig
+from ssl_domains_rs.synthetic import write_tif
 
 SHIPPED = Path(__file__).resolve().parents[3] / "datasets" / "sentinel_s1s2"
 
@@ -33,6 +34,7 @@ def _per_band(folder: str, cloud: str | None = None) -> Acquisition:
         _per_band("/data/cell", cloud="/data/cell/cloud_mask.tif"),
         _per_band("/data/cell", cloud="/elsewhere/cloud_mask.tif"),  # a mask in another folder keeps its path
         _per_band("relative/folder"),
+        _per_band("/d/c", cloud="cm.tif"),  # a bare name from elsewhere stays bare
         Acquisition("chip.tif", "s2", "", "", dict.fromkeys(("B02", "B03"), "chip.tif"), {"B02": 1, "B03": 2}),
         Acquisition("/d/c.tif", "s1", "GRD", "", dict.fromkeys(("VV", "VH"), "/d/c.tif"), {"VV": 2, "VH": 1},
                     label="SeaLake", labels=("Forest",)),
@@ -67,6 +69,34 @@ def test_folders_are_walked_in_sorted_order_without_following_links(tmp_path: Pa
     walked = list(_folders(tmp_path))
     assert [(folder, files) for folder, files, _ in walked] == sorted(expected.items())
     assert dict((f, o) for f, _, o in walked)[tmp_path / "a"] == ["notes.txt"]
+
+
+def test_a_cloud_mask_beside_the_bands_is_found_kept_and_applied(tmp_path: Path) -> None:
+    cell = tmp_path / "cell"  # Major-TOM: per-band files and cloud_mask.tif in one folder
+    for band in ("B02", "B03", "B04"):
+        write_tif(cell / f"{band}.tif", np.full((16, 16), 1000, np.uint16), 10.0, 45.0, 1e-4)
+    cloud = np.zeros((16, 16), np.uint8)
+    cloud[:4] = 1
+    write_tif(cell / "cloud_mask.tif", cloud, 10.0, 45.0, 1e-4)
+    (acq,) = find_acquisitions(tmp_path)
+    assert acq.cloud_mask == str(cell / "cloud_mask.tif") and sorted(acq.bands) == ["B02", "B03", "B04"]
+    assert pickle.loads(pickle.dumps(acq)).cloud_mask == acq.cloud_mask
+    _, valid = read_bands(acq, ("B02", "B03", "B04"))
+    assert not valid[:4].any() and valid[4:].all()
+
+
+def test_a_folder_that_cannot_be_listed_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "locked").mkdir()
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"locked: the folder cannot be listed \(permission denied\)"):
+        find_acquisitions(tmp_path)
 
 
 def test_a_stray_jpeg_is_named_before_any_geotiff_is_opened(tmp_path: Path) -> None:
