@@ -7,6 +7,7 @@ resumed from a checkpoint sees exactly the batches the uninterrupted run would h
 
 from __future__ import annotations
 
+import operator
 import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -200,7 +201,7 @@ class PackedList(Sequence[T]):
     Here the items are bytes in two NumPy arrays: the list costs what its pickles take, the workers share it
     without copying, and it pickles (to an index cache) as two arrays. ``items`` is consumed once, so a
     generator builds it without the objects ever being held together. An item is unpickled on each access
-    (about 1 us for a small dataclass): keep what the hot path needs, and make items pickle compactly.
+    (a few microseconds for a small dataclass): keep what the hot path needs, and make items pickle compactly.
     """
 
     def __init__(self, items: Iterable[T] = ()) -> None:
@@ -221,7 +222,7 @@ class PackedList(Sequence[T]):
     def __getitem__(self, index: int | slice) -> T | list[T]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        i = int(index)
+        i = operator.index(index)  # an int or a NumPy integer, as a list takes
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
@@ -234,8 +235,17 @@ class PackedList(Sequence[T]):
 
     @property
     def nbytes(self) -> int:
-        """The bytes the list holds (its pickles and offsets)."""
+        """The bytes of its pickles and offsets (a list just built may hold up to 1/8 more in spare capacity; one
+        read back from a pickle does not)."""
         return self._data.nbytes + self._ends.nbytes
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a PackedList whose items pickle to the same bytes (not to a list: compare ``list(packed)``)."""
+        if not isinstance(other, PackedList):
+            return NotImplemented
+        return np.array_equal(self._ends, other._ends) and np.array_equal(self._data, other._data)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"PackedList({len(self)} items, {self.nbytes / 1e6:.1f} MB)"

@@ -30,6 +30,11 @@ def test_a_packed_list_gives_back_its_items_by_index_slice_and_iteration():
     with pytest.raises(IndexError):
         packed[-51]
     assert len(PackedList()) == 0 and list(PackedList()) == []
+    assert packed[np.int64(3)] == records[3]  # NumPy integers index it, as they index a list
+    for wrong in ("1", 1.5):
+        with pytest.raises(TypeError):
+            packed[wrong]
+    assert packed == PackedList(records) and packed != PackedList(records[:-1]) and packed != records
 
 
 def test_a_packed_list_pickles_as_its_two_arrays():
