@@ -237,7 +237,8 @@ def _multiband(path: Path, root: Path, eurosat_13: bool) -> Acquisition:
 
 def _folders(root: Path) -> Iterator[tuple[Path, list[Path], list[str]]]:
     """``(folder, its GeoTIFFs, its other files' names)`` for every folder under ``root`` holding a GeoTIFF, in
-    sorted order (``sorted(root.rglob("*"))``'s, without holding the corpus's paths: SSL4EO-S12 has 17M files).
+    sorted order (``sorted(root.rglob("*"))``'s, without holding the corpus's paths: SSL4EO-S12 has millions of
+    band files).
     Symbolic links to folders are not followed, as ``rglob`` does not; a non-GeoTIFF image is an error."""
     stack = [root]
     while stack:
