@@ -65,7 +65,7 @@ def _dirty_mb_in_a_fork(items) -> float:
         try:
             start = private_dirty()
             for i in range(len(items)):
-                _ = items[i]["shape"]
+                _ = items[i]["path"]  # the item and its path string: both reference counts are written
             gc.collect()
             os.write(write, json.dumps(private_dirty() - start).encode())
         finally:
@@ -79,10 +79,13 @@ def _dirty_mb_in_a_fork(items) -> float:
 
 def test_a_forked_worker_shares_a_packed_list_but_copies_a_list():
     baseline = _dirty_mb_in_a_fork([])  # what a collection copies of everything else in the process
-    as_list = _records(200_000)
+    as_list = _records(300_000)
     copied = _dirty_mb_in_a_fork(as_list) - baseline
     del as_list  # else the collector in the second fork visits it too
     gc.collect()
-    shared = _dirty_mb_in_a_fork(PackedList(iter(_records(200_000)))) - baseline
-    assert copied > 8  # measured 12.5 MB: the objects' reference counts and the collector's marks are written
-    assert shared < 1  # measured 0.05 MB: the pickles are only read
+    shared = _dirty_mb_in_a_fork(PackedList(iter(_records(300_000)))) - baseline
+    # the list's 300k dicts and path strings are about 38 MB of objects, and touching one writes its page; how
+    # many pages a process copies also depends on what it allocated before (the suite's CI run copied half of
+    # what a lone run does), so the bounds are loose and the ratio is the claim
+    assert copied > 10
+    assert shared < 1.5 and shared < 0.1 * copied
