@@ -166,8 +166,8 @@ class AudioDataModule(FittedDataModule):
                 parts.append(Clip(c.path, None, None) for c in extra)
                 samples = np.concatenate([samples, extra_samples])
             clips = PackedList(itertools.chain(*parts))
-        # packed (pickles in two arrays): a list of LibriSpeech's 281k Clip objects took 142 MB, and each forked
-        # loader worker copied 103 MB of it as it touched them; packed, 56 MB that the workers share
+        # packed (pickles in two arrays): as a list, 280k LibriSpeech-layout clips took 269 MB and each forked loader
+        # worker copied 159 MB of it; packed, 100 MB that the workers share (benchmarks/index_memory.py)
         self.clips = clips if isinstance(clips, PackedList) else PackedList(clips)
         names, labels_of = [], []
         for clip in self.clips:  # one pass: each access unpickles

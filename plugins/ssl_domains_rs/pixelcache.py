@@ -45,9 +45,9 @@ def stored_form(image: np.ndarray, sensor: str) -> np.ndarray:
 def pixel_bytes(scenes: Sequence[Scene], bands: dict[str, int]) -> int:
     """The cache's size, counting 2 bytes per S2 value and 4 per S1 value (``bands``: sensor -> band count)."""
     per_value = {"s2": 2, "s1": 4}
-    return sum(
-        bands[acq.sensor] * acq.shape[0] * acq.shape[1] * per_value[acq.sensor] for s in scenes for acq in s.views
-    )
+    # a scene's views share its grid (the data module checks it), so its kinds and shape are enough: reading
+    # ``views`` would rebuild every acquisition of a packed index
+    return sum(bands[k] * per_value[k] * s.shape[0] * s.shape[1] for s in scenes for k in s.kinds)
 
 
 def decide(choice: str, need: int) -> tuple[bool, str | None]:
