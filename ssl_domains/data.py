@@ -10,12 +10,13 @@ from __future__ import annotations
 import operator
 import os
 import pickle
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data._utils.collate import default_collate
 
 __all__ = [
     "DurationBatchSampler",
@@ -23,6 +24,7 @@ __all__ = [
     "LengthGroupedSampler",
     "PackedList",
     "batch_tensor",
+    "batch_tensors",
     "eval_loader",
     "mix_seed",
     "random_split_indices",
@@ -257,12 +259,37 @@ def batch_tensor(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
 
     A batch built as a plain tensor in a worker is copied into shared memory when it is sent (PyTorch's
     ``ForkingPickler``): for RS chips that copy, with the page faults of the new memory, halved a worker's rate.
+    A batch of several tensors is best allocated at once with :func:`batch_tensors`.
     """
+    return batch_tensors({"x": (shape, dtype)})["x"]
+
+
+_ALIGN = 64  # bytes: every field starts on a cache line, so any dtype's elements are aligned
+
+
+def batch_tensors(fields: Mapping[str, tuple[Sequence[int], torch.dtype]]) -> dict[str, torch.Tensor]:
+    """Uninitialised CPU tensors for the fields of one batch (name -> ``(shape, dtype)``), carved from a single
+    storage: in shared memory inside a DataLoader worker, so the batch reaches the main process as one segment.
+
+    Each tensor sent from a worker costs a shared-memory segment of its own (created, its file descriptor passed,
+    mapped and faulted in on both sides), whatever its size; for small batches that fixed cost is most of the trip.
+    T-JEPA's batches of 512 rows (five tensors) went from 180,000 to 405,000 rows/s through one worker
+    (``benchmarks/scale.py``, docs/scaling.md). The tensors are views of the one storage, so they stay valid
+    (and the storage alive) as long as any of them is referenced.
+    """
+    offsets, end = [], 0
+    for shape, dtype in fields.values():
+        offsets.append(end)
+        nbytes = int(np.prod(tuple(shape), dtype=np.int64)) * dtype.itemsize
+        end += -(-nbytes // _ALIGN) * _ALIGN
     if torch.utils.data.get_worker_info() is None:
-        return torch.empty(tuple(shape), dtype=dtype)
-    numel = int(np.prod(shape, dtype=np.int64))
-    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
+        storage = torch.UntypedStorage(end)
+    else:
+        storage = torch.UntypedStorage._new_shared(end)
+    return {
+        name: torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, tuple(shape))
+        for (name, (shape, dtype)), offset in zip(fields.items(), offsets, strict=True)
+    }
 
 
 def train_loader(
@@ -314,6 +341,16 @@ def train_loader(
     )
 
 
+class _BatchOrCollate:
+    """A collate function that passes on a batch the dataset built whole (a dict from ``__getitems__``)."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any] | None) -> None:
+        self.collate = collate or default_collate
+
+    def __call__(self, items: Any) -> Any:
+        return items if isinstance(items, dict) else self.collate(items)
+
+
 def eval_loader(
     dataset: Dataset,
     *,
@@ -321,12 +358,13 @@ def eval_loader(
     collate_fn: Callable[[list[Any]], dict[str, Any]] | None = None,
     num_workers: int = 0,
 ) -> DataLoader:
-    """An in-order DataLoader for validation, embedding export and evaluation."""
+    """An in-order DataLoader for validation, embedding export and evaluation. As in :func:`train_loader`, a
+    dataset whose ``__getitems__`` returns a dict has built the batch itself, and ``collate_fn`` is skipped."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
-        collate_fn=collate_fn,
+        collate_fn=_BatchOrCollate(collate_fn),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
     )

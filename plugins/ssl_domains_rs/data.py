@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_domains import DataError
 from ssl_domains.arrayfile import ArrayFile, ArrayFileWriter
-from ssl_domains.data import PackedList, batch_tensor, eval_loader, train_loader
+from ssl_domains.data import PackedList, batch_tensors, eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
 from ssl_domains.indexcache import cached_folder, cached_index
 
@@ -458,25 +458,29 @@ class RSDataModule(FittedDataModule):
         return 0, 0
 
     def read_batch(self, items: np.ndarray, ids: list[int]) -> dict[str, torch.Tensor]:
-        """The training batch of ``items`` read from the pixel cache into its tensors in place (in shared memory
-        in a loader worker, :func:`ssl_domains.data.batch_tensor`): what :meth:`collate` makes of :meth:`sample`'s
-        items, from the same random draws, without an array per chip or a copy to hand the batch on. Stacking
-        the chips and the copy into shared memory took 60 % of a worker's time for SSL4EO's two 13-band views."""
+        """The training batch of ``items`` read from the pixel cache into its tensors in place (in a loader worker,
+        one shared-memory segment from :func:`ssl_domains.data.batch_tensors`): what :meth:`collate` makes of
+        :meth:`sample`'s items, from the same random draws, without an array per chip or a copy to hand the batch
+        on. Stacking the chips and the copy into shared memory took 60 % of a worker's time for SSL4EO's two
+        13-band views."""
         assert self.pixels is not None
         scenes = [self.scenes[int(s)] for s in items[:, 0]]
         pairs = [self._train_pair(scene) for scene in scenes]
-        size = self.cfg.chip
-        out: dict[str, torch.Tensor] = {}
-        for k, key in enumerate(self._view_keys()):
-            refs = [scene.stored[pair[k]] for scene, pair in zip(scenes, pairs, strict=True)]
-            whole = all(ref.dtype == "uint16" for ref in refs)  # S2 DN: int16 bits, as collate stacks them
-            batch = batch_tensor((len(items), refs[0].shape[0], size, size), torch.int16 if whole else torch.float32)
-            target = batch.numpy().view(np.uint16) if whole else batch.numpy()
-            for i, (ref, row) in enumerate(zip(refs, items, strict=True)):
+        size, n, keys = self.cfg.chip, len(items), self._view_keys()
+        refs = [[scene.stored[pair[k]] for scene, pair in zip(scenes, pairs, strict=True)] for k in range(2)]
+        whole = [all(ref.dtype == "uint16" for ref in view) for view in refs]  # S2 DN: int16 bits, as collate does
+        fields = {f"raw_{key}": ((n, view[0].shape[0], size, size), torch.int16 if w else torch.float32)
+                  for key, view, w in zip(keys, refs, whole, strict=True)}  # fmt: skip
+        out = batch_tensors({**fields, "id": ((n,), torch.int64), "split": ((n,), torch.int64),
+                             "location": ((n,), torch.int64)})  # fmt: skip
+        for key, view, w in zip(keys, refs, whole, strict=True):
+            target = out[f"raw_{key}"].numpy().view(np.uint16) if w else out[f"raw_{key}"].numpy()
+            for i, (ref, row) in enumerate(zip(view, items, strict=True)):
                 self.pixels.read_window(ref, int(row[1]), int(row[2]), size, size, out=target[i])
-            out[f"raw_{key}"] = batch
-        return {**out, "id": torch.tensor(ids, dtype=torch.int64), "split": torch.from_numpy(items[:, 3].copy()),
-                "location": torch.from_numpy(items[:, 0].copy())}  # fmt: skip
+        out["id"].copy_(torch.as_tensor(ids, dtype=torch.int64))
+        out["split"].copy_(torch.from_numpy(items[:, 3].astype(np.int64)))
+        out["location"].copy_(torch.from_numpy(items[:, 0].astype(np.int64)))
+        return out
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Stacks the views; raw views (NumPy) stay in their dtype, uint16 as int16 bits, float32 if mixed."""

@@ -17,6 +17,7 @@ only the training split.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, DataError
-from ssl_domains.data import eval_loader, random_split_indices, train_loader
+from ssl_domains.data import batch_tensors, eval_loader, random_split_indices, train_loader
 from ssl_domains.datamodule import FittedDataModule
 from ssl_domains.indexcache import cached_array_folder, cached_index
 from ssl_domains.memory import fits_in_memory
@@ -37,14 +38,19 @@ from .stream import BATCH_ROWS, SchemaPass, encode_to, encoded_key, hashed_split
 
 
 class _Rows(Dataset):
-    def __init__(self, rows: np.ndarray) -> None:
-        self.rows = rows
+    """Row ids; a whole batch is gathered at once (``__getitems__``) into one shared buffer by ``gather``."""
+
+    def __init__(self, rows: np.ndarray, gather: Callable[[np.ndarray], dict[str, torch.Tensor]]) -> None:
+        self.rows, self.gather = rows, gather
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> int:
         return int(self.rows[i])
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return self.gather(self.rows[np.asarray(indices, dtype=np.int64)])
 
 
 class TableDataModule(FittedDataModule):
@@ -242,20 +248,29 @@ class TableDataModule(FittedDataModule):
         """Row ids of one split."""
         return torch.nonzero(self.split == split).flatten()
 
-    def collate(self, ids: list[int]) -> dict[str, torch.Tensor]:
-        """One batch: the encoded tensors indexed by row id (a single gather per tensor)."""
-        index = torch.as_tensor(ids, dtype=torch.long)
-        return {
-            "numeric": self.numeric[index],
-            "categorical": self.categorical[index],
-            "label": self.label[index],
-            "split": self.split[index].long(),
-            "id": index if self.streamed else self.row_id[index],
-        }
+    def collate(self, ids: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        """One batch: the encoded tensors indexed by row id, a single gather per tensor into one buffer
+        (:func:`ssl_domains.data.batch_tensors`: in a loader worker the batch reaches the main process as one
+        shared-memory segment rather than five, which doubled a worker's rate at batches of 512 rows)."""
+        index = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        n = len(index)
+        out = batch_tensors({
+            "numeric": ((n, self.numeric.shape[1]), self.numeric.dtype),
+            "categorical": ((n, self.categorical.shape[1]), self.categorical.dtype),
+            "label": ((n,), self.label.dtype),
+            "split": ((n,), torch.long),
+            "id": ((n,), torch.long),
+        })  # fmt: skip
+        torch.index_select(self.numeric, 0, index, out=out["numeric"])
+        torch.index_select(self.categorical, 0, index, out=out["categorical"])
+        torch.index_select(self.label, 0, index, out=out["label"])
+        out["split"].copy_(self.split[index])
+        out["id"].copy_(index if self.streamed else self.row_id[index])
+        return out
 
     def train_dataloader(self) -> DataLoader:
         return train_loader(
-            _Rows(self.train_rows),
+            _Rows(self.train_rows, self.collate),
             batch_size=self.cfg.batch_size,
             collate_fn=self.collate,
             num_workers=self.cfg.num_workers,
@@ -264,4 +279,5 @@ class TableDataModule(FittedDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         rows = np.arange(len(self.split))
-        return eval_loader(_Rows(rows), batch_size=max(self.cfg.batch_size, 1024), collate_fn=self.collate)
+        batch_size = max(self.cfg.batch_size, 1024)
+        return eval_loader(_Rows(rows, self.collate), batch_size=batch_size, collate_fn=self.collate)

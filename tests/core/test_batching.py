@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ssl_domains import DataError, memory
-from ssl_domains.data import DurationBatchSampler, batch_tensor, train_loader
+from ssl_domains.data import DurationBatchSampler, batch_tensor, batch_tensors, train_loader
 
 
 def _lengths(n: int = 500, seed: int = 0) -> np.ndarray:
@@ -117,6 +117,35 @@ def test_a_dataset_reading_whole_batches_hands_them_on_and_falls_back_to_guarded
     assert all(bool(b["shared"]) == (workers == 1) for b in batches if "shared" in b)
     fallback = [b for b in batches if "shared" not in b]  # the batch holding item 9, collated from its items
     assert [b["id"].tolist() for b in fallback] == [[8, 10, 10, 11]] and loader.skipped == 1
+
+
+class _OneSegmentBatches(_Lengths):
+    """Builds a three-field batch in one storage with batch_tensors, as T-JEPA's rows are gathered."""
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        n = len(indices)
+        out = batch_tensors({"x": ((n, 3), torch.float32), "id": ((n,), torch.int64), "flag": ((n,), torch.int8)})
+        out["id"][:] = torch.tensor(indices)
+        out["x"][:] = out["id"][:, None].float() / 2
+        out["flag"][:] = out["id"] % 2
+        return out
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_batch_tensors_reach_the_main_process_as_one_shared_segment(workers: int):
+    """The fields are views of one storage, each on a 64-byte boundary, shared (one segment) from a worker,
+    and carry the values written into them."""
+    loader = train_loader(_OneSegmentBatches(_lengths(12)), batch_size=5, seed=0, collate_fn=_collate,
+                          num_workers=workers, shuffle=False)  # fmt: skip
+    batches = list(loader)
+    assert [b["id"].tolist() for b in batches] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    for b in batches:
+        storages = {t.untyped_storage().data_ptr() for t in b.values()}
+        assert len(storages) == 1 and all(t.is_shared() == (workers == 1) for t in b.values())
+        assert all((t.data_ptr() - t.untyped_storage().data_ptr()) % 64 == 0 for t in b.values())
+        assert torch.equal(b["x"], b["id"][:, None].float().expand(-1, 3) / 2)
+        assert b["flag"].tolist() == [i % 2 for i in b["id"].tolist()] and b["flag"].dtype == torch.int8
+    assert batch_tensors({"empty": ((0, 4), torch.float32)})["empty"].shape == (0, 4)
 
 
 def test_memory_budget_reads_sizes_and_the_environment(monkeypatch):

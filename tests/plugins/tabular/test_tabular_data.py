@@ -43,6 +43,22 @@ def test_schema_splits_and_batches(tmp_path: Path):
     assert np.array_equal(again.split.numpy(), dm.split.numpy())
 
 
+@pytest.mark.parametrize("storage", ["memory", "stream"])
+def test_a_worker_hands_on_each_batch_as_one_segment_equal_to_the_gathered_rows(tmp_path: Path, storage: str):
+    """``__getitems__`` gathers a batch into one shared buffer in the worker; its values and dtypes are those of
+    indexing the encoded tensors row by row."""
+    data = write_example_table(tmp_path / "t", rows=400)
+    dm = _module(data, storage=storage, batch_size=64, num_workers=1)
+    batches = list(dm.train_dataloader())
+    assert sum(len(b["id"]) for b in batches) == len(dm.train_rows) // 64 * 64  # the last partial batch dropped
+    for batch in batches:
+        assert len({t.untyped_storage().data_ptr() for t in batch.values()}) == 1 and batch["id"].is_shared()
+        at = torch.from_numpy(dm.positions(batch["id"].numpy()))
+        assert torch.equal(batch["numeric"], dm.numeric[at]) and torch.equal(batch["categorical"], dm.categorical[at])
+        assert torch.equal(batch["label"], dm.label[at]) and batch["split"].dtype == torch.long
+        assert set(batch["split"].tolist()) == {SPLIT_TRAIN}
+
+
 def test_scalers_are_fitted_on_the_training_split_only(tmp_path: Path):
     data = write_example_table(tmp_path / "t", rows=800)
     for scaling in ("standard", "quantile", "minmax"):
