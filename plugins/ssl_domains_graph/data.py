@@ -23,7 +23,9 @@ from ssl_domains.datamodule import FittedDataModule
 
 from .formats import GraphSource, read_graph_source, validate_graph
 from .sampling import NeighborSampler
+from .store import cached_graph, text_graph_files
 
+_FIT_BLOCK = 65_536  # rows read at a time when the statistics of a stored graph are fitted
 NEIGHBOR_THRESHOLD = 500_000  # node_batching auto: sampled subgraphs beyond this many nodes (ogbn-products: 2.4M)
 
 
@@ -31,9 +33,10 @@ def _with_self_loops(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
     return add_self_loops(remove_self_loops(edge_index)[0], num_nodes=num_nodes)[0]
 
 
-def _row_normalize(x: torch.Tensor) -> torch.Tensor:
-    # torch_geometric.transforms.NormalizeFeatures, which GraphMAE applies to Planetoid data
-    x = x - x.min()
+def _row_normalize(x: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
+    # torch_geometric.transforms.NormalizeFeatures, which GraphMAE applies to Planetoid data: the matrix's minimum
+    # (``low``, for rows of a larger matrix) is subtracted, then each row divided by its sum
+    x = x - (x.min() if low is None else low)
     return x / x.sum(dim=-1, keepdim=True).clamp(min=1.0)
 
 
@@ -91,7 +94,12 @@ class GraphDataModule(FittedDataModule):
         return str(self.fitted["level"])
 
     def read(self, stage: str | None) -> None:
-        source = read_graph_source(self.data)
+        files = text_graph_files(self.data)
+        csr: dict[str, torch.Tensor] | None = None
+        if files is not None:  # a graph kept as text: parsed once, then memory-mapped from the cache (store.py)
+            source, csr = cached_graph(self.data, files)
+        else:
+            source = read_graph_source(self.data)
         self.node_batching = "full"  # resolved below for one graph
         auto = "graph" if source.is_collection else "node"
         level = self.fit("level", lambda: auto if self.cfg.level == "auto" else self.cfg.level)
@@ -100,19 +108,26 @@ class GraphDataModule(FittedDataModule):
                 f"{source.origin}: node-level GraphMAE needs one graph, found {len(source.graphs)}; "
                 "set graphmae.level=graph for a collection of graphs"
             )
-        for i, g in enumerate(source.graphs):
-            validate_graph(g, source.origin, "the graph" if len(source.graphs) == 1 else f"graph {i}")
-        self.graphs = self._prepare(source)
+        if csr is None:  # a stored graph was validated before it was stored
+            for i, g in enumerate(source.graphs):
+                validate_graph(g, source.origin, "the graph" if len(source.graphs) == 1 else f"graph {i}")
+        if level == "node":
+            self.node_batching = self.cfg.node_batching
+            if self.node_batching == "auto":  # a whole large graph per step outgrows a GPU (and its activations)
+                self.node_batching = "neighbor" if source.graphs[0].num_nodes > NEIGHBOR_THRESHOLD else "full"
+        # a stored graph sampled by neighbours stays mapped: each batch reads and prepares its subgraph's rows
+        self.lazy = csr is not None and level == "node" and self.node_batching == "neighbor"
+        self.graphs = self._prepare(source, csr)
         self.node_ids = source.node_ids
         if level == "node":
             g = self.graphs[0]
             if g.edge_index.shape[1] == 0:
                 raise DataError(f"{source.origin}: the graph has no edges; GraphMAE reconstructs nodes from neighbours")
-            self.full_batch = self._node_batch(g)
-            self.node_batching = self.cfg.node_batching
-            if self.node_batching == "auto":  # a whole large graph per step outgrows a GPU (and its activations)
-                self.node_batching = "neighbor" if g.num_nodes > NEIGHBOR_THRESHOLD else "full"
-            if self.node_batching == "neighbor":
+            if self.node_batching == "full":
+                self.full_batch = self._node_batch(g)
+            elif csr is not None:
+                self.sampler = NeighborSampler.from_csr(csr["rowptr"], csr["col"], self.cfg.num_neighbors)
+            else:
                 edges = remove_self_loops(g.edge_index)[0]
                 self.sampler = NeighborSampler(edges, g.num_nodes, self.cfg.num_neighbors)
 
@@ -122,15 +137,29 @@ class GraphDataModule(FittedDataModule):
             return {"node_id": self.node_ids[ids]}
         return {}
 
-    def _prepare(self, source: GraphSource) -> list[Data]:
+    def _prepare(self, source: GraphSource, csr: dict[str, torch.Tensor] | None) -> list[Data]:
         cfg, graphs = self.cfg, source.graphs
         use_degree = cfg.degree_features or any(g.x is None for g in graphs)
         if use_degree:
             # one-hot degree, capped (reference data_util.py, MAX_DEGREES = 400); width fixed by the training data
-            degs = [degree(g.edge_index[0], num_nodes=g.num_nodes).long() for g in graphs]
-            width = self.fit(
+            degs = [csr["degree"]] if csr is not None else [degree(g.edge_index[0], num_nodes=g.num_nodes).long()
+                                                             for g in graphs]  # fmt: skip
+            self.fit(
                 "degree_width", lambda: min(max(int(d.max()) if d.numel() else 0 for d in degs), cfg.max_degree) + 1
             )
+        if self.lazy:  # node level, one graph: statistics in one pass over blocks of rows, features per batch
+            g = graphs[0]
+            out = Data(x=g.x, edge_index=g.edge_index, num_nodes=g.num_nodes, gid=torch.tensor([0]))
+            if use_degree:
+                out.node_degree = degs[0]
+            for name in ("y", "split"):
+                if getattr(g, name, None) is not None:
+                    setattr(out, name, getattr(g, name).view(-1))
+            self._fit_streaming(out)
+            self._check_width(source, self.fitted["degree_width"] if use_degree else g.x.shape[1])
+            return [out]
+        if use_degree:
+            width = self.fitted["degree_width"]
             xs = [torch.nn.functional.one_hot(d.clamp(max=width - 1), width).float() for d in degs]
         else:
             xs = [g.x.float() for g in graphs]
@@ -141,10 +170,7 @@ class GraphDataModule(FittedDataModule):
                 stacked = torch.cat(xs)
                 self.fitted["mean"], self.fitted["std"] = stacked.mean(0), stacked.std(0).clamp_min(1e-6)
             xs = [(x - self.fitted["mean"]) / self.fitted["std"] for x in xs]
-        width = xs[0].shape[1]
-        expected = self.fitted.setdefault("num_features", width)
-        if width != expected:
-            raise DataError(f"{source.origin}: {width} node features, but the run was trained with {expected}")
+        self._check_width(source, xs[0].shape[1])
         out = []
         for i, (g, x) in enumerate(zip(graphs, xs, strict=False)):
             ei = _with_self_loops(g.edge_index, g.num_nodes) if cfg.add_self_loops else g.edge_index
@@ -155,6 +181,47 @@ class GraphDataModule(FittedDataModule):
                 d.split = g.split
             out.append(d)
         return out
+
+    def _check_width(self, source: GraphSource, width: int) -> None:
+        expected = self.fitted.setdefault("num_features", width)
+        if width != expected:
+            raise DataError(f"{source.origin}: {width} node features, but the run was trained with {expected}")
+
+    def _raw_features(self, g: Data, nodes: torch.Tensor) -> torch.Tensor:
+        if getattr(g, "node_degree", None) is not None:
+            width = self.fitted["degree_width"]
+            return torch.nn.functional.one_hot(g.node_degree[nodes].clamp(max=width - 1), width).float()
+        return g.x[nodes].float()
+
+    def _fit_streaming(self, g: Data) -> None:
+        """What ``feature_norm`` needs of the whole graph, in one pass over blocks of rows: the minimum for
+        ``row`` (NormalizeFeatures subtracts the matrix's minimum), the column mean and (unbiased) standard
+        deviation for ``standardize``, summed in float64."""
+        if self.cfg.feature_norm == "none" or ("mean" in self.fitted or "low" in self.fitted):
+            return
+        n, low, total, squares = int(g.num_nodes), None, 0.0, 0.0
+        for start in range(0, n, _FIT_BLOCK):
+            x = self._raw_features(g, torch.arange(start, min(start + _FIT_BLOCK, n))).double()
+            low = x.min() if low is None else torch.minimum(low, x.min())
+            total, squares = total + x.sum(0), squares + (x * x).sum(0)
+        if self.cfg.feature_norm == "row":
+            self.fitted["low"] = low.float()
+            return
+        mean = total / n
+        var = (squares - n * mean * mean) / max(n - 1, 1)
+        self.fitted["mean"], self.fitted["std"] = mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6)
+
+    def node_features(self, g: Data, nodes: torch.Tensor) -> torch.Tensor:
+        """The encoder's input rows of ``nodes``: the graph's features (or one-hot degree), then ``feature_norm``
+        with the statistics of the whole graph; the same rows as preparing the whole matrix first."""
+        if not self.lazy:
+            return g.x[nodes]
+        x = self._raw_features(g, nodes)
+        if self.cfg.feature_norm == "row":
+            return _row_normalize(x, self.fitted["low"])
+        if self.cfg.feature_norm == "standardize":
+            return (x - self.fitted["mean"]) / self.fitted["std"]
+        return x
 
     @staticmethod
     def _node_batch(g: Data) -> dict[str, torch.Tensor]:
@@ -182,7 +249,7 @@ class GraphDataModule(FittedDataModule):
         nodes, edge_index = self.sampler.sample(torch.as_tensor(seeds, dtype=torch.long))
         edge_index = add_self_loops(edge_index, num_nodes=len(nodes))[0]
         out = {
-            "x": g.x[nodes],
+            "x": self.node_features(g, nodes),
             "edge_index": edge_index,
             "batch": torch.zeros(len(nodes), dtype=torch.long),
             "id": nodes[: len(seeds)],

@@ -64,6 +64,17 @@ def read_graph_source(path: Path) -> GraphSource:
     )
 
 
+def is_text_graph(path: Path) -> bool:
+    """Whether :func:`read_graph_source` reads ``path`` as one graph kept as text: an extracted OGB dataset, or
+    ``edges.csv`` with a node table (and no Planetoid or TU files, which it would read first)."""
+    if not path.is_dir():
+        return False
+    if _ogb_edges(path) is not None:
+        return True
+    binary = any(list(raw.glob("ind.*.x")) or list(raw.glob("*_A.txt")) for raw in (path / "raw", path))
+    return not binary and (path / "edges.csv").is_file()
+
+
 def _ogb_edges(path: Path) -> Path | None:
     """``raw/edge.csv.gz`` (or ``.csv``) of an extracted OGB node-property dataset (``ogbn_arxiv/``)."""
     return next((p for p in (path / "raw" / "edge.csv.gz", path / "raw" / "edge.csv") if p.is_file()), None)

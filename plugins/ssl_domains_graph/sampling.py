@@ -19,14 +19,29 @@ class NeighborSampler:
     """
 
     def __init__(self, edge_index: torch.Tensor, num_nodes: int, fanouts: list[int]) -> None:
-        src, dst = edge_index
-        order = torch.argsort(dst, stable=True)
-        self.col = src[order].contiguous()
-        self.rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
-        self.rowptr[1:] = torch.bincount(dst, minlength=num_nodes).cumsum(0)
+        self.rowptr, self.col = self.csr(edge_index, num_nodes)
         self.fanouts = list(fanouts)
         self.num_nodes = num_nodes
         self._local = torch.full((num_nodes,), -1, dtype=torch.long)  # global -> local id, reset after use
+
+    @classmethod
+    def from_csr(cls, rowptr: torch.Tensor, col: torch.Tensor, fanouts: list[int]) -> NeighborSampler:
+        """A sampler over a CSR built before (:meth:`csr`; memory-mapped from the graph store, read per hop)."""
+        sampler = cls.__new__(cls)
+        sampler.rowptr, sampler.col, sampler.fanouts = rowptr, col, list(fanouts)
+        sampler.num_nodes = len(rowptr) - 1
+        sampler._local = torch.full((sampler.num_nodes,), -1, dtype=torch.long)
+        return sampler
+
+    @staticmethod
+    def csr(edge_index: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rowptr, col)``: node ``v``'s in-neighbours (sources of edges into ``v``) are
+        ``col[rowptr[v]:rowptr[v + 1]]``, in their order in ``edge_index``."""
+        src, dst = edge_index
+        order = torch.argsort(dst, stable=True)
+        rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
+        rowptr[1:] = torch.bincount(dst, minlength=num_nodes).cumsum(0)
+        return rowptr, src[order].contiguous()
 
     def _sample_hop(
         self, frontier: torch.Tensor, fanout: int, gen: torch.Generator | None
