@@ -8,6 +8,7 @@ global ids, so ``len(id)`` seeds lead the node tensors.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from .sampling import NeighborSampler
 from .store import cached_graph, text_graph_files
 
 _FIT_BLOCK = 65_536  # rows read at a time when the statistics of a stored graph are fitted
+log = logging.getLogger(__name__)
 NEIGHBOR_THRESHOLD = 500_000  # node_batching auto: sampled subgraphs beyond this many nodes (ogbn-products: 2.4M)
 
 
@@ -97,8 +99,11 @@ class GraphDataModule(FittedDataModule):
         files = text_graph_files(self.data)
         csr: dict[str, torch.Tensor] | None = None
         if files is not None:  # a graph kept as text: parsed once, then memory-mapped from the cache (store.py)
-            source, csr = cached_graph(self.data, files)
-        else:
+            try:
+                source, csr = cached_graph(self.data, files)
+            except OSError as exc:  # a cache that cannot be written (read-only, full): the graph in memory
+                log.warning("%s: the graph store cannot be written (%s); reading the graph into memory", self.data, exc)
+        if csr is None:
             source = read_graph_source(self.data)
         self.node_batching = "full"  # resolved below for one graph
         auto = "graph" if source.is_collection else "node"
@@ -149,6 +154,7 @@ class GraphDataModule(FittedDataModule):
             )
         if self.lazy:  # node level, one graph: statistics in one pass over blocks of rows, features per batch
             g = graphs[0]
+            self._check_width(source, self.fitted["degree_width"] if use_degree else g.x.shape[1])
             out = Data(x=g.x, edge_index=g.edge_index, num_nodes=g.num_nodes, gid=torch.tensor([0]))
             if use_degree:
                 out.node_degree = degs[0]
@@ -156,7 +162,6 @@ class GraphDataModule(FittedDataModule):
                 if getattr(g, name, None) is not None:
                     setattr(out, name, getattr(g, name).view(-1))
             self._fit_streaming(out)
-            self._check_width(source, self.fitted["degree_width"] if use_degree else g.x.shape[1])
             return [out]
         if use_degree:
             width = self.fitted["degree_width"]
@@ -194,22 +199,32 @@ class GraphDataModule(FittedDataModule):
         return g.x[nodes].float()
 
     def _fit_streaming(self, g: Data) -> None:
-        """What ``feature_norm`` needs of the whole graph, in one pass over blocks of rows: the minimum for
-        ``row`` (NormalizeFeatures subtracts the matrix's minimum), the column mean and (unbiased) standard
-        deviation for ``standardize``, summed in float64."""
-        if self.cfg.feature_norm == "none" or ("mean" in self.fitted or "low" in self.fitted):
+        """What ``feature_norm`` needs of the whole graph, in one pass over blocks of rows: this graph's minimum
+        for ``row`` (NormalizeFeatures subtracts the matrix's minimum, per graph, as the in-memory path does),
+        the fitted column mean and (unbiased) standard deviation for ``standardize``, summed in float64 about
+        the first block's mean. One-hot degrees are counted instead (a one-hot column's sum is its square's)."""
+        norm, n = self.cfg.feature_norm, int(g.num_nodes)
+        if norm == "none" or (norm == "standardize" and "mean" in self.fitted):
             return
-        n, low, total, squares = int(g.num_nodes), None, 0.0, 0.0
-        for start in range(0, n, _FIT_BLOCK):
-            x = self._raw_features(g, torch.arange(start, min(start + _FIT_BLOCK, n))).double()
-            low = x.min() if low is None else torch.minimum(low, x.min())
-            total, squares = total + x.sum(0), squares + (x * x).sum(0)
-        if self.cfg.feature_norm == "row":
-            self.fitted["low"] = low.float()
+        if getattr(g, "node_degree", None) is not None:
+            width = self.fitted["degree_width"]
+            counts = torch.bincount(g.node_degree.clamp(max=width - 1), minlength=width).double()
+            low = torch.tensor(0.0 if bool((counts < n).any()) else 1.0, dtype=torch.float64)
+            shift, total, squares = 0.0, counts, counts
+        else:
+            low, shift, total, squares = None, None, 0.0, 0.0
+            for start in range(0, n, _FIT_BLOCK):
+                x = g.x[start : start + _FIT_BLOCK].double()
+                shift = x.mean(0) if shift is None else shift
+                low = x.min() if low is None else torch.minimum(low, x.min())
+                total, squares = total + (x - shift).sum(0), squares + ((x - shift) ** 2).sum(0)
+        if norm == "row":
+            self._low = low.float()
             return
         mean = total / n
         var = (squares - n * mean * mean) / max(n - 1, 1)
-        self.fitted["mean"], self.fitted["std"] = mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6)
+        self.fitted["mean"] = (mean + shift).float()
+        self.fitted["std"] = var.clamp_min(0).sqrt().float().clamp_min(1e-6)
 
     def node_features(self, g: Data, nodes: torch.Tensor) -> torch.Tensor:
         """The encoder's input rows of ``nodes``: the graph's features (or one-hot degree), then ``feature_norm``
@@ -218,7 +233,7 @@ class GraphDataModule(FittedDataModule):
             return g.x[nodes]
         x = self._raw_features(g, nodes)
         if self.cfg.feature_norm == "row":
-            return _row_normalize(x, self.fitted["low"])
+            return _row_normalize(x, self._low)
         if self.cfg.feature_norm == "standardize":
             return (x - self.fitted["mean"]) / self.fitted["std"]
         return x

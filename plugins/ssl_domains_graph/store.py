@@ -25,12 +25,12 @@ from ssl_domains.indexcache import cached_array_folder
 from .formats import GraphSource, is_text_graph, read_graph_source, validate_graph
 from .sampling import NeighborSampler
 
-STORE_VERSION = 1
+STORE_VERSION = 1  # bump when formats.py reads a text graph differently: the key covers only the files
 
 
 def text_graph_files(path: Path) -> list[Path] | None:
     """The files of a graph kept as text at ``path`` (what keys its store), or None for the other formats."""
-    path = Path(path)
+    path = Path(path).resolve()  # the same folder reached another way keys the same store
     if not is_text_graph(path):
         return None
     return sorted(p for p in path.rglob("*") if p.is_file())
@@ -52,12 +52,12 @@ def cached_graph(path: Path, files: list[Path]) -> tuple[GraphSource, dict[str, 
         for name, value in arrays.items():
             if value is not None:
                 np.save(folder / f"{name}.npy", value.numpy())
-        if source.node_ids is not None:
+        if source.node_ids is not None:  # strings as fixed-width unicode, which maps (missing ids read "nan")
             ids = source.node_ids
             np.save(folder / "node_ids.npy", ids if ids.dtype != object else ids.astype(str))
         np.save(folder / "kind.npy", np.array(source.kind))
 
-    arrays = cached_array_folder(path, {"graph": STORE_VERSION}, write, files=files, mmap_mode="c")
+    arrays = cached_array_folder(Path(path).resolve(), {"graph": STORE_VERSION}, write, files=files, mmap_mode="c")
     tensors = {k: torch.from_numpy(v) for k, v in arrays.items() if k not in ("node_ids", "kind")}
     n = len(tensors["rowptr"]) - 1
     g = Data(edge_index=tensors["edge_index"], num_nodes=n)

@@ -175,7 +175,8 @@ class EmbeddingWriter:
                 self._table_path = self.out.with_name(self.out.stem + ".rows.parquet")
             if self._table_path is not None:
                 self._table = _ParquetStream(self._temp(self._table_path), group)
-        rows: dict[str, Any] = {"id": np.asarray(ids)}
+        # copies: a view would keep the whole batch buffer alive (ssl_domains.data.batch_tensors) until the flush
+        rows: dict[str, Any] = {"id": np.array(ids)}
         if positions is not None:
             rows["position"] = np.asarray(positions, dtype=np.int64)
         if self.out.suffix == ".npy":
@@ -188,7 +189,7 @@ class EmbeddingWriter:
         else:
             rows["embedding"] = np.asarray(vectors, dtype=np.float32)
         if labels is not None:
-            rows["label"] = np.asarray(labels)
+            rows["label"] = np.array(labels)
         clash = set(columns or {}) & {"id", "position", "embedding", "label"}
         if clash:
             raise RuntimeError(f"provenance columns may not be named {sorted(clash)}")

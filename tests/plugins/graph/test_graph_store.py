@@ -62,7 +62,7 @@ def test_batches_from_the_store_equal_batches_of_the_graph_prepared_in_memory(tm
         torch.testing.assert_close(a["x"], b["x"], rtol=1e-5, atol=1e-6)  # float64 statistics in the store
     if overrides == {"feature_norm": "row"}:
         low = pd.read_csv(folder / "nodes.csv")[[f"f{j}" for j in range(6)]].to_numpy(np.float32).min()
-        assert float(stored.fitted["low"]) == low < 0  # NormalizeFeatures subtracts the whole matrix's minimum
+        assert float(stored._low) == low < 0  # NormalizeFeatures subtracts the whole matrix's minimum
     assert list(stored.provenance(np.array([0, 299]))["node_id"]) == ["n0000", "n0299"]
 
 
@@ -73,7 +73,7 @@ def test_a_warm_setup_maps_the_store_without_parsing(tmp_path, monkeypatch):
     second = _module(folder)
     assert isinstance(second.graphs[0].x, torch.Tensor) and torch.equal(second.graphs[0].x, first.graphs[0].x)
     assert torch.equal(second.sampler.col, first.sampler.col) and second.fitted.keys() == first.fitted.keys()
-    assert float(second.fitted["low"]) == float(first.fitted["low"])
+    assert float(second._low) == float(first._low) and "low" not in first.fitted  # per graph, as in memory
     full = GraphDataModule(folder, GraphMAEConfig(node_batching="full"))
     full.setup("fit")  # a full-batch step from the same store: the whole graph prepared in memory
     assert not full.lazy and full.full_batch["x"].shape == (300, 6)
@@ -92,3 +92,13 @@ def test_a_bad_graph_is_refused_each_time_and_leaves_no_store(tmp_path):
     for _ in range(2):
         with pytest.raises(DataError, match=r"edges\.csv: 1 edges point outside the 300 nodes"):
             _module(folder)
+
+
+def test_a_cache_that_cannot_be_written_reads_the_graph_into_memory(tmp_path, monkeypatch, caplog):
+    folder = _write_table(tmp_path / "g")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SSL_DOMAINS_CACHE", str(tmp_path / "a-file" / "cache"))  # not a folder: mkdir fails
+    with caplog.at_level("WARNING", logger="ssl_domains_graph.data"):
+        dm = _module(folder)
+    assert "the graph store cannot be written" in caplog.text and not dm.lazy
+    assert dm.graphs[0].x.shape == (300, 6) and len(dm._neighbor_collate(list(range(32)))["id"]) == 32
