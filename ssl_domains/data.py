@@ -273,9 +273,9 @@ def batch_tensors(fields: Mapping[str, tuple[Sequence[int], torch.dtype]]) -> di
 
     Each tensor sent from a worker costs a shared-memory segment of its own (created, its file descriptor passed,
     mapped and faulted in on both sides), whatever its size; for small batches that fixed cost is most of the trip.
-    T-JEPA's batches of 512 rows (five tensors) went from 180,000 to 405,000 rows/s through one worker
-    (``benchmarks/scale.py``, docs/scaling.md). The tensors are views of the one storage, so they stay valid
-    (and the storage alive) as long as any of them is referenced.
+    T-JEPA's batches of 512 rows (five tensors) went from 221,000 to 400,000 rows/s through one worker
+    (``benchmarks/scale.py --plugin tjepa``, docs/plugins/tjepa.md). The tensors are views of the one storage,
+    so they stay valid (and the storage alive) as long as any of them is referenced.
     """
     offsets, end = [], 0
     for shape, dtype in fields.values():
@@ -341,8 +341,9 @@ def train_loader(
     )
 
 
-class _BatchOrCollate:
-    """A collate function that passes on a batch the dataset built whole (a dict from ``__getitems__``)."""
+class BatchOrCollate:
+    """A collate function that passes on a batch the dataset built whole (a dict from ``__getitems__``); both
+    loaders use it (:func:`train_loader` through :class:`ssl_domains.loader.ResumableDataLoader`)."""
 
     def __init__(self, collate: Callable[[list[Any]], Any] | None) -> None:
         self.collate = collate or default_collate
@@ -364,7 +365,7 @@ def eval_loader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
-        collate_fn=_BatchOrCollate(collate_fn),
+        collate_fn=BatchOrCollate(collate_fn),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
     )

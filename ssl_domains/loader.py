@@ -40,9 +40,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data._utils.collate import default_collate
 
-from .data import mix_seed
+from .data import BatchOrCollate, mix_seed
 from .errors import DataError
 
 __all__ = ["ResumableDataLoader", "capture_rng", "restore_rng"]
@@ -164,13 +163,12 @@ class _Guarded(Dataset):
 
 class _GuardedCollate:
     def __init__(self, collate: Callable[[list[Any]], Any] | None) -> None:
-        self.collate = collate or default_collate
+        self.collate = BatchOrCollate(collate)  # a dict: the dataset built the batch
 
     def __call__(self, items: list[Any]) -> _Collated:
         skipped = list(_UNREADABLE)
         _UNREADABLE.clear()
-        batch = items if isinstance(items, dict) else self.collate(items)  # a dict: the dataset built the batch
-        return _Collated(batch, skipped)
+        return _Collated(self.collate(items), skipped)
 
 
 class ResumableDataLoader(DataLoader):

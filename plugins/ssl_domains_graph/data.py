@@ -163,11 +163,7 @@ class GraphDataModule(FittedDataModule):
                     setattr(out, name, getattr(g, name).view(-1))
             self._fit_streaming(out)
             return [out]
-        if use_degree:
-            width = self.fitted["degree_width"]
-            xs = [torch.nn.functional.one_hot(d.clamp(max=width - 1), width).float() for d in degs]
-        else:
-            xs = [g.x.float() for g in graphs]
+        xs = [self._one_hot_degree(d) for d in degs] if use_degree else [g.x.float() for g in graphs]
         if cfg.feature_norm == "row":
             xs = [_row_normalize(x) for x in xs]
         elif cfg.feature_norm == "standardize":
@@ -192,10 +188,13 @@ class GraphDataModule(FittedDataModule):
         if width != expected:
             raise DataError(f"{source.origin}: {width} node features, but the run was trained with {expected}")
 
+    def _one_hot_degree(self, degrees: torch.Tensor) -> torch.Tensor:
+        width = self.fitted["degree_width"]
+        return torch.nn.functional.one_hot(degrees.clamp(max=width - 1), width).float()
+
     def _raw_features(self, g: Data, nodes: torch.Tensor) -> torch.Tensor:
         if getattr(g, "node_degree", None) is not None:
-            width = self.fitted["degree_width"]
-            return torch.nn.functional.one_hot(g.node_degree[nodes].clamp(max=width - 1), width).float()
+            return self._one_hot_degree(g.node_degree[nodes])
         return g.x[nodes].float()
 
     def _fit_streaming(self, g: Data) -> None:

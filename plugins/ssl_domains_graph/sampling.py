@@ -19,19 +19,19 @@ class NeighborSampler:
     """
 
     def __init__(self, edge_index: torch.Tensor, num_nodes: int, fanouts: list[int]) -> None:
-        self.rowptr, self.col = self.csr(edge_index, num_nodes)
-        self.fanouts = list(fanouts)
-        self.num_nodes = num_nodes
-        self._local = torch.full((num_nodes,), -1, dtype=torch.long)  # global -> local id, reset after use
+        self._use(*self.csr(edge_index, num_nodes), fanouts)
 
     @classmethod
     def from_csr(cls, rowptr: torch.Tensor, col: torch.Tensor, fanouts: list[int]) -> NeighborSampler:
         """A sampler over a CSR built before (:meth:`csr`; memory-mapped from the graph store, read per hop)."""
         sampler = cls.__new__(cls)
-        sampler.rowptr, sampler.col, sampler.fanouts = rowptr, col, list(fanouts)
-        sampler.num_nodes = len(rowptr) - 1
-        sampler._local = torch.full((sampler.num_nodes,), -1, dtype=torch.long)
+        sampler._use(rowptr, col, fanouts)
         return sampler
+
+    def _use(self, rowptr: torch.Tensor, col: torch.Tensor, fanouts: list[int]) -> None:
+        self.rowptr, self.col, self.fanouts = rowptr, col, list(fanouts)
+        self.num_nodes = len(rowptr) - 1
+        self._local = torch.full((self.num_nodes,), -1, dtype=torch.long)  # global -> local id, reset after use
 
     @staticmethod
     def csr(edge_index: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -478,8 +478,8 @@ class RSDataModule(FittedDataModule):
             for i, (ref, row) in enumerate(zip(view, items, strict=True)):
                 self.pixels.read_window(ref, int(row[1]), int(row[2]), size, size, out=target[i])
         out["id"].copy_(torch.as_tensor(ids, dtype=torch.int64))
-        out["split"].copy_(torch.from_numpy(items[:, 3].astype(np.int64)))
-        out["location"].copy_(torch.from_numpy(items[:, 0].astype(np.int64)))
+        out["split"].copy_(torch.from_numpy(items[:, 3]))  # items: int64 rows (scene, y, x, split)
+        out["location"].copy_(torch.from_numpy(items[:, 0]))
         return out
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
