@@ -17,7 +17,11 @@ Random part, per training item:
   in the workers.
 - ``mode="pairs"`` (Alice): a random foreground point of volume A, its corresponding point in another volume B
   (:mod:`.correspondence`), and a ``roi`` crop centred on each (``SpatialCrop`` + ``BorderPad`` at the edges);
-  ``query_view``/``anchor_view`` are the student's copies.
+  ``query_view``/``anchor_view``, the student's copies, are made after the transfer.
+
+Training batches with the corruptions on the device are built in place (``__getitems__`` into
+:func:`ssl_domains.data.batch_tensors`, one shared-memory segment from a worker): each crop is one copy from the
+memory-mapped volume into the batch (:func:`.transforms.crop_into`), with no per-item tensors and no collate.
 - ``intensity_aug``: each view (contrastive3d) or student copy (Alice) also gets a random bias field, gamma and
   noise (:func:`.transforms.jitter_batch`), batched on the training device once the batch is there
   (``on_after_batch_transfer``), not in the loader workers; the targets (clean crop, teacher input) do not.
@@ -45,14 +49,14 @@ from monai.data.utils import pickle_hashing
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ssl_domains import DataError
-from ssl_domains.data import eval_loader, train_loader
+from ssl_domains.data import batch_tensors, eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
 from ssl_domains.indexcache import cache_root, cached_arrays, cached_index
 from ssl_domains.memory import fits_in_memory
 
 from .correspondence import ForegroundPoints, Geometries, corresponding_point, foreground_box, inside
 from .formats import VolumeRecord, find_volumes, preprocessed_bytes
-from .transforms import corrupt_batch, corruptions, crop_around, jitter_batch, preprocessing, view_transforms
+from .transforms import corrupt_batch, corruptions, crop_into, jitter_batch, preprocessing, view_transforms
 
 log = logging.getLogger(__name__)
 FOREGROUND_POINTS = 20000  # foreground voxels kept per volume to draw Alice's query points from
@@ -92,17 +96,39 @@ class _ViewCrops(Dataset):
         return len(self.module.records) * self.module.cfg.samples_per_volume
 
     def __getitem__(self, index: int) -> list[dict[str, Any]]:
-        """``crops_per_volume`` items of one volume; :func:`flatten_collate` puts them side by side in a batch."""
+        """``crops_per_volume`` items of one volume, cropped and corrupted by MONAI (``corruptions_on: loader``);
+        :func:`flatten_collate` puts them side by side in a batch."""
         v = index % len(self.module.records)
         self.transform.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
         samples = self.transform({"image": self.module.volume(v)["image"]})
         items = []
         for out in samples if isinstance(samples, list) else [samples]:
             item = {"image": torch.as_tensor(out["image"]).float(), "id": index, "volume": v}
-            if "view1" in out:  # corrupted here (corruptions_on: loader), else on the device
+            if "view1" in out:
                 item.update(view1=torch.as_tensor(out["view1"]).float(), view2=torch.as_tensor(out["view2"]).float())
             items.append(item)
         return items
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor] | list[list[dict[str, Any]]]:
+        """With ``corruptions_on: device``, the batch's crops built in place (:func:`ssl_domains.data.batch_tensors`):
+        ``crops_per_volume`` crops of each drawn volume at uniform random corners, as ``RandSpatialCropSamplesd``
+        draws them, each copied once from the memory-mapped volume into the storage the worker hands on."""
+        m = self.module
+        if not m.corrupts_on_device:
+            return [self[i] for i in indices]
+        roi, k = m.cfg.roi, m.cfg.crops_per_volume
+        n = len(indices) * k
+        out = batch_tensors({"image": ((n, 1, roi, roi, roi), torch.float32), "id": ((n,), torch.int64),
+                             "volume": ((n,), torch.int64)})  # fmt: skip
+        for row, index in enumerate(indices):
+            v = index % len(m.records)
+            image = m.volume(v)["image"]
+            room = torch.as_tensor(np.maximum(np.asarray(image.shape[1:]) - roi, 0) + 1)
+            corners = (torch.rand(k, 3) * room).long().numpy()  # uniform over the valid corners, per axis
+            for j in range(k):
+                crop_into(out["image"][row * k + j], image, corners[j])
+            out["id"][row * k : (row + 1) * k], out["volume"][row * k : (row + 1) * k] = index, v
+        return out
 
 
 def flatten_collate(items: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -114,6 +140,9 @@ _POINT_DRAWS = 8
 
 
 class _PairCrops(Dataset):
+    """Alice's pairs; ``query_view``/``anchor_view``, the student's copies, are made on the training device
+    (:meth:`MedicalDataModule.on_after_batch_transfer`), so a worker sends each crop once."""
+
     def __init__(self, module: MedicalDataModule) -> None:
         self.module = module
 
@@ -121,34 +150,35 @@ class _PairCrops(Dataset):
         return len(self.module.records) * self.module.cfg.samples_per_volume
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        m, n = self.module, len(self.module.records)
-        a = index % n
-        b = (a + int(torch.randint(1, n, ()))) % n
-        points = m.foreground_points[a]
-        # a point whose counterpart is outside B's field of view (``world`` correspondence, a smaller scan) would
-        # pair it with B's border: draw again, a few times, before settling for the clipped point. ``box`` maps
-        # box onto box, so it draws once (its rare sub-voxel overshoot at a border is clipped, as before)
-        draws = _POINT_DRAWS if m.cfg.correspondence == "world" else 1
-        for _ in range(draws):
-            point_a = points[int(torch.randint(len(points), ()))]
-            point_b = corresponding_point(point_a, m.geometry[a], m.geometry[b], m.cfg.correspondence, clip=False)
-            if inside(point_b, m.geometry[b]):
-                break
-        point_b = np.clip(point_b, 0.0, m.geometry[b]["shape"] - 1.0)
-        roi = m.cfg.roi
-        query = torch.as_tensor(crop_around(m.volume(a)["image"], point_a, roi)).float()
-        anchor = torch.as_tensor(crop_around(m.volume(b)["image"], point_b, roi)).float()
-        return {
-            "query": query,
-            "anchor": anchor,
-            "query_view": query,  # the student's copies (collated apart): jittered on the device, intensity_aug
-            "anchor_view": anchor,
-            "id": index,
-            "volume": a,
-            "partner": b,
-            "query_point": torch.as_tensor(point_a, dtype=torch.float32),
-            "anchor_point": torch.as_tensor(point_b, dtype=torch.float32),
-        }
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The batch built in place (:func:`ssl_domains.data.batch_tensors`): each crop copied once, from the
+        memory-mapped volume into the storage the worker hands the main process."""
+        m, n, roi = self.module, len(self.module.records), self.module.cfg.roi
+        crop, count = ((len(indices), 1, roi, roi, roi), torch.float32), ((len(indices),), torch.int64)
+        point = ((len(indices), 3), torch.float32)
+        out = batch_tensors({"query": crop, "anchor": crop, "id": count, "volume": count, "partner": count,
+                             "query_point": point, "anchor_point": point})  # fmt: skip
+        for row, index in enumerate(indices):
+            a = index % n
+            b = (a + int(torch.randint(1, n, ()))) % n
+            points = m.foreground_points[a]
+            # a point whose counterpart is outside B's field of view (``world`` correspondence, a smaller scan)
+            # would pair it with B's border: draw again, a few times, before settling for the clipped point.
+            # ``box`` maps box onto box, so it draws once (a rare sub-voxel overshoot at a border is clipped)
+            for _ in range(_POINT_DRAWS if m.cfg.correspondence == "world" else 1):
+                point_a = points[int(torch.randint(len(points), ()))]
+                point_b = corresponding_point(point_a, m.geometry[a], m.geometry[b], m.cfg.correspondence, clip=False)
+                if inside(point_b, m.geometry[b]):
+                    break
+            point_b = np.clip(point_b, 0.0, m.geometry[b]["shape"] - 1.0)
+            for name, volume, centre in (("query", a, point_a), ("anchor", b, point_b)):
+                corner = np.round(np.asarray(centre)).astype(int) - roi // 2  # as crop_around centres it
+                crop_into(out[name][row], m.volume(volume)["image"], corner)
+            out["id"][row], out["volume"][row], out["partner"][row] = index, a, b
+            out["query_point"][row], out["anchor_point"][row] = torch.from_numpy(point_a), torch.from_numpy(point_b)
+        return out
 
 
 class _CorrespondingViews(Dataset):
@@ -165,14 +195,24 @@ class _CorrespondingViews(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        pair = self.pairs[index]
-        item = {"image": pair["query"], "image2": pair["anchor"], "id": index, "volume": pair["volume"],
-                "partner": pair["partner"]}  # fmt: skip
         if not self.pairs.module.corrupts_on_device:
-            self.corrupt.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
-            views = self.corrupt({"view1": pair["query_view"], "view2": pair["anchor_view"]})
-            item.update(view1=torch.as_tensor(views["view1"]).float(), view2=torch.as_tensor(views["view2"]).float())
-        return item
+            return self._corrupted(index)
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}  # type: ignore[union-attr]
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
+        if not self.pairs.module.corrupts_on_device:  # MONAI's corruptions, item by item in the worker
+            return [self._corrupted(i) for i in indices]
+        pairs = self.pairs.__getitems__(indices)
+        return {"image": pairs["query"], "image2": pairs["anchor"], "id": pairs["id"], "volume": pairs["volume"],
+                "partner": pairs["partner"]}  # fmt: skip
+
+    def _corrupted(self, index: int) -> dict[str, Any]:
+        pair = self.pairs[index]
+        self.corrupt.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
+        views = self.corrupt({"view1": pair["query"], "view2": pair["anchor"]})
+        return {"image": pair["query"], "image2": pair["anchor"], "id": pair["id"], "volume": pair["volume"],
+                "partner": pair["partner"], "view1": torch.as_tensor(views["view1"]).float(),
+                "view2": torch.as_tensor(views["view2"]).float()}  # fmt: skip
 
 
 class _Volumes(Dataset):
@@ -378,6 +418,8 @@ class MedicalDataModule(FittedDataModule):
             batch = dict(batch)
             batch["view1"] = corrupt_batch(batch["image"], self.cfg)
             batch["view2"] = corrupt_batch(batch.get("image2", batch["image"]), self.cfg)
+        if isinstance(batch, dict) and "query" in batch and "query_view" not in batch:  # Alice: the student's copies
+            batch = {**batch, "query_view": batch["query"], "anchor_view": batch["anchor"]}
         if self.cfg.intensity_aug and isinstance(batch, dict):
             for view in ("view1", "view2", "query_view", "anchor_view"):
                 if view in batch:

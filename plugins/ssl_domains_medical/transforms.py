@@ -345,3 +345,20 @@ def crop_around(image: torch.Tensor, centre: np.ndarray, roi: int) -> torch.Tens
     before, after = lo - start, (start + roi) - hi
     border = [int(v) for pair in zip(before, after, strict=True) for v in pair]
     return mt.BorderPad(spatial_border=border)(crop) if any(border) else crop
+
+
+def crop_into(out: torch.Tensor, image: torch.Tensor, start: np.ndarray) -> None:
+    """Copy the crop of ``image`` ``[C, D, H, W]`` whose first corner is ``start`` (voxels; it may lie outside the
+    volume) into ``out`` ``[C, *roi]``, zero where the crop leaves the volume: :func:`crop_around`'s ``SpatialCrop``
+    + ``BorderPad`` as one copy into a batch built in place. MONAI's pair allocates the crop, pads it into a second
+    tensor and tracks metadata on both: 3.0 of the 5.0 ms of an Alice item under cProfile, where this takes 0.9."""
+    source = image.as_tensor() if hasattr(image, "as_tensor") else image  # a MetaTensor's plain data, no tracking
+    shape = np.asarray(source.shape[1:])
+    end = start + np.asarray(out.shape[1:])
+    lo, hi = np.clip(start, 0, shape), np.clip(end, 0, shape)
+    if (lo > start).any() or (hi < end).any():
+        out.zero_()
+    if (hi <= lo).any():
+        return
+    (a0, a1, a2), (b0, b1, b2) = (lo - start).tolist(), (hi - start).tolist()
+    out[:, a0:b0, a1:b1, a2:b2].copy_(source[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])

@@ -17,7 +17,7 @@ from ssl_domains_medical.data import MedicalDataModule
 from ssl_domains_medical.formats import find_volumes
 from ssl_domains_medical.plugin import AliceConfig, Contrastive3DConfig
 from ssl_domains_medical.synthetic import phantom, write_dicom_series, write_nifti
-from ssl_domains_medical.transforms import crop_around, preprocessing
+from ssl_domains_medical.transforms import crop_around, crop_into, preprocessing
 
 SHIPPED = Path(__file__).resolve().parents[3] / "datasets" / "medical3d"
 
@@ -320,6 +320,33 @@ def test_crop_around_keeps_the_point_at_the_centre_at_the_border():
     assert float(crop[0, 0, 4, 4]) == 0.0  # padded outside the volume
 
 
+def test_crop_into_is_monais_crop_and_pad_wherever_the_crop_lies():
+    volume = torch.rand(1, 20, 24, 18)
+    out = torch.full((1, 8, 8, 8), 7.0)  # stale values from a previous batch are overwritten
+    for centre in ([10, 12, 9], [0, 0, 0], [19, 23, 17], [1, 23, 0], [19.4, 2.6, 9]):  # inside, as points are
+        corner = np.round(np.asarray(centre)).astype(int) - 4
+        crop_into(out, volume, corner)
+        assert torch.equal(out, torch.as_tensor(crop_around(volume, np.asarray(centre), 8))), centre
+    crop_into(out, volume, np.array([-20, 12, 9]))  # wholly outside (MONAI's pad would be negative): zeros
+    assert not out.any()
+
+
+def test_device_view_crops_are_windows_at_uniform_corners(tmp_path):
+    dm = MedicalDataModule(_volumes(tmp_path, 3), _cfg(crops_per_volume=2), mode="views")
+    dm.setup("fit")
+    shape = (40, 44, 36)
+    numbered = torch.arange(np.prod(shape), dtype=torch.float32).reshape(1, *shape)  # a voxel's value is its index
+    dm._volumes = [{"image": numbered}] * 3
+    torch.manual_seed(0)
+    crops = torch.cat([dm.train_dataloader().dataset.__getitems__([0, 1, 2])["image"] for _ in range(300)])
+    corners = np.stack(np.unravel_index(crops[:, 0, 0, 0, 0].long().numpy(), shape), axis=1)
+    for crop, (d, h, w) in zip(crops, corners, strict=True):
+        assert torch.equal(crop, numbered[:, d : d + 32, h : h + 32, w : w + 32])
+    room = np.asarray(shape) - 32  # corners 0..room, uniform, as RandSpatialCropSamplesd draws them
+    assert corners.min(0).tolist() == [0, 0, 0] and corners.max(0).tolist() == room.tolist()
+    assert np.allclose(corners.mean(0), room / 2, atol=0.4)
+
+
 def test_pairs_are_crops_of_two_volumes_at_corresponding_points(tmp_path):
     dm = MedicalDataModule(_volumes(tmp_path, 3), _cfg(AliceConfig), mode="pairs")
     dm.setup("fit")
@@ -479,7 +506,7 @@ def test_views_are_jittered_on_the_device_after_transfer_and_targets_stay_clean(
     dm.setup("fit")
     assert dm.cfg.intensity_aug
     batch = next(iter(dm.train_dataloader()))
-    assert torch.equal(batch["query_view"], batch["query"])  # the loader does no intensity work
+    assert "query_view" not in batch  # the loader sends each crop once and does no intensity work
     query = batch["query"].clone()
     moved = dm.on_after_batch_transfer(batch, 0)
     assert torch.equal(moved["query"], query) and not torch.equal(moved["query_view"], query)
