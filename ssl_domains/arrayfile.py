@@ -13,14 +13,21 @@ window of a ``[C, H, W]`` scene costs ``C`` reads of ``h * W`` values.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["ArrayFile", "ArrayFileWriter", "StoredArray"]
+__all__ = ["ArrayFile", "ArrayFileWriter", "StoredArray", "will_need"]
+
+if TYPE_CHECKING:
+    import torch
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv call may fill
 
@@ -153,3 +160,27 @@ class ArrayFile:
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = None
+
+
+_MADV_WILLNEED = 3  # Linux
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def will_need(view: torch.Tensor) -> None:
+    """Ask the kernel to start reading the pages under ``view``, a (strided) view of a memory-mapped tensor, and
+    return at once (``madvise(MADV_WILLNEED)`` on each run of its two innermost dimensions; Linux only, else a
+    no-op). A loader that announces every crop of a batch before copying any has the kernel fetch them all
+    together, instead of one page fault waiting on the disk at a time. Harmless on memory that is not a file's."""
+    if _libc is None or view.numel() == 0:
+        return
+    size, stride, item = view.shape, view.stride(), view.element_size()
+    if view.ndim < 2:
+        size, stride = (1, *size), (0, *stride)
+    span = ((size[-2] - 1) * stride[-2] + (size[-1] - 1) * stride[-1] + 1) * item
+    lead = np.zeros(1, dtype=np.int64)
+    for n, st in zip(size[:-2], stride[:-2], strict=True):
+        lead = (lead[:, None] + np.arange(n, dtype=np.int64) * st).ravel()  # element offsets of the runs' starts
+    page = mmap.PAGESIZE
+    for offset in (lead * item + view.data_ptr()).tolist():
+        start = offset - offset % page
+        _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(offset + span - start), _MADV_WILLNEED)

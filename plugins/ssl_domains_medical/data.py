@@ -21,7 +21,7 @@ Random part, per training item:
 
 Training batches with the corruptions on the device are built in place (``__getitems__`` into
 :func:`ssl_domains.data.batch_tensors`, one shared-memory segment from a worker): each crop is one copy from the
-memory-mapped volume into the batch (:func:`.transforms.crop_into`), with no per-item tensors and no collate.
+memory-mapped volume into the batch (:func:`.transforms.crop_batch`), with no per-item tensors and no collate.
 - ``intensity_aug``: each view (contrastive3d) or student copy (Alice) also gets a random bias field, gamma and
   noise (:func:`.transforms.jitter_batch`), batched on the training device once the batch is there
   (``on_after_batch_transfer``), not in the loader workers; the targets (clean crop, teacher input) do not.
@@ -56,7 +56,7 @@ from ssl_domains.memory import fits_in_memory
 
 from .correspondence import ForegroundPoints, Geometries, corresponding_point, foreground_box, inside
 from .formats import VolumeRecord, find_volumes, preprocessed_bytes
-from .transforms import corrupt_batch, corruptions, crop_into, jitter_batch, preprocessing, view_transforms
+from .transforms import corrupt_batch, corruptions, crop_batch, jitter_batch, preprocessing, view_transforms
 
 log = logging.getLogger(__name__)
 FOREGROUND_POINTS = 20000  # foreground voxels kept per volume to draw Alice's query points from
@@ -120,14 +120,15 @@ class _ViewCrops(Dataset):
         n = len(indices) * k
         out = batch_tensors({"image": ((n, 1, roi, roi, roi), torch.float32), "id": ((n,), torch.int64),
                              "volume": ((n,), torch.int64)})  # fmt: skip
+        crops = []
         for row, index in enumerate(indices):
             v = index % len(m.records)
             image = m.volume(v)["image"]
             room = torch.as_tensor(np.maximum(np.asarray(image.shape[1:]) - roi, 0) + 1)
             corners = (torch.rand(k, 3) * room).long().numpy()  # uniform over the valid corners, per axis
-            for j in range(k):
-                crop_into(out["image"][row * k + j], image, corners[j])
+            crops += [(out["image"][row * k + j], image, corners[j]) for j in range(k)]
             out["id"][row * k : (row + 1) * k], out["volume"][row * k : (row + 1) * k] = index, v
+        crop_batch(crops)
         return out
 
 
@@ -160,6 +161,7 @@ class _PairCrops(Dataset):
         point = ((len(indices), 3), torch.float32)
         out = batch_tensors({"query": crop, "anchor": crop, "id": count, "volume": count, "partner": count,
                              "query_point": point, "anchor_point": point})  # fmt: skip
+        crops = []
         for row, index in enumerate(indices):
             a = index % n
             b = (a + int(torch.randint(1, n, ()))) % n
@@ -175,9 +177,10 @@ class _PairCrops(Dataset):
             point_b = np.clip(point_b, 0.0, m.geometry[b]["shape"] - 1.0)
             for name, volume, centre in (("query", a, point_a), ("anchor", b, point_b)):
                 corner = np.round(np.asarray(centre)).astype(int) - roi // 2  # as crop_around centres it
-                crop_into(out[name][row], m.volume(volume)["image"], corner)
+                crops.append((out[name][row], m.volume(volume)["image"], corner))
             out["id"][row], out["volume"][row], out["partner"][row] = index, a, b
             out["query_point"][row], out["anchor_point"][row] = torch.from_numpy(point_a), torch.from_numpy(point_b)
+        crop_batch(crops)
         return out
 
 

@@ -14,6 +14,7 @@ from monai.data import NibabelReader
 from monai.data.utils import is_supported_format
 
 from ssl_domains import DataError
+from ssl_domains.arrayfile import will_need
 
 
 class FreeSurferReader(NibabelReader):
@@ -352,13 +353,25 @@ def crop_into(out: torch.Tensor, image: torch.Tensor, start: np.ndarray) -> None
     volume) into ``out`` ``[C, *roi]``, zero where the crop leaves the volume: :func:`crop_around`'s ``SpatialCrop``
     + ``BorderPad`` as one copy into a batch built in place. MONAI's pair allocates the crop, pads it into a second
     tensor and tracks metadata on both: 3.0 of the 5.0 ms of an Alice item under cProfile, where this takes 0.9."""
-    source = image.as_tensor() if hasattr(image, "as_tensor") else image  # a MetaTensor's plain data, no tracking
-    shape = np.asarray(source.shape[1:])
-    end = start + np.asarray(out.shape[1:])
-    lo, hi = np.clip(start, 0, shape), np.clip(end, 0, shape)
-    if (lo > start).any() or (hi < end).any():
-        out.zero_()
-    if (hi <= lo).any():
-        return
-    (a0, a1, a2), (b0, b1, b2) = (lo - start).tolist(), (hi - start).tolist()
-    out[:, a0:b0, a1:b1, a2:b2].copy_(source[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
+    crop_batch([(out, image, start)])
+
+
+def crop_batch(crops: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]]) -> None:
+    """:func:`crop_into` for each ``(out, image, start)`` of a batch. Every crop's pages are announced to the kernel
+    first (:func:`ssl_domains.arrayfile.will_need`), then copied: the reads of a batch from memory-mapped volumes not
+    in the page cache go to the disk together rather than one page fault at a time."""
+    windows = []
+    for out, image, start in crops:
+        source = image.as_tensor() if hasattr(image, "as_tensor") else image  # plain data, no metadata tracking
+        shape, end = np.asarray(source.shape[1:]), start + np.asarray(out.shape[1:])
+        lo, hi = np.clip(start, 0, shape), np.clip(end, 0, shape)
+        inside = None
+        if (hi > lo).all():
+            inside = source[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            will_need(inside)
+        windows.append((inside, lo - start, hi - start, (lo > start).any() or (hi < end).any()))
+    for (out, _, _), (inside, a, b, padded) in zip(crops, windows, strict=True):
+        if padded or inside is None:
+            out.zero_()
+        if inside is not None:
+            out[:, a[0] : b[0], a[1] : b[1], a[2] : b[2]].copy_(inside)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import os
 import pickle
 import resource
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from ssl_domains.arrayfile import ArrayFile, ArrayFileWriter
+from ssl_domains.arrayfile import ArrayFile, ArrayFileWriter, will_need
 
 
 def _arrays() -> list[np.ndarray]:
@@ -132,3 +138,37 @@ def test_processes_setting_up_at_once_build_a_cache_entry_once(tmp_path: Path) -
         values = pool.map(_build_once, [(str(tmp_path), str(log))] * 3)
     assert values == [42.0, 42.0, 42.0]
     assert log.read_text().count("built") == 1
+
+
+def _resident(address: int, length: int) -> list[bool]:
+    """Whether each page of ``length`` bytes from ``address`` is in the page cache (``mincore``)."""
+    page = mmap.PAGESIZE
+    start = address - address % page
+    pages = -(-(address + length - start) // page)
+    flags = (ctypes.c_ubyte * pages)()
+    assert ctypes.CDLL(None).mincore(ctypes.c_void_p(start), ctypes.c_size_t(pages * page), flags) == 0
+    return [bool(f & 1) for f in flags]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and mincore: Linux")
+def test_will_need_reads_a_mapped_views_pages_ahead_and_leaves_the_data(tmp_path):
+    path = tmp_path / "volume.bin"
+    volume = np.random.default_rng(0).random((64, 64, 64), dtype=np.float32)  # 1 MB, 16 KB a slice
+    volume.tofile(path)
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache: the next read is the disk's
+    os.close(fd)
+    mapped = torch.from_file(str(path), size=volume.size, dtype=torch.float32).view(64, 64, 64)
+    crop = mapped[8:24, 4:20, 2:18]  # 16 runs (one a slice) of 16 rows
+    runs = [(crop[d].data_ptr(), (15 * 64 + 16) * 4) for d in range(16)]
+    if all(all(_resident(*run)) for run in runs):
+        pytest.fail("the file stayed in the page cache after POSIX_FADV_DONTNEED: nothing to measure")
+    will_need(crop)
+    deadline = time.monotonic() + 5
+    while not all(all(_resident(*run)) for run in runs) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the reads run in the background
+    assert all(all(_resident(*run)) for run in runs), "every page under the view was read ahead"
+    assert torch.equal(crop, torch.from_numpy(volume[8:24, 4:20, 2:18]))
+    will_need(torch.zeros(3, 0, 4))  # nothing to read; memory not a file's: no effect, no error
+    will_need(torch.zeros(5))
