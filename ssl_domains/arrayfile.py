@@ -149,6 +149,21 @@ class ArrayFile:
         np.copyto(out, window, casting="unsafe")
         return out
 
+    def will_need_window(self, ref: StoredArray, top: int, height: int) -> None:
+        """Ask the kernel to start reading the bytes :meth:`read_window` will read for rows ``[top, top + height)``
+        (``POSIX_FADV_WILLNEED``) and return at once. A loader that announces a batch's windows before reading
+        any has the kernel fetch them together, not one ``preadv`` waiting on the disk at a time."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        *planes, rows, cols = ref.shape
+        count, row_bytes = int(np.prod(planes, dtype=np.int64)), cols * np.dtype(ref.dtype).itemsize
+        first, window_bytes, plane_bytes = ref.offset + top * row_bytes, height * row_bytes, rows * row_bytes
+        if count > 1 and plane_bytes - window_bytes <= window_bytes // 2:  # as read_window: one span for all
+            os.posix_fadvise(self._handle(), first, (count - 1) * plane_bytes + window_bytes, os.POSIX_FADV_WILLNEED)
+            return
+        for p in range(count):
+            os.posix_fadvise(self._handle(), first + p * plane_bytes, window_bytes, os.POSIX_FADV_WILLNEED)
+
     def _scratch(self, nbytes: int) -> np.ndarray:
         """A byte buffer of at least ``nbytes``, reused across reads (grown when a larger window comes)."""
         if self._buffer is None or self._buffer.nbytes < nbytes:

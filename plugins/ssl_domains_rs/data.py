@@ -473,6 +473,9 @@ class RSDataModule(FittedDataModule):
                   for key, view, w in zip(keys, refs, whole, strict=True)}  # fmt: skip
         out = batch_tensors({**fields, "id": ((n,), torch.int64), "split": ((n,), torch.int64),
                              "location": ((n,), torch.int64)})  # fmt: skip
+        for view in refs:  # every window announced first: a cold cache's reads go to the disk together
+            for ref, row in zip(view, items, strict=True):
+                self.pixels.will_need_window(ref, int(row[1]), size)
         for key, view, w in zip(keys, refs, whole, strict=True):
             target = out[f"raw_{key}"].numpy().view(np.uint16) if w else out[f"raw_{key}"].numpy()
             for i, (ref, row) in enumerate(zip(view, items, strict=True)):

@@ -172,3 +172,27 @@ def test_will_need_reads_a_mapped_views_pages_ahead_and_leaves_the_data(tmp_path
     assert torch.equal(crop, torch.from_numpy(volume[8:24, 4:20, 2:18]))
     will_need(torch.zeros(3, 0, 4))  # nothing to read; memory not a file's: no effect, no error
     will_need(torch.zeros(5))
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise")
+def test_will_need_window_reads_a_windows_rows_ahead(tmp_path):
+    scene = np.random.default_rng(1).integers(0, 65535, (13, 256, 256), dtype=np.uint16)  # 1.7 MB
+    with ArrayFileWriter(tmp_path / "pixels.bin") as writer:
+        ref = writer.append(scene)
+    fd = os.open(tmp_path / "pixels.bin", os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    mapped = mmap.mmap(fd, 0, prot=mmap.PROT_READ)  # to ask mincore; never read
+    os.close(fd)
+    address = np.frombuffer(mapped, dtype=np.uint8).ctypes.data  # a view: reads no page
+    plane, top, rows = 256 * 256 * 2, 100, 64
+    spans = [(address + ref.offset + p * plane + top * 512, rows * 512) for p in range(13)]
+    if all(all(_resident(*span)) for span in spans):
+        pytest.fail("the file stayed in the page cache after POSIX_FADV_DONTNEED: nothing to measure")
+    cache = ArrayFile(tmp_path / "pixels.bin")
+    cache.will_need_window(ref, top, rows)
+    deadline = time.monotonic() + 5
+    while not all(all(_resident(*span)) for span in spans) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(all(_resident(*span)) for span in spans), "every plane's rows of the window were read ahead"
+    assert np.array_equal(cache.read_window(ref, top, 30, rows, 200), scene[:, top : top + rows, 30:230])
