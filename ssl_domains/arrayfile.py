@@ -159,10 +159,13 @@ class ArrayFile:
         count, row_bytes = int(np.prod(planes, dtype=np.int64)), cols * np.dtype(ref.dtype).itemsize
         first, window_bytes, plane_bytes = ref.offset + top * row_bytes, height * row_bytes, rows * row_bytes
         if count > 1 and plane_bytes - window_bytes <= window_bytes // 2:  # as read_window: one span for all
-            os.posix_fadvise(self._handle(), first, (count - 1) * plane_bytes + window_bytes, os.POSIX_FADV_WILLNEED)
-            return
-        for p in range(count):
-            os.posix_fadvise(self._handle(), first + p * plane_bytes, window_bytes, os.POSIX_FADV_WILLNEED)
+            spans = [(first, (count - 1) * plane_bytes + window_bytes)]
+        else:
+            spans = [(first + p * plane_bytes, window_bytes) for p in range(count)]
+        for start, length in spans:
+            for offset in range(start, start + length, _ADVICE_BYTES):
+                size = min(_ADVICE_BYTES, start + length - offset)
+                os.posix_fadvise(self._handle(), offset, size, os.POSIX_FADV_WILLNEED)
 
     def _scratch(self, nbytes: int) -> np.ndarray:
         """A byte buffer of at least ``nbytes``, reused across reads (grown when a larger window comes)."""
@@ -178,7 +181,10 @@ class ArrayFile:
 
 
 _MADV_WILLNEED = 3  # Linux
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+# Linux reads ahead at most max(read_ahead_kb, max_sectors_kb) of one advice (128 kB by default): longer spans
+# are advised in pieces, or their tail would be read on demand after all
+_ADVICE_BYTES = 128 * 1024
+_libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
 def will_need(view: torch.Tensor) -> None:
@@ -186,10 +192,10 @@ def will_need(view: torch.Tensor) -> None:
     return at once (``madvise(MADV_WILLNEED)`` on each run of its two innermost dimensions; Linux only, else a
     no-op). A loader that announces every crop of a batch before copying any has the kernel fetch them all
     together, instead of one page fault waiting on the disk at a time. Harmless on memory that is not a file's."""
-    if _libc is None or view.numel() == 0:
+    if _libc is None or view.numel() == 0 or view.device.type != "cpu":
         return
     size, stride, item = view.shape, view.stride(), view.element_size()
-    if view.ndim < 2:
+    while len(size) < 2:  # a row or a scalar: one run
         size, stride = (1, *size), (0, *stride)
     span = ((size[-2] - 1) * stride[-2] + (size[-1] - 1) * stride[-1] + 1) * item
     lead = np.zeros(1, dtype=np.int64)
@@ -197,5 +203,6 @@ def will_need(view: torch.Tensor) -> None:
         lead = (lead[:, None] + np.arange(n, dtype=np.int64) * st).ravel()  # element offsets of the runs' starts
     page = mmap.PAGESIZE
     for offset in (lead * item + view.data_ptr()).tolist():
-        start = offset - offset % page
-        _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(offset + span - start), _MADV_WILLNEED)
+        for piece in range(offset - offset % page, offset + span, _ADVICE_BYTES):  # page-aligned pieces
+            length = min(_ADVICE_BYTES, offset + span - piece)
+            _libc.madvise(ctypes.c_void_p(piece), ctypes.c_size_t(length), _MADV_WILLNEED)

@@ -172,6 +172,7 @@ def test_will_need_reads_a_mapped_views_pages_ahead_and_leaves_the_data(tmp_path
     assert torch.equal(crop, torch.from_numpy(volume[8:24, 4:20, 2:18]))
     will_need(torch.zeros(3, 0, 4))  # nothing to read; memory not a file's: no effect, no error
     will_need(torch.zeros(5))
+    will_need(torch.tensor(3.0))
 
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise")
