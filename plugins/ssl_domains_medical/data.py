@@ -9,22 +9,25 @@ Deterministic part, cached once per volume (``CacheDataset``, or ``PersistentDat
 
 Random part, per training item:
 
-- ``mode="views"`` (contrastive3d, the MONAI ViT recipe): ``RandSpatialCropd(roi)``, copied into two views, each
-  ``OneOf[RandCoarseDropoutd in-painting | out-painting] -> RandCoarseShuffled``; the clean crop is the target.
+- ``mode="views"`` (contrastive3d, the MONAI ViT recipe): a random ``roi`` crop (MONAI's ``RandSpatialCropd``
+  with ``corruptions_on: loader``; with ``device``, corners drawn uniformly as it draws them), copied into two
+  views, each ``OneOf[RandCoarseDropoutd in-painting | out-painting] -> RandCoarseShuffled``; the clean crop is
+  the target.
   The recipe's hole sizes (in voxels of a 96^3 crop) are scaled by ``roi / 96``. With ``corruptions_on: device``
   (the default) the workers only crop, and the views are drawn for the whole batch on the training device after
   the transfer (:func:`.transforms.corrupt_batch`, MONAI's draws vectorised); ``loader`` runs MONAI's transforms
   in the workers.
 - ``mode="pairs"`` (Alice): a random foreground point of volume A, its corresponding point in another volume B
-  (:mod:`.correspondence`), and a ``roi`` crop centred on each (``SpatialCrop`` + ``BorderPad`` at the edges);
-  ``query_view``/``anchor_view``, the student's copies, are made after the transfer.
-
-Training batches with the corruptions on the device are built in place (``__getitems__`` into
-:func:`ssl_domains.data.batch_tensors`, one shared-memory segment from a worker): each crop is one copy from the
-memory-mapped volume into the batch (:func:`.transforms.crop_batch`), with no per-item tensors and no collate.
+  (:mod:`.correspondence`), and a ``roi`` crop centred on each, zero-padded at the edges (as ``SpatialCrop`` +
+  ``BorderPad``); ``query_view``/``anchor_view``, the student's copies, are made after the transfer.
 - ``intensity_aug``: each view (contrastive3d) or student copy (Alice) also gets a random bias field, gamma and
   noise (:func:`.transforms.jitter_batch`), batched on the training device once the batch is there
   (``on_after_batch_transfer``), not in the loader workers; the targets (clean crop, teacher input) do not.
+
+Alice's batches, and contrastive3d's with the corruptions on the device, are built in place (``__getitems__`` into
+:func:`ssl_domains.data.batch_tensors`, one shared-memory segment from a worker): each crop is one copy from the
+memory-mapped volume into the batch (:func:`.transforms.crop_batch`, every crop's pages announced to the kernel
+first), with no per-item tensors and no collate.
 
 MONAI's random transforms draw from their own generator; each item reseeds it from torch's (seeded) generator, so
 a run's crops follow ``trainer.seed`` like every other plugin's randomness.
@@ -46,17 +49,18 @@ from monai import transforms as mt
 from monai.data import CacheDataset, PersistentDataset
 from monai.data import Dataset as MonaiDataset
 from monai.data.utils import pickle_hashing
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from ssl_domains import DataError
-from ssl_domains.data import batch_tensors, eval_loader, train_loader
+from ssl_domains.data import eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
 from ssl_domains.indexcache import cache_root, cached_arrays, cached_index
 from ssl_domains.memory import fits_in_memory
 
-from .correspondence import ForegroundPoints, Geometries, corresponding_point, foreground_box, inside
+from .correspondence import ForegroundPoints, Geometries, foreground_box
+from .crops import CorrespondingViews, PairCrops, ViewCrops, Volumes, flatten_collate
 from .formats import VolumeRecord, find_volumes, preprocessed_bytes
-from .transforms import corrupt_batch, corruptions, crop_batch, jitter_batch, preprocessing, view_transforms
+from .transforms import corrupt_batch, crop_batch, jitter_batch, preprocessing
 
 log = logging.getLogger(__name__)
 FOREGROUND_POINTS = 20000  # foreground voxels kept per volume to draw Alice's query points from
@@ -86,147 +90,6 @@ class _MappedPersistentDataset(PersistentDataset):
             except Exception:  # a truncated or foreign file: MONAI's path warns, recomputes and rewrites it
                 pass
         return super()._cachecheck(item_transformed)
-
-
-class _ViewCrops(Dataset):
-    def __init__(self, module: MedicalDataModule) -> None:
-        self.module, self.transform = module, view_transforms(module.cfg, corrupt=not module.corrupts_on_device)
-
-    def __len__(self) -> int:
-        return len(self.module.records) * self.module.cfg.samples_per_volume
-
-    def __getitem__(self, index: int) -> list[dict[str, Any]]:
-        """``crops_per_volume`` items of one volume, cropped and corrupted by MONAI (``corruptions_on: loader``);
-        :func:`flatten_collate` puts them side by side in a batch."""
-        v = index % len(self.module.records)
-        self.transform.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
-        samples = self.transform({"image": self.module.volume(v)["image"]})
-        items = []
-        for out in samples if isinstance(samples, list) else [samples]:
-            item = {"image": torch.as_tensor(out["image"]).float(), "id": index, "volume": v}
-            if "view1" in out:
-                item.update(view1=torch.as_tensor(out["view1"]).float(), view2=torch.as_tensor(out["view2"]).float())
-            items.append(item)
-        return items
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor] | list[list[dict[str, Any]]]:
-        """With ``corruptions_on: device``, the batch's crops built in place (:func:`ssl_domains.data.batch_tensors`):
-        ``crops_per_volume`` crops of each drawn volume at uniform random corners, as ``RandSpatialCropSamplesd``
-        draws them, each copied once from the memory-mapped volume into the storage the worker hands on."""
-        m = self.module
-        if not m.corrupts_on_device:
-            return [self[i] for i in indices]
-        roi, k = m.cfg.roi, m.cfg.crops_per_volume
-        n = len(indices) * k
-        out = batch_tensors({"image": ((n, 1, roi, roi, roi), torch.float32), "id": ((n,), torch.int64),
-                             "volume": ((n,), torch.int64)})  # fmt: skip
-        crops = []
-        for row, index in enumerate(indices):
-            v = index % len(m.records)
-            image = m.volume(v)["image"]
-            room = torch.as_tensor(np.maximum(np.asarray(image.shape[1:]) - roi, 0) + 1)
-            corners = (torch.rand(k, 3) * room).long().numpy()  # uniform over the valid corners, per axis
-            crops += [(out["image"][row * k + j], image, corners[j]) for j in range(k)]
-            out["id"][row * k : (row + 1) * k], out["volume"][row * k : (row + 1) * k] = index, v
-        crop_batch(crops)
-        return out
-
-
-def flatten_collate(items: list[list[dict[str, Any]]]) -> dict[str, Any]:
-    """Batch every crop of every drawn volume: ``batch_size`` volumes x ``crops_per_volume`` crops."""
-    return default_collate([crop for crops in items for crop in crops])
-
-
-_POINT_DRAWS = 8
-
-
-class _PairCrops(Dataset):
-    """Alice's pairs; ``query_view``/``anchor_view``, the student's copies, are made on the training device
-    (:meth:`MedicalDataModule.on_after_batch_transfer`), so a worker sends each crop once."""
-
-    def __init__(self, module: MedicalDataModule) -> None:
-        self.module = module
-
-    def __len__(self) -> int:
-        return len(self.module.records) * self.module.cfg.samples_per_volume
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {k: v[0] for k, v in self.__getitems__([index]).items()}
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """The batch built in place (:func:`ssl_domains.data.batch_tensors`): each crop copied once, from the
-        memory-mapped volume into the storage the worker hands the main process."""
-        m, n, roi = self.module, len(self.module.records), self.module.cfg.roi
-        crop, count = ((len(indices), 1, roi, roi, roi), torch.float32), ((len(indices),), torch.int64)
-        point = ((len(indices), 3), torch.float32)
-        out = batch_tensors({"query": crop, "anchor": crop, "id": count, "volume": count, "partner": count,
-                             "query_point": point, "anchor_point": point})  # fmt: skip
-        crops = []
-        for row, index in enumerate(indices):
-            a = index % n
-            b = (a + int(torch.randint(1, n, ()))) % n
-            points = m.foreground_points[a]
-            # a point whose counterpart is outside B's field of view (``world`` correspondence, a smaller scan)
-            # would pair it with B's border: draw again, a few times, before settling for the clipped point.
-            # ``box`` maps box onto box, so it draws once (a rare sub-voxel overshoot at a border is clipped)
-            for _ in range(_POINT_DRAWS if m.cfg.correspondence == "world" else 1):
-                point_a = points[int(torch.randint(len(points), ()))]
-                point_b = corresponding_point(point_a, m.geometry[a], m.geometry[b], m.cfg.correspondence, clip=False)
-                if inside(point_b, m.geometry[b]):
-                    break
-            point_b = np.clip(point_b, 0.0, m.geometry[b]["shape"] - 1.0)
-            for name, volume, centre in (("query", a, point_a), ("anchor", b, point_b)):
-                corner = np.round(np.asarray(centre)).astype(int) - roi // 2  # as crop_around centres it
-                crops.append((out[name][row], m.volume(volume)["image"], corner))
-            out["id"][row], out["volume"][row], out["partner"][row] = index, a, b
-            out["query_point"][row], out["anchor_point"][row] = torch.from_numpy(point_a), torch.from_numpy(point_b)
-        crop_batch(crops)
-        return out
-
-
-class _CorrespondingViews(Dataset):
-    """contrastive3d with ``positives: corresponding``: the two views are corrupted crops at corresponding points
-    of two *different* volumes (Alice's pairs, :class:`_PairCrops`), so NT-Xent pulls together the same anatomy
-    of two subjects (the domain-specific positives of Chaitanya et al., NeurIPS 2020) instead of two
-    corruptions of one crop; each view is reconstructed to its own clean crop."""
-
-    def __init__(self, module: MedicalDataModule) -> None:
-        self.pairs = _PairCrops(module)
-        self.corrupt = mt.Compose(corruptions(module.cfg, ("view1", "view2")))
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not self.pairs.module.corrupts_on_device:
-            return self._corrupted(index)
-        return {k: v[0] for k, v in self.__getitems__([index]).items()}  # type: ignore[union-attr]
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
-        if not self.pairs.module.corrupts_on_device:  # MONAI's corruptions, item by item in the worker
-            return [self._corrupted(i) for i in indices]
-        pairs = self.pairs.__getitems__(indices)
-        return {"image": pairs["query"], "image2": pairs["anchor"], "id": pairs["id"], "volume": pairs["volume"],
-                "partner": pairs["partner"]}  # fmt: skip
-
-    def _corrupted(self, index: int) -> dict[str, Any]:
-        pair = self.pairs[index]
-        self.corrupt.set_random_state(seed=int(torch.randint(2**31 - 1, ())))
-        views = self.corrupt({"view1": pair["query"], "view2": pair["anchor"]})
-        return {"image": pair["query"], "image2": pair["anchor"], "id": pair["id"], "volume": pair["volume"],
-                "partner": pair["partner"], "view1": torch.as_tensor(views["view1"]).float(),
-                "view2": torch.as_tensor(views["view2"]).float()}  # fmt: skip
-
-
-class _Volumes(Dataset):
-    def __init__(self, module: MedicalDataModule) -> None:
-        self.module = module
-
-    def __len__(self) -> int:
-        return len(self.module.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": torch.as_tensor(self.module.volume(index)["image"]).float(), "id": index}
 
 
 class MedicalDataModule(FittedDataModule):
@@ -400,6 +263,15 @@ class MedicalDataModule(FittedDataModule):
             affines[i] = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
         return {"points": volume_points, "counts": counts, "lo": lo, "hi": hi, "shape": shape, "affine": affines}
 
+    def crop_now(self, crops: list[Any]) -> list[Any]:
+        """Crops a batch has drawn and not copied yet: with ``cache: none`` each item's are copied at once (and
+        its freshly preprocessed volumes freed), else they wait for the batch's :func:`.transforms.crop_batch`,
+        whose volumes are memory maps or shared cached arrays."""
+        if self.cache == "none":
+            crop_batch(crops)
+            return []
+        return crops
+
     def volume(self, index: int) -> dict[str, Any]:
         """The preprocessed (cached) volume ``index``: ``{"image": [1, D, H, W]}`` and ``"label"`` if given."""
         assert self._volumes is not None, "call setup() first"
@@ -431,15 +303,15 @@ class MedicalDataModule(FittedDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.mode == "pairs":
-            dataset, collate = _PairCrops(self), None
+            dataset, collate = PairCrops(self), None
         elif self.mode == "corresponding_views":
-            dataset, collate = _CorrespondingViews(self), None
+            dataset, collate = CorrespondingViews(self), None
         else:
-            dataset, collate = _ViewCrops(self), flatten_collate
+            dataset, collate = ViewCrops(self), flatten_collate
         return train_loader(
             dataset, batch_size=self.cfg.batch_size, collate_fn=collate, num_workers=self.cfg.num_workers,
             drop_last="auto",
         )  # fmt: skip
 
     def predict_dataloader(self) -> DataLoader:
-        return eval_loader(_Volumes(self), batch_size=1, num_workers=self.cfg.num_workers)
+        return eval_loader(Volumes(self), batch_size=1, num_workers=self.cfg.num_workers)

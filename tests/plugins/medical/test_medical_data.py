@@ -578,3 +578,40 @@ def test_views_are_corrupted_on_the_device_unless_asked_of_the_loader(tmp_path):
     loader.setup("fit")
     ready = next(iter(loader.train_dataloader()))
     assert "view1" in ready and loader.on_after_batch_transfer(ready, 0)["view1"] is ready["view1"]
+
+
+def test_loader_corruptions_leave_the_clean_targets_clean(tmp_path):
+    cfg = _cfg(positives="corresponding", corruptions_on="loader")
+    dm = MedicalDataModule(_volumes(tmp_path, 3), cfg, mode="corresponding_views")
+    dm.setup("fit")
+    views = dm.train_dataloader().dataset.dataset
+    for index in range(4):
+        torch.manual_seed(index)
+        pair = views.pairs[index]
+        torch.manual_seed(index)
+        item = views[index]  # the same pair, then MONAI's holes and shuffles on the views
+        assert torch.equal(item["image"], pair["query"]) and torch.equal(item["image2"], pair["anchor"])
+        assert not torch.equal(item["view1"], item["image"])
+
+
+@pytest.mark.parametrize("mode", ["views", "pairs", "corresponding_views"])
+def test_a_batch_with_an_unreadable_volume_is_read_again_item_by_item_in_the_same_layout(tmp_path, mode):
+    cls = AliceConfig if mode == "pairs" else Contrastive3DConfig
+    dm = MedicalDataModule(_volumes(tmp_path, 3), _cfg(cls=cls), mode=mode)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    whole = loader.collate_fn(loader.dataset.__getitems__([0, 1])).batch  # built in place
+    read = dm.volume
+
+    def volume(index):
+        if index == 1:
+            raise DataError("v1.nii.gz: unreadable")
+        return read(index)
+
+    dm.volume = volume
+    torch.manual_seed(0)  # the partners drawn: a pair is unreadable when either of its volumes is
+    fallback = loader.collate_fn(loader.dataset.__getitems__([0, 1]))
+    assert fallback.skipped and set(fallback.skipped) == {"v1.nii.gz: unreadable"}  # item 1, maybe a partner too
+    assert sorted(fallback.batch) == sorted(whole)
+    for key, value in whole.items():
+        assert fallback.batch[key].shape == value.shape and fallback.batch[key].dtype == value.dtype, key
