@@ -8,7 +8,9 @@ reads, but it is not the process's memory. Writes go through a buffered file, fo
 
 An array is stored C-contiguous at an offset; :meth:`ArrayFile.read_window` reads rows ``[top, top + height)``
 of every leading plane (one read per plane, the rows' full width) and slices the columns, so a ``[C, h, w]``
-window of a ``[C, H, W]`` scene costs ``C`` reads of ``h * W`` values.
+window of a ``[C, H, W]`` scene costs ``C`` reads of ``h * W`` values. :meth:`ArrayFile.will_need_window` and
+:func:`will_need` (for loaders that do map their files, as MONAI's cached volumes come back) announce a batch's
+reads to the kernel before the first, so that the reads missing the page cache go to the disk together.
 """
 
 from __future__ import annotations
