@@ -165,8 +165,7 @@ class ArrayFile:
         else:
             spans = [(first + p * plane_bytes, window_bytes) for p in range(count)]
         for start, length in spans:
-            for offset in range(start, start + length, _ADVICE_BYTES):
-                size = min(_ADVICE_BYTES, start + length - offset)
+            for offset, size in _advice_pieces(start, start + length):
                 os.posix_fadvise(self._handle(), offset, size, os.POSIX_FADV_WILLNEED)
 
     def _scratch(self, nbytes: int) -> np.ndarray:
@@ -189,6 +188,11 @@ _ADVICE_BYTES = 128 * 1024
 _libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
+def _advice_pieces(start: int, end: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` pieces of at most ``_ADVICE_BYTES`` covering ``[start, end)``."""
+    return [(offset, min(_ADVICE_BYTES, end - offset)) for offset in range(start, end, _ADVICE_BYTES)]
+
+
 def will_need(view: torch.Tensor) -> None:
     """Ask the kernel to start reading the pages under ``view``, a (strided) view of a memory-mapped tensor, and
     return at once (``madvise(MADV_WILLNEED)`` on each run of its two innermost dimensions; Linux only, else a
@@ -205,6 +209,5 @@ def will_need(view: torch.Tensor) -> None:
         lead = (lead[:, None] + np.arange(n, dtype=np.int64) * st).ravel()  # element offsets of the runs' starts
     page = mmap.PAGESIZE
     for offset in (lead * item + view.data_ptr()).tolist():
-        for piece in range(offset - offset % page, offset + span, _ADVICE_BYTES):  # page-aligned pieces
-            length = min(_ADVICE_BYTES, offset + span - piece)
+        for piece, length in _advice_pieces(offset - offset % page, offset + span):  # madvise wants page starts
             _libc.madvise(ctypes.c_void_p(piece), ctypes.c_size_t(length), _MADV_WILLNEED)

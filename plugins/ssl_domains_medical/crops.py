@@ -21,6 +21,16 @@ if TYPE_CHECKING:
     from .data import MedicalDataModule
 
 
+def _copied_unless_cached(module: MedicalDataModule, crops: list[Any]) -> list[Any]:
+    """The crops a batch has drawn and not copied yet. With ``cache: none`` an item's are copied at once, so that
+    its freshly preprocessed volumes are freed; cached volumes (memory maps, shared arrays) wait for the batch's
+    one :func:`.transforms.crop_batch`."""
+    if module.cache == "none":
+        crop_batch(crops)
+        return []
+    return crops
+
+
 class ViewCrops(Dataset):
     def __init__(self, module: MedicalDataModule) -> None:
         self.module, self.transform = module, view_transforms(module.cfg, corrupt=not module.corrupts_on_device)
@@ -61,7 +71,7 @@ class ViewCrops(Dataset):
             corners = (torch.rand(k, 3) * room).long().numpy()  # uniform over the valid corners, per axis
             crops += [(out["image"][row * k + j], image, corners[j]) for j in range(k)]
             out["id"][row * k : (row + 1) * k], out["volume"][row * k : (row + 1) * k] = index, v
-            crops = m.crop_now(crops)
+            crops = _copied_unless_cached(m, crops)
         crop_batch(crops)
         return out
 
@@ -114,7 +124,7 @@ class PairCrops(Dataset):
                 crops.append((out[name][row], m.volume(volume)["image"], corner))
             out["id"][row], out["volume"][row], out["partner"][row] = index, a, b
             out["query_point"][row], out["anchor_point"][row] = torch.from_numpy(point_a), torch.from_numpy(point_b)
-            crops = m.crop_now(crops)
+            crops = _copied_unless_cached(m, crops)
         crop_batch(crops)
         return out
 

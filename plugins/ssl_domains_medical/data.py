@@ -60,7 +60,7 @@ from ssl_domains.memory import fits_in_memory
 from .correspondence import ForegroundPoints, Geometries, foreground_box
 from .crops import CorrespondingViews, PairCrops, ViewCrops, Volumes, flatten_collate
 from .formats import VolumeRecord, find_volumes, preprocessed_bytes
-from .transforms import corrupt_batch, crop_batch, jitter_batch, preprocessing
+from .transforms import corrupt_batch, jitter_batch, preprocessing
 
 log = logging.getLogger(__name__)
 FOREGROUND_POINTS = 20000  # foreground voxels kept per volume to draw Alice's query points from
@@ -262,15 +262,6 @@ class MedicalDataModule(FittedDataModule):
             lo[i], hi[i], shape[i] = box["lo"], box["hi"], box["shape"]
             affines[i] = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
         return {"points": volume_points, "counts": counts, "lo": lo, "hi": hi, "shape": shape, "affine": affines}
-
-    def crop_now(self, crops: list[Any]) -> list[Any]:
-        """Crops a batch has drawn and not copied yet: with ``cache: none`` each item's are copied at once (and
-        its freshly preprocessed volumes freed), else they wait for the batch's :func:`.transforms.crop_batch`,
-        whose volumes are memory maps or shared cached arrays."""
-        if self.cache == "none":
-            crop_batch(crops)
-            return []
-        return crops
 
     def volume(self, index: int) -> dict[str, Any]:
         """The preprocessed (cached) volume ``index``: ``{"image": [1, D, H, W]}`` and ``"label"`` if given."""

@@ -348,18 +348,14 @@ def crop_around(image: torch.Tensor, centre: np.ndarray, roi: int) -> torch.Tens
     return mt.BorderPad(spatial_border=border)(crop) if any(border) else crop
 
 
-def crop_into(out: torch.Tensor, image: torch.Tensor, start: np.ndarray) -> None:
-    """Copy the crop of ``image`` ``[C, D, H, W]`` whose first corner is ``start`` (voxels; it may lie outside the
-    volume) into ``out`` ``[C, *roi]``, zero where the crop leaves the volume: :func:`crop_around`'s ``SpatialCrop``
-    + ``BorderPad`` as one copy into a batch built in place. MONAI's pair allocates the crop, pads it into a second
-    tensor and tracks metadata on both: 3.0 of the 5.0 ms of an Alice item under cProfile, where this takes 0.9."""
-    crop_batch([(out, image, start)])
-
-
 def crop_batch(crops: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]]) -> None:
-    """:func:`crop_into` for each ``(out, image, start)`` of a batch. Every crop's pages are announced to the kernel
-    first (:func:`ssl_domains.arrayfile.will_need`), then copied: the reads of a batch from memory-mapped volumes not
-    in the page cache go to the disk together rather than one page fault at a time."""
+    """For each ``(out, image, start)`` of a batch, copy the crop of ``image`` ``[C, D, H, W]`` whose first corner is
+    ``start`` (voxels; it may lie outside the volume) into ``out`` ``[C, *roi]``, zero where it leaves the volume:
+    :func:`crop_around`'s ``SpatialCrop`` + ``BorderPad`` as one copy into a batch built in place (MONAI's pair
+    allocates, pads into a second tensor and tracks metadata: 3.0 of the 5.0 ms of an Alice item under cProfile,
+    where this takes 0.9). Every crop's pages are announced to the kernel first
+    (:func:`ssl_domains.arrayfile.will_need`), then copied: the reads of a batch from memory-mapped volumes not in
+    the page cache go to the disk together rather than one page fault at a time."""
     windows = []
     for out, image, start in crops:
         source = image.as_tensor() if hasattr(image, "as_tensor") else image  # plain data, no metadata tracking

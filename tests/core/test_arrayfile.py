@@ -140,6 +140,16 @@ def test_processes_setting_up_at_once_build_a_cache_entry_once(tmp_path: Path) -
     assert log.read_text().count("built") == 1
 
 
+def _drop_from_page_cache(path: Path) -> None:
+    """Out of the page cache: the next read of ``path`` is the disk's."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def _resident(address: int, length: int) -> list[bool]:
     """Whether each page of ``length`` bytes from ``address`` is in the page cache (``mincore``)."""
     page = mmap.PAGESIZE
@@ -155,10 +165,7 @@ def test_will_need_reads_a_mapped_views_pages_ahead_and_leaves_the_data(tmp_path
     path = tmp_path / "volume.bin"
     volume = np.random.default_rng(0).random((64, 64, 64), dtype=np.float32)  # 1 MB, 16 KB a slice
     volume.tofile(path)
-    fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache: the next read is the disk's
-    os.close(fd)
+    _drop_from_page_cache(path)
     mapped = torch.from_file(str(path), size=volume.size, dtype=torch.float32).view(64, 64, 64)
     crop = mapped[8:24, 4:20, 2:18]  # 16 runs (one a slice) of 16 rows
     runs = [(crop[d].data_ptr(), (15 * 64 + 16) * 4) for d in range(16)]
@@ -180,11 +187,9 @@ def test_will_need_window_reads_a_windows_rows_ahead(tmp_path):
     scene = np.random.default_rng(1).integers(0, 65535, (13, 256, 256), dtype=np.uint16)  # 1.7 MB
     with ArrayFileWriter(tmp_path / "pixels.bin") as writer:
         ref = writer.append(scene)
-    fd = os.open(tmp_path / "pixels.bin", os.O_RDONLY)
-    os.fsync(fd)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    mapped = mmap.mmap(fd, 0, prot=mmap.PROT_READ)  # to ask mincore; never read
-    os.close(fd)
+    _drop_from_page_cache(tmp_path / "pixels.bin")
+    with open(tmp_path / "pixels.bin", "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)  # to ask mincore; never read
     address = np.frombuffer(mapped, dtype=np.uint8).ctypes.data  # a view: reads no page
     plane, top, rows = 256 * 256 * 2, 100, 64
     spans = [(address + ref.offset + p * plane + top * 512, rows * 512) for p in range(13)]

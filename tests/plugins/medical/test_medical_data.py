@@ -17,7 +17,7 @@ from ssl_domains_medical.data import MedicalDataModule
 from ssl_domains_medical.formats import find_volumes
 from ssl_domains_medical.plugin import AliceConfig, Contrastive3DConfig
 from ssl_domains_medical.synthetic import phantom, write_dicom_series, write_nifti
-from ssl_domains_medical.transforms import crop_around, crop_into, preprocessing
+from ssl_domains_medical.transforms import crop_around, crop_batch, preprocessing
 
 SHIPPED = Path(__file__).resolve().parents[3] / "datasets" / "medical3d"
 
@@ -320,14 +320,14 @@ def test_crop_around_keeps_the_point_at_the_centre_at_the_border():
     assert float(crop[0, 0, 4, 4]) == 0.0  # padded outside the volume
 
 
-def test_crop_into_is_monais_crop_and_pad_wherever_the_crop_lies():
+def test_crop_batch_is_monais_crop_and_pad_wherever_the_crop_lies():
     volume = torch.rand(1, 20, 24, 18)
     out = torch.full((1, 8, 8, 8), 7.0)  # stale values from a previous batch are overwritten
     for centre in ([10, 12, 9], [0, 0, 0], [19, 23, 17], [1, 23, 0], [19.4, 2.6, 9]):  # inside, as points are
         corner = np.round(np.asarray(centre)).astype(int) - 4
-        crop_into(out, volume, corner)
+        crop_batch([(out, volume, corner)])
         assert torch.equal(out, torch.as_tensor(crop_around(volume, np.asarray(centre), 8))), centre
-    crop_into(out, volume, np.array([-20, 12, 9]))  # wholly outside (MONAI's pad would be negative): zeros
+    crop_batch([(out, volume, np.array([-20, 12, 9]))])  # wholly outside (MONAI's pad would be negative): zeros
     assert not out.any()
 
 
