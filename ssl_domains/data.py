@@ -18,6 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data._utils.collate import default_collate
 
+from .batchmemory import shared_storage
+
 __all__ = [
     "DurationBatchSampler",
     "EpochShuffleSampler",
@@ -275,17 +277,16 @@ def batch_tensors(fields: Mapping[str, tuple[Sequence[int], torch.dtype]]) -> di
     mapped and faulted in on both sides), whatever its size; for small batches that fixed cost is most of the trip.
     T-JEPA's batches of 512 rows (five tensors) went from 221,000 to 400,000 rows/s through one worker
     (``benchmarks/scale.py --plugin tjepa``, docs/plugins/tjepa.md). The tensors are views of the one storage,
-    so they stay valid (and the storage alive) as long as any of them is referenced.
+    so they stay valid (and the storage alive) as long as any of them is referenced. In the training loader's
+    workers the first call of a batch reuses a slot of memory already faulted in (:mod:`ssl_domains.batchmemory`).
     """
     offsets, end = [], 0
     for shape, dtype in fields.values():
         offsets.append(end)
         nbytes = int(np.prod(tuple(shape), dtype=np.int64)) * dtype.itemsize
         end += -(-nbytes // _ALIGN) * _ALIGN
-    if torch.utils.data.get_worker_info() is None:
-        storage = torch.UntypedStorage(end)
-    else:
-        storage = torch.UntypedStorage._new_shared(end)
+    # in a worker: a reused slot of the training loader's batch memory, or a fresh segment
+    storage = torch.UntypedStorage(end) if torch.utils.data.get_worker_info() is None else shared_storage(end)
     return {
         name: torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, tuple(shape))
         for (name, (shape, dtype)), offset in zip(fields.items(), offsets, strict=True)

@@ -26,7 +26,9 @@ on by all ranks at the step's end (see ``ssl_domains.checkpointing``).
 **Batches read whole.** A plugin's dataset may define ``__getitems__(indices)`` (PyTorch's batched fetch) and
 return the finished batch as a dict, read in place into tensors from :func:`ssl_domains.data.batch_tensor`; the
 collate function is then skipped. A batch that raises :class:`~ssl_domains.errors.DataError` is read again item
-by item through ``__getitem__``, each item guarded as above, and collated.
+by item through ``__getitem__``, each item guarded as above, and collated. With workers, the first such tensor of
+a batch comes from a slot of batch memory the worker reuses once this process has let go of it
+(:mod:`ssl_domains.batchmemory`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .batchmemory import BatchSlots, Lease, storage_ref
 from .data import BatchOrCollate, mix_seed
 from .errors import DataError
 
@@ -99,15 +102,18 @@ _UNREADABLE: list[str] = []  # this process's messages since the last collate (e
 
 @dataclass
 class _Collated:
-    """What a worker hands the main process: the plugin's batch, and what was unreadable while building it."""
+    """What a worker hands the main process: the plugin's batch, what was unreadable while building it, and the
+    batch memory slot it was built in (:mod:`ssl_domains.batchmemory`), if any."""
 
     batch: Any
     skipped: list[str]
+    lease: Lease | None = None
+    slot_storage: Any = None  # main side: a weak reference to the slot's storage, taken before pinning copies it
 
     def pin_memory(self) -> _Collated:  # DataLoader(pin_memory=True) calls this on custom batch types
         from torch.utils.data._utils.pin_memory import pin_memory
 
-        return _Collated(pin_memory(self.batch), self.skipped)
+        return _Collated(pin_memory(self.batch), self.skipped, self.lease, storage_ref(self.batch, self.lease))
 
 
 class _Guarded(Dataset):
@@ -118,11 +124,11 @@ class _Guarded(Dataset):
     which the DataLoader calls right after the batch's items in the same process, hands on with the batch.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, slots: BatchSlots | None = None) -> None:
+        self.dataset, self.slots = dataset, slots
 
     def __getattr__(self, name: str) -> Any:
-        if name == "dataset":  # not set yet (unpickling in a worker): no recursion
+        if name in ("dataset", "slots"):  # not set yet (unpickling in a worker): no recursion
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -133,6 +139,8 @@ class _Guarded(Dataset):
         """A batch's items; or, when the plugin's dataset has ``__getitems__`` (reading a whole batch in place,
         returning the batch as a dict or its items as a list), what that returns. A batch that holds an unreadable
         item is read again item by item, each guarded."""
+        if self.slots is not None:  # the batch's first shared buffer may be a reused slot
+            self.slots.begin()
         if getattr(type(self.dataset), "__getitems__", None) is None:
             return [self[i] for i in indices]
         try:
@@ -162,13 +170,15 @@ class _Guarded(Dataset):
 
 
 class _GuardedCollate:
-    def __init__(self, collate: Callable[[list[Any]], Any] | None) -> None:
+    def __init__(self, collate: Callable[[list[Any]], Any] | None, slots: BatchSlots | None = None) -> None:
         self.collate = BatchOrCollate(collate)  # a dict: the dataset built the batch
+        self.slots = slots
 
     def __call__(self, items: list[Any]) -> _Collated:
         skipped = list(_UNREADABLE)
         _UNREADABLE.clear()
-        return _Collated(self.collate(items), skipped)
+        batch = self.collate(items)
+        return _Collated(batch, skipped, self.slots.finish(batch) if self.slots is not None else None)
 
 
 class ResumableDataLoader(DataLoader):
@@ -190,7 +200,11 @@ class ResumableDataLoader(DataLoader):
         self.seed, self.on_error = int(seed), on_error
         self.user_collate_fn = collate_fn
         kwargs.setdefault("generator", torch.Generator())
-        super().__init__(_Guarded(dataset), collate_fn=_GuardedCollate(collate_fn), **kwargs)
+        workers = int(kwargs.get("num_workers", 0))
+        # batch memory the workers reuse: as many slots as batches one worker can have in flight
+        per_worker = (kwargs.get("prefetch_factor") or 2) + 2
+        self.slots = BatchSlots(workers, per_worker) if workers > 0 else None
+        super().__init__(_Guarded(dataset, self.slots), collate_fn=_GuardedCollate(collate_fn, self.slots), **kwargs)
         self.skipped = 0  # items replaced on this rank since the run (or its resume) started
         self.pending_error: str | None = None  # a DDP rank's unreadable item in "stop" mode, until agreed on
         self._epoch = 0
@@ -284,6 +298,8 @@ class ResumableDataLoader(DataLoader):
             except StopIteration:
                 self._failed_fetch = False
                 return
+            if self.slots is not None:
+                self.slots.hold(collated.lease, collated.slot_storage or storage_ref(collated.batch, collated.lease))
             if collated.skipped:
                 self._account(collated.skipped)
             self._failed_fetch = False
