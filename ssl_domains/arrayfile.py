@@ -162,7 +162,7 @@ class ArrayFile:
         *planes, rows, cols = ref.shape
         count, row_bytes = int(np.prod(planes, dtype=np.int64)), cols * np.dtype(ref.dtype).itemsize
         first, window_bytes, plane_bytes = ref.offset + top * row_bytes, height * row_bytes, rows * row_bytes
-        if count > 1 and plane_bytes - window_bytes <= window_bytes // 2:  # as read_window: one span for all
+        if count > 1 and plane_bytes - window_bytes <= window_bytes // 2:  # planes close: one span across them
             spans = [(first, (count - 1) * plane_bytes + window_bytes)]
         else:
             spans = [(first + p * plane_bytes, window_bytes) for p in range(count)]
