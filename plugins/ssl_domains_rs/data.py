@@ -21,14 +21,14 @@
   evaluation chips tile that quadrant without overlap (split 2). The rest of each scene is split 0.
 - **Normalisation.** Fixed per-band statistics, never batch statistics: the published SSL4EO-S12 statistics by
   default, or a JSON from ``ssl-domains run croma stats``. ``clip2sigma`` maps [mean - 2 std, mean + 2 std] to
-  [0, 1] and clips (SSL4EO-S12's ``normalize`` and CROMA's README, without the uint8 rounding); ``zscore``
-  standardises. The statistics are saved with the run and reused by ``embed``.
+  [0, 1] and clips (SSL4EO-S12's ``normalize`` and CROMA's README); ``zscore`` standardises; ``quantize: uint8``
+  keeps clip2sigma's values as SSL4EO-S12's uint8 LMDB does (:mod:`.normalisation`). The statistics are saved
+  with the run and reused by ``embed``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import pickle
 from collections.abc import Iterator, Sequence
@@ -46,54 +46,17 @@ from ssl_domains.datamodule import FittedDataModule
 from ssl_domains.indexcache import cached_folder, cached_index
 
 from . import pixelcache
-from .bands import S1_GRD, SSL4EO_STATS, bands_for
+from .bands import S1_GRD, bands_for
 from .formats import Acquisition, chip_footprints, iter_acquisitions, read_bands
 from .locations import ChipIndex, Scene, group_locations, window_starts
+from .normalisation import dequantise, load_stats, normalise, normalise_batch, quantise
 
+# a cached view's dtype -> its batch tensor's: uint16 DN travel as int16 bits (pinned memory and the CUDA copy
+# take every dtype but uint16 fully), uint8 (quantize) as is
+_BATCH_DTYPE = {"uint16": torch.int16, "uint8": torch.uint8, "float32": torch.float32}
 INDEX_VERSION = 4  # bump when what the index holds changes: older cached indexes are then rebuilt
 
 log = logging.getLogger(__name__)
-
-
-def load_stats(spec: str, bands: tuple[str, ...], level: str) -> dict[str, tuple[float, float]]:
-    """Per-band ``(mean, std)``: ``"ssl4eo"`` (published) or a JSON file ``{band: [mean, std]}``."""
-    if spec == "ssl4eo":
-        table = {**SSL4EO_STATS[level], **SSL4EO_STATS["GRD"]}
-    else:
-        path = Path(spec)
-        try:
-            table = {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
-        except (OSError, ValueError) as exc:
-            raise DataError(
-                f"{path}: cannot read band statistics ({exc}); write them with `ssl-domains run croma stats`"
-            ) from None
-    missing = [b for b in bands if b not in table]
-    if missing:
-        raise DataError(
-            f"band statistics {spec!r} have no entry for {missing}; compute them with `ssl-domains run croma stats`"
-        )
-    return {b: (float(table[b][0]), float(table[b][1])) for b in bands}
-
-
-def normalise(image: np.ndarray, bands: tuple[str, ...], stats: dict[str, Any], method: str) -> np.ndarray:
-    """Fixed per-band normalisation of ``[C, H, W]`` (see the module docstring)."""
-    mean = np.array([stats[b][0] for b in bands], dtype=np.float32)[:, None, None]
-    std = np.array([stats[b][1] for b in bands], dtype=np.float32)[:, None, None]
-    if method == "zscore":
-        return (image - mean) / std
-    return np.clip((image - (mean - 2 * std)) / (4 * std), 0.0, 1.0)
-
-
-def normalise_batch(raw: torch.Tensor, bands: tuple[str, ...], stats: dict[str, Any], method: str) -> torch.Tensor:
-    """:func:`normalise` of a ``[B, C, H, W]`` batch on its device, the same float32 operations in the same order
-    (equal to the loader's result bit for bit). ``int16`` holds uint16 DN bit for bit (:meth:`RSDataModule.collate`:
-    pinned memory and CUDA copy every dtype but uint16 fully)."""
-    x = (raw.to(torch.int32) & 0xFFFF).float() if raw.dtype == torch.int16 else raw.float()
-    mean = torch.tensor([stats[b][0] for b in bands], dtype=torch.float32, device=x.device)[:, None, None]
-    std = torch.tensor([stats[b][1] for b in bands], dtype=torch.float32, device=x.device)[:, None, None]
-    if method == "zscore":
-        return (x - mean) / std
-    return ((x - (mean - 2 * std)) / (4 * std)).clamp(0.0, 1.0)
 
 
 class _Chips(Dataset):
@@ -140,6 +103,8 @@ class RSDataModule(FittedDataModule):
         stats = self.fitted["stats"]
         method = self.fitted["normalize"]
         formula = "(x - mean) / std" if method == "zscore" else "clip((x - (mean - 2 std)) / (4 std), 0, 1)"
+        if self.cfg.quantize == "uint8":  # SSL4EO-S12's LMDB: normalize's uint8, then ToTensor's / 255
+            formula = "floor(clip((x - (mean - 2 std)) / (4 std) * 255, 0, 255)) / 255"
         channels: Any = (
             {"radar": list(self.s1_bands), "optical": list(self.s2_bands)} if self.mode == "s1s2" else list(self.bands)
         )
@@ -217,7 +182,7 @@ class RSDataModule(FittedDataModule):
                     raise LookupError("the pixels were left out for want of space, and there is room now")
                 return index, ArrayFile(folder / pixelcache.PIXELS) if index.pixels else None
 
-            index, self.pixels = cached_folder(self.data, {**key, "pixels": True}, write, load)
+            index, self.pixels = cached_folder(self.data, {**key, "pixels": True, **self._pixel_form()}, write, load)
         for note in index.notes:
             if note not in self._said:
                 self._said.add(note)
@@ -256,8 +221,19 @@ class RSDataModule(FittedDataModule):
         joined = lambda parts: np.concatenate(parts) if parts else as_items([])  # noqa: E731
         return ChipIndex(scenes, joined(train), joined(test), notes, pixels=writer is not None)
 
+    def _pixel_form(self) -> dict[str, Any]:
+        """What the cached pixels depend on besides the index: quantised pixels, on the statistics they used."""
+        if self.cfg.quantize == "none":
+            return {}
+        stats = self.fitted["stats"]
+        return {"quantize": self.cfg.quantize, "stats": {b: list(stats[b]) for b in self.s2_bands + self.s1_bands}}
+
     def _pixel_bytes(self, scenes: Sequence[Scene]) -> int:
-        return pixelcache.pixel_bytes(scenes, {"s1": len(self.s1_bands), "s2": len(self.s2_bands)})
+        bands = {"s1": len(self.s1_bands), "s2": len(self.s2_bands)}
+        return pixelcache.pixel_bytes(scenes, bands, quantised=self.cfg.quantize == "uint8")
+
+    def _sensor_bands(self, sensor: str) -> tuple[str, ...]:
+        return self.s1_bands if sensor == "s1" else self.s2_bands
 
     def _single_view(self) -> str | None:
         if self.mode == "temporal":
@@ -289,9 +265,11 @@ class RSDataModule(FittedDataModule):
         valid = np.ones(scene.shape, dtype=bool)
         scene.stored = []
         for acq in scene.views:
-            image, ok = read_bands(acq, self.s1_bands if acq.sensor == "s1" else self.s2_bands)
+            image, ok = read_bands(acq, self._sensor_bands(acq.sensor))
             if writer is not None:
-                scene.stored.append(writer.append(pixelcache.stored_form(image, acq.sensor)))
+                stored = (quantise(image, self._sensor_bands(acq.sensor), self.fitted["stats"])
+                          if self.cfg.quantize == "uint8" else pixelcache.stored_form(image, acq.sensor))  # fmt: skip
+                scene.stored.append(writer.append(stored))
             if acq.sensor == "s1" and ok.any() and np.nanmax(image[:, ok]) > 60:
                 raise DataError(
                     f"{acq.name}: S1 values up to {np.nanmax(image[:, ok]):.0f} look linear, not dB; convert with "
@@ -393,17 +371,21 @@ class RSDataModule(FittedDataModule):
 
     def raw_chip(self, scene: Scene, view: int, y: int, x: int) -> np.ndarray:
         """View ``view`` of ``scene`` at ``(y, x)``, ``[C, chip, chip]`` before normalisation: from the pixel cache
-        (uint16 S2 DN, float32 S1 dB) or read alone from its files (float32)."""
+        (uint16 S2 DN, float32 S1 dB) or read alone from its files (float32); uint8 with ``quantize: uint8``."""
         size = self.cfg.chip
         if self.pixels is not None:  # the view as read_bands returned it whole, nodata 0: the same pixels
             return self.pixels.read_window(scene.stored[view], y, x, size, size)
-        bands = self.s1_bands if scene.kinds[view] == "s1" else self.s2_bands
-        return read_bands(scene.views[view], bands, window=(y, x, size))[0]  # nodata is 0, as when the index was built
+        bands = self._sensor_bands(scene.kinds[view])
+        image = read_bands(scene.views[view], bands, window=(y, x, size))[0]  # nodata is 0, as when the index was built
+        return quantise(image, bands, self.fitted["stats"]) if self.cfg.quantize == "uint8" else image
 
     def chip(self, scene: Scene, view: int, y: int, x: int) -> torch.Tensor:
         """:meth:`raw_chip`, normalised (float32)."""
-        bands = self.s1_bands if scene.kinds[view] == "s1" else self.s2_bands
-        image = self.raw_chip(scene, view, y, x).astype(np.float32, copy=False)
+        raw = self.raw_chip(scene, view, y, x)
+        if raw.dtype == np.uint8:  # quantize: uint8
+            return torch.from_numpy(dequantise(raw))
+        bands = self._sensor_bands(scene.kinds[view])
+        image = raw.astype(np.float32, copy=False)
         return torch.from_numpy(normalise(image, bands, self.fitted["stats"], self.fitted["normalize"]))
 
     def view_bands(self, key: str) -> tuple[str, ...]:
@@ -411,9 +393,9 @@ class RSDataModule(FittedDataModule):
         return {"radar": self.s1_bands, "optical": self.s2_bands}.get(key, self.bands)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Training batches carry their views raw (``raw_<view>``: uint16 DN as int16, or float32) and are normalised
-        here, on the training device (:func:`normalise_batch`): in a loader worker, normalising and stacking float32
-        chips cost 55 % of a cached chip's time. Other batches pass through."""
+        """Training batches carry their views raw (``raw_<view>``: uint16 DN as int16, float32, or uint8) and are
+        normalised here, on the training device (:func:`normalise_batch`): in a loader worker, normalising and
+        stacking float32 chips cost 55 % of a cached chip's time. Other batches pass through."""
         if not isinstance(batch, dict) or not any(k.startswith("raw_") for k in batch):
             return batch
         out = {k: v for k, v in batch.items() if not k.startswith("raw_")}
@@ -468,16 +450,19 @@ class RSDataModule(FittedDataModule):
         pairs = [self._train_pair(scene) for scene in scenes]
         size, n, keys = self.cfg.chip, len(items), self._view_keys()
         refs = [[scene.stored[pair[k]] for scene, pair in zip(scenes, pairs, strict=True)] for k in range(2)]
-        whole = [all(ref.dtype == "uint16" for ref in view) for view in refs]  # S2 DN: int16 bits, as collate does
-        fields = {f"raw_{key}": ((n, view[0].shape[0], size, size), torch.int16 if w else torch.float32)
-                  for key, view, w in zip(keys, refs, whole, strict=True)}  # fmt: skip
+        # S2 DN: int16 bits, as collate does; a view mixing kinds (cannot happen: one sensor a view) float32
+        kinds = [{ref.dtype for ref in view} for view in refs]
+        dtypes = [_BATCH_DTYPE.get(k.pop(), torch.float32) if len(k) == 1 else torch.float32 for k in kinds]
+        fields = {f"raw_{key}": ((n, view[0].shape[0], size, size), dtype)
+                  for key, view, dtype in zip(keys, refs, dtypes, strict=True)}  # fmt: skip
         out = batch_tensors({**fields, "id": ((n,), torch.int64), "split": ((n,), torch.int64),
                              "location": ((n,), torch.int64)})  # fmt: skip
         for view in refs:  # every window announced first: a cold cache's reads go to the disk together
             for ref, row in zip(view, items, strict=True):
                 self.pixels.will_need_window(ref, int(row[1]), size)
-        for key, view, w in zip(keys, refs, whole, strict=True):
-            target = out[f"raw_{key}"].numpy().view(np.uint16) if w else out[f"raw_{key}"].numpy()
+        for key, view, dtype in zip(keys, refs, dtypes, strict=True):
+            target = out[f"raw_{key}"].numpy()
+            target = target.view(np.uint16) if dtype == torch.int16 else target
             for i, (ref, row) in enumerate(zip(view, items, strict=True)):
                 self.pixels.read_window(ref, int(row[1]), int(row[2]), size, size, out=target[i])
         out["id"].copy_(torch.as_tensor(ids, dtype=torch.int64))

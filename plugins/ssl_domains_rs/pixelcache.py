@@ -10,7 +10,9 @@ its rows from that file, with no decoding and no resampling, and equals the chip
 
 Storage: an S2 view whose values are whole numbers in ``[0, 65535]`` (the DN of every Sentinel-2 product; GDAL's
 bilinear resampling of a uint16 band returns uint16) is kept as uint16, anything else as float32 (S1 in dB).
-SSL4EO-S12's 264² locations take 9.4 MB each (4 seasons of 13 S2 and 2 S1 bands), about 1.75x its GeoTIFFs.
+SSL4EO-S12's 264² locations take 9.4 MB each (4 seasons of 13 S2 and 2 S1 bands), about 1.75x its GeoTIFFs. With
+``quantize: uint8`` every view is kept as the uint8 SSL4EO-S12's LMDB holds (:func:`.normalisation.quantise`), one
+byte a value: 4.2 MB a location, and its chips are read in half the bytes.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ def stored_form(image: np.ndarray, sensor: str) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
-def pixel_bytes(scenes: Sequence[Scene], bands: dict[str, int]) -> int:
-    """The cache's size, counting 2 bytes per S2 value and 4 per S1 value (``bands``: sensor -> band count)."""
-    per_value = {"s2": 2, "s1": 4}
+def pixel_bytes(scenes: Sequence[Scene], bands: dict[str, int], quantised: bool = False) -> int:
+    """The cache's size, counting 2 bytes per S2 value and 4 per S1 value, or 1 for both when ``quantised``
+    (``quantize: uint8``; ``bands``: sensor -> band count)."""
+    per_value = {"s2": 1, "s1": 1} if quantised else {"s2": 2, "s1": 4}
     # a scene's views share its grid (the data module checks it), so its kinds and shape are enough: reading
     # ``views`` would rebuild every acquisition of a packed index
     return sum(bands[k] * per_value[k] * s.shape[0] * s.shape[1] for s in scenes for k in s.kinds)

@@ -33,6 +33,11 @@ class RSDataConfig:
     normalize: Literal["clip2sigma", "zscore"] = option(
         "clip2sigma", doc="fixed per-band scaling: [mean ± 2 std] -> [0, 1] (SSL4EO/CROMA), or z-score"
     )
+    quantize: Literal["none", "uint8"] = option(
+        "none",
+        doc="uint8: chips hold clip2sigma's values floored to 1/255 (u8 / 255), as SSL4EO-S12's LMDB, which its "
+        "pretraining read; the pixel cache then takes one byte a value (S2 DN: two); needs normalize: clip2sigma",
+    )
     chip: int = option(120, doc="chip side in 10 m pixels, a multiple of patch (CROMA: 120, BigEarthNet's size)")
     train_stride: int = option(0, doc="stride between training windows (0: chip // 2)")
     max_invalid: float = option(0.1, doc="largest share of nodata/cloud pixels in a chip (any view)")
@@ -48,9 +53,9 @@ class RSDataConfig:
     )
     cache: Literal["auto", "disk", "none"] = option(
         "auto",
-        doc="decoded pixels (every view on the 10 m grid, uint16 S2 / float32 S1) in one file beside the index, "
-        "written in the index's scan and read one chip at a time: disk, none (every chip from its GeoTIFFs), or "
-        "auto: disk when it takes at most 80 % of the free space under $SSL_DOMAINS_CACHE",
+        doc="decoded pixels (every view on the 10 m grid, uint16 S2 / float32 S1, or uint8 with quantize) in one "
+        "file beside the index, written in the index's scan and read one chip at a time: disk, none (every chip "
+        "from its GeoTIFFs), or auto: disk when it takes at most 80 % of the free space under $SSL_DOMAINS_CACHE",
     )
 
     def validate(self) -> None:
@@ -62,6 +67,11 @@ class RSDataConfig:
             )
         if self.train_stride < 0:
             raise ConfigError(f"train_stride must be >= 0 (0: chip // 2), got {self.train_stride}")
+        if self.quantize == "uint8" and self.normalize != "clip2sigma":
+            raise ConfigError(
+                "quantize: uint8 keeps clip2sigma's [0, 1] values in 256 steps; set normalize: clip2sigma, or "
+                "quantize: none"
+            )
         if self.cache == "disk" and not self.index_cache:
             raise ConfigError("cache: disk keeps the pixels with the chip index; set index_cache: true, or cache: none")
         if not -1 <= self.holdout_quadrant <= 3:
