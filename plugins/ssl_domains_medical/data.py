@@ -65,8 +65,9 @@ from .transforms import corrupt_batch, jitter_batch, preprocessing
 log = logging.getLogger(__name__)
 FOREGROUND_POINTS = 20000  # foreground voxels kept per volume to draw Alice's query points from
 INDEX_VERSION = 1  # bump when what the cached foreground index or the preprocessed cache holds changes
+# the settings a preprocessed volume depends on
 PREPROCESSING = ("intensity", "ct_window", "mr_percentiles", "orientation", "spacing", "foreground_threshold",
-                 "foreground_margin", "roi", "pad")  # fmt: skip  # the settings a preprocessed volume depends on
+                 "foreground_margin", "roi", "pad", "volume_dtype")  # fmt: skip
 
 
 def _stamped_hash(item: dict[str, str]) -> bytes:
@@ -154,6 +155,7 @@ class MedicalDataModule(FittedDataModule):
             "intensity": intensity,
             "foreground_crop": f"voxels above {cfg.foreground_threshold} after scaling, margin {cfg.foreground_margin}",
             "roi": [cfg.roi] * 3,
+            "stored_as": f"{cfg.volume_dtype} (the network takes float32)",
             "embedding": "sliding window of roi-sized crops over the whole volume, pooled",
         }
 
@@ -199,7 +201,8 @@ class MedicalDataModule(FittedDataModule):
     def preprocessed_size(self) -> int:
         """Bytes of all the preprocessed volumes, an upper bound from the headers (cached with the index)."""
         spacing = tuple(self.cfg.spacing)
-        size = lambda: sum(preprocessed_bytes(r, spacing) for r in self.records)  # noqa: E731
+        value = torch.finfo(getattr(torch, self.cfg.volume_dtype)).bits // 8
+        size = lambda: sum(preprocessed_bytes(r, spacing, value) for r in self.records)  # noqa: E731
         return cached_index(self.data, self._key("size"), size, enabled=self.cfg.index_cache, files=self._files())
 
     def cache_folder(self) -> Path:

@@ -204,10 +204,11 @@ def _nrrd_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
     return tuple(int(n) for n in header["sizes"])[-3:], tuple(np.linalg.norm(directions, axis=1))[-3:]
 
 
-def preprocessed_bytes(record: VolumeRecord, spacing: tuple[float, float, float]) -> int:
-    """An upper bound on the bytes ``record`` takes once preprocessed (float32 image, int64 label map, resampled to
-    ``spacing``, before the foreground crop), read from the file's header alone (NIfTI, MGH, NRRD); a DICOM series
-    is taken at its files' size as int16 voxels. What ``cache: auto`` weighs against the memory budget."""
+def preprocessed_bytes(record: VolumeRecord, spacing: tuple[float, float, float], value_bytes: int = 4) -> int:
+    """An upper bound on the bytes ``record`` takes once preprocessed (an image of ``value_bytes`` a voxel, 4 for
+    float32 or 2 for ``volume_dtype: float16``, and an int64 label map, resampled to ``spacing``, before the
+    foreground crop), read from the file's header alone (NIfTI, MGH, NRRD); a DICOM series is taken at its files'
+    size as int16 voxels. What ``cache: auto`` weighs against the memory budget."""
     if record.image.name.lower().endswith(".nrrd"):
         shape, zooms = _nrrd_grid(record.image)
     elif _is_volume_file(record.image):
@@ -226,4 +227,4 @@ def preprocessed_bytes(record: VolumeRecord, spacing: tuple[float, float, float]
         )  # 2-D: refused later
     else:
         voxels = sum(f.stat().st_size for f in record.image.iterdir() if f.is_file()) // 2
-    return voxels * (4 + (8 if record.label is not None else 0))
+    return voxels * (value_bytes + (8 if record.label is not None else 0))

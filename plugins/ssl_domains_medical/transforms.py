@@ -140,7 +140,8 @@ def preprocessing(cfg: Any, keys: tuple[str, ...]) -> mt.Compose:
             allow_smaller=True,
         ),
         mt.SpatialPadd(keys, spatial_size=[cfg.roi] * 3) if cfg.pad else CheckSized("image", cfg.roi),
-        mt.EnsureTyped(keys, dtype=[torch.float32 if k == "image" else torch.int64 for k in keys]),
+        # float16 (volume_dtype) only once every step has run in float32: the foreground crop sees the same values
+        mt.EnsureTyped(keys, dtype=[getattr(torch, cfg.volume_dtype) if k == "image" else torch.int64 for k in keys]),
     ]
     return mt.Compose(chain)
 
