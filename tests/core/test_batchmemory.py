@@ -4,6 +4,7 @@ any view of a batch is alive in the main process."""
 from __future__ import annotations
 
 import gc
+import time
 from multiprocessing.reduction import ForkingPickler
 
 import torch
@@ -20,8 +21,8 @@ class _Batches(Dataset):
     """Batches built with batch_tensors; ``before`` is what the memory held before the batch was written: zeros
     for a fresh segment, an earlier batch's ids for a reused slot."""
 
-    def __init__(self, bad: int | None = None) -> None:
-        self.bad = bad
+    def __init__(self, bad: int | None = None, read_s: float = 0.0) -> None:
+        self.bad, self.read_s = bad, read_s
 
     def __len__(self) -> int:
         return ITEMS
@@ -31,6 +32,7 @@ class _Batches(Dataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         n = len(indices)
+        time.sleep(self.read_s)  # the reads a real batch waits for before its first tensor
         out = batch_tensors({"id": ((n,), torch.int64), "x": ((n, 2048), torch.float32), "before": ((n,), torch.int64)})
         out["before"].copy_(out["id"])
         if self.bad in indices:
@@ -40,8 +42,8 @@ class _Batches(Dataset):
         return out
 
 
-def _loader(bad: int | None = None) -> torch.utils.data.DataLoader:
-    return train_loader(_Batches(bad), batch_size=BATCH, seed=0, num_workers=1, shuffle=False)
+def _loader(bad: int | None = None, read_s: float = 0.0) -> torch.utils.data.DataLoader:
+    return train_loader(_Batches(bad, read_s), batch_size=BATCH, seed=0, num_workers=1, shuffle=False)
 
 
 def _intact(batch: dict[str, torch.Tensor], ids: list[int]) -> bool:
@@ -49,7 +51,10 @@ def _intact(batch: dict[str, torch.Tensor], ids: list[int]) -> bool:
 
 
 def test_a_worker_reuses_the_memory_of_batches_the_main_process_let_go():
-    loader = _loader()
+    # a worker slower than the loop, the case reuse is for: the main process has let an earlier batch go by
+    # the time the worker starts the next one. (A worker as fast as a loop doing nothing races the loop's
+    # freeing of a slot, and takes fresh memory when it wins: 16 of 24 batches reused in one loaded CI run.)
+    loader = _loader(read_s=0.02)
     reused = []
     for step, batch in enumerate(loader):  # each batch dropped before the next arrives
         assert _intact(batch, list(range(step * BATCH, (step + 1) * BATCH)))
