@@ -64,7 +64,7 @@ from .transforms import corrupt_batch, jitter_batch, preprocessing
 
 log = logging.getLogger(__name__)
 FOREGROUND_POINTS = 20000  # foreground voxels kept per volume to draw Alice's query points from
-INDEX_VERSION = 1  # bump when what the cached foreground index or the preprocessed cache holds changes
+INDEX_VERSION = 2  # bump when what the cached foreground index or the preprocessed cache holds changes
 # the settings a preprocessed volume depends on
 PREPROCESSING = ("intensity", "ct_window", "mr_percentiles", "orientation", "spacing", "foreground_threshold",
                  "foreground_margin", "roi", "pad", "volume_dtype")  # fmt: skip

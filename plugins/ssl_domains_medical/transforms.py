@@ -105,6 +105,21 @@ class CheckSized(mt.MapTransform):
         return data
 
 
+class Compactd(mt.MapTransform):
+    """Each tensor in storage of its own size: ``CropForegroundd`` returns a view of the resampled volume, and
+    ``torch.save`` (``PersistentDataset``) writes a view's whole storage, so the disk cache held every volume
+    before its foreground crop (55.8 MB where the cropped float32 volume is 28.9, on TotalSegmentator-like CTs).
+    A copy only where the storage is larger than the tensor."""
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            value = out[key]
+            if torch.is_tensor(value) and value.untyped_storage().nbytes() > value.numel() * value.element_size():
+                out[key] = value.clone(memory_format=torch.contiguous_format)
+        return out
+
+
 def _source(image: Any) -> str:
     meta = getattr(image, "meta", {}) or {}
     name = meta.get("filename_or_obj", "<volume>")
@@ -142,6 +157,7 @@ def preprocessing(cfg: Any, keys: tuple[str, ...]) -> mt.Compose:
         mt.SpatialPadd(keys, spatial_size=[cfg.roi] * 3) if cfg.pad else CheckSized("image", cfg.roi),
         # float16 (volume_dtype) only once every step has run in float32: the foreground crop sees the same values
         mt.EnsureTyped(keys, dtype=[getattr(torch, cfg.volume_dtype) if k == "image" else torch.int64 for k in keys]),
+        Compactd(keys),
     ]
     return mt.Compose(chain)
 

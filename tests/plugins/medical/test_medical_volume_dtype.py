@@ -80,3 +80,23 @@ def test_float16_crops_reach_the_network_as_float32(tmp_path: Path) -> None:
     views.setup("predict")
     whole = next(iter(views.predict_dataloader()))["image"]
     assert whole.dtype == torch.float32
+
+
+def test_a_cropped_volume_is_saved_without_the_storage_it_was_cropped_from() -> None:
+    """``CropForegroundd`` returns a view; ``torch.save`` writes a view's whole storage. ``Compactd`` copies such a
+    tensor into storage of its own size (metadata kept) and leaves a compact one as it is."""
+    import io
+
+    from monai.data import MetaTensor
+
+    from ssl_domains_medical.transforms import Compactd
+
+    whole = MetaTensor(torch.rand(1, 40, 40, 40), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    view = whole[:, 5:25, 5:25, 5:25]
+    out = Compactd("image")({"image": view, "id": 3})
+    saved = io.BytesIO()
+    torch.save(out["image"], saved)
+    assert out["image"].untyped_storage().nbytes() == 20**3 * 4 and saved.tell() < 20**3 * 4 + 20_000
+    assert torch.equal(out["image"], view) and torch.equal(out["image"].affine, view.affine) and out["id"] == 3
+    compact = MetaTensor(torch.rand(1, 8, 8, 8))
+    assert Compactd("image")({"image": compact})["image"] is compact
