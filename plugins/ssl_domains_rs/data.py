@@ -267,7 +267,7 @@ class RSDataModule(FittedDataModule):
         for acq in scene.views:
             image, ok = read_bands(acq, self._sensor_bands(acq.sensor))
             if writer is not None:
-                stored = (quantise(image, self._sensor_bands(acq.sensor), self.fitted["stats"])
+                stored = (quantise(image, self._sensor_bands(acq.sensor), self.fitted["stats"], acq.sensor)
                           if self.cfg.quantize == "uint8" else pixelcache.stored_form(image, acq.sensor))  # fmt: skip
                 scene.stored.append(writer.append(stored))
             if acq.sensor == "s1" and ok.any() and np.nanmax(image[:, ok]) > 60:
@@ -377,7 +377,9 @@ class RSDataModule(FittedDataModule):
             return self.pixels.read_window(scene.stored[view], y, x, size, size)
         bands = self._sensor_bands(scene.kinds[view])
         image = read_bands(scene.views[view], bands, window=(y, x, size))[0]  # nodata is 0, as when the index was built
-        return quantise(image, bands, self.fitted["stats"]) if self.cfg.quantize == "uint8" else image
+        if self.cfg.quantize == "uint8":
+            return quantise(image, bands, self.fitted["stats"], scene.kinds[view])
+        return image
 
     def chip(self, scene: Scene, view: int, y: int, x: int) -> torch.Tensor:
         """:meth:`raw_chip`, normalised (float32)."""

@@ -55,13 +55,19 @@ def normalise(image: np.ndarray, bands: tuple[str, ...], stats: dict[str, Any], 
     return np.clip((image - (mean - 2 * std)) / (4 * std), 0.0, 1.0)
 
 
-def quantise(image: np.ndarray, bands: tuple[str, ...], stats: dict[str, Any]) -> np.ndarray:
+def quantise(image: np.ndarray, bands: tuple[str, ...], stats: dict[str, Any], sensor: str) -> np.ndarray:
     """``[C, H, W]`` uint8 as SSL4EO-S12's ``normalize`` writes its LMDB: ``(x - lo) / (hi - lo) * 255`` with
-    ``lo, hi = mean -/+ 2 std``, clipped to ``[0, 255]`` and truncated, in float64 as NumPy computes it there."""
-    mean = np.array([stats[b][0] for b in bands], dtype=np.float64)[:, None, None]
-    std = np.array([stats[b][1] for b in bands], dtype=np.float64)[:, None, None]
-    low, high = mean - 2 * std, mean + 2 * std
-    return np.clip((image - low) / (high - low) * 255.0, 0, 255).astype(np.uint8)
+    ``lo, hi = mean -/+ 2 std``, clipped to ``[0, 255]`` and truncated. In the precision NumPy computes it there:
+    float64 for S2 (a uint16 array against Python floats), float32 for S1 (a float32 array against Python floats,
+    which stay float32), so a value on a step's edge rounds as there."""
+    dtype = np.float32 if sensor == "s1" else np.float64
+    out = np.empty(image.shape, dtype=np.uint8)
+    for i, band in enumerate(bands):
+        mean, std = stats[band]
+        low, high = mean - 2 * std, mean + 2 * std  # Python floats, as the reference's per-band scalars
+        plane = image[i].astype(dtype, copy=False)
+        out[i] = np.clip((plane - dtype(low)) / dtype(high - low) * dtype(255.0), 0, 255)
+    return out
 
 
 def dequantise(image: np.ndarray) -> np.ndarray:
