@@ -5,7 +5,7 @@
   stats``, keyed by band so that any subset or order is normalised right.
 - **clip2sigma** maps ``[mean - 2 std, mean + 2 std]`` to ``[0, 1]`` and clips: SSL4EO-S12's ``normalize`` and
   CROMA's README. **zscore** standardises.
-- **quantize: uint8** (:func:`quantise`) keeps what SSL4EO-S12's pretraining read: its LMDB
+- **quantize: uint8** (:func:`quantise`) rounds as SSL4EO-S12's pretraining data was rounded: its LMDB
   (``ssl4eo_250k_s2c_uint8.lmdb``) holds each band as ``normalize``'s uint8, ``(x - lo) / (hi - lo) * 255``
   clipped to ``[0, 255]`` and truncated, which ``ToTensor`` divides by 255 (zhu-xlab/SSL4EO-S12,
   ``src/benchmark/pretrain_ssl/datasets/SSL4EO/ssl4eo_dataset_lmdb.py``). The chip is then ``u8 / 255``: clip2sigma
