@@ -247,6 +247,7 @@ class _MedicalPlugin(ModalityPlugin):
         "intensity": "intensity scaling to [0, 1]",
         "foreground_crop": "the crop to the body (CropForegroundd)",
         "roi": "crop side the network sees, in voxels",
+        "stored_as": "dtype the preprocessed volumes are kept in (volume_dtype)",
         "embedding": "how a whole volume is embedded",
     }
 
