@@ -452,9 +452,10 @@ class RSDataModule(FittedDataModule):
         pairs = [self._train_pair(scene) for scene in scenes]
         size, n, keys = self.cfg.chip, len(items), self._view_keys()
         refs = [[scene.stored[pair[k]] for scene, pair in zip(scenes, pairs, strict=True)] for k in range(2)]
-        # S2 DN: int16 bits, as collate does; a view mixing kinds (cannot happen: one sensor a view) float32
+        # one stored dtype a view: its batch dtype (S2 DN as int16 bits, as collate does); mixed, float32, as when
+        # some S2 files hold values that are not whole numbers (kept as float32) beside uint16 DN
         kinds = [{ref.dtype for ref in view} for view in refs]
-        dtypes = [_BATCH_DTYPE.get(k.pop(), torch.float32) if len(k) == 1 else torch.float32 for k in kinds]
+        dtypes = [_BATCH_DTYPE[next(iter(k))] if len(k) == 1 else torch.float32 for k in kinds]
         fields = {f"raw_{key}": ((n, view[0].shape[0], size, size), dtype)
                   for key, view, dtype in zip(keys, refs, dtypes, strict=True)}  # fmt: skip
         out = batch_tensors({**fields, "id": ((n,), torch.int64), "split": ((n,), torch.int64),
