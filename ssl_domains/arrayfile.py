@@ -9,6 +9,10 @@ copy. It replaced an explicit ``os.preadv`` of the rows into a buffer followed b
 an SSL4EO loader worker went from about 800 to about 1,100 items/s (docs/scaling.md). Whole arrays
 (:meth:`ArrayFile.read`) are still read with ``preadv``. Writes go through a buffered file.
 
+:class:`NpyWriter` streams an ``.npy`` file whose length is known only at the end (a graph's neighbour lists
+parsed a block at a time), and :func:`release_pages` drops the pages a long-lived ``numpy.load(mmap_mode=...)``
+map has touched from the process, for readers that gather scattered rows of a mapped array batch after batch.
+
 An array is stored C-contiguous at an offset. :meth:`ArrayFile.will_need_window` and :func:`will_need` (for
 loaders that map their files for longer, as MONAI's cached volumes come back) announce a batch's reads to the
 kernel before the first, so that the reads missing the page cache go to the disk together.
@@ -27,9 +31,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["ArrayFile", "ArrayFileWriter", "StoredArray", "will_need"]
+__all__ = ["ArrayFile", "ArrayFileWriter", "NpyWriter", "StoredArray", "release_pages", "will_need"]
 
 if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; only read by type checkers here
+
+    import numpy.typing as npt
     import torch
 
 
@@ -71,7 +78,7 @@ class ArrayFileWriter:
             os.fsync(self._file.fileno())
             self._file.close()
 
-    def __enter__(self) -> ArrayFileWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
@@ -207,3 +214,55 @@ def will_need(view: torch.Tensor) -> None:
     for offset in (lead * item + view.data_ptr()).tolist():
         for piece, length in _advice_pieces(offset - offset % page, offset + span):  # madvise wants page starts
             _libc.madvise(ctypes.c_void_p(piece), ctypes.c_size_t(length), _MADV_WILLNEED)
+
+
+_NPY_HEADER = 128  # bytes reserved for an .npy header (magic, length, dict): room for any shape of a few dimensions
+
+
+class NpyWriter(ArrayFileWriter):
+    """Writes an ``.npy`` file a block of rows at a time, in bounded memory, when the number of rows is known only
+    at the end (``numpy.lib.format.open_memmap`` needs the shape first, and its written pages count in the RSS).
+    The header is written last, into room kept at the start; :func:`numpy.load` reads the file as any other."""
+
+    def __init__(self, path: Path, dtype: npt.DTypeLike, row_shape: tuple[int, ...] = ()) -> None:
+        super().__init__(path)
+        self.dtype, self.row_shape, self.rows = np.dtype(dtype), tuple(row_shape), 0
+        super().append(np.zeros(_NPY_HEADER, np.uint8))
+
+    def append(self, block: np.ndarray) -> StoredArray:
+        """Append rows (shape ``[k, *row_shape]``), cast to the file's dtype."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path}: rows of shape {block.shape[1:]}, expected {self.row_shape}")
+        self.rows += len(block)
+        return super().append(block)
+
+    def close(self, shape: tuple[int, ...] | None = None) -> None:
+        """Write the header, flush and close. ``shape`` reshapes what was written (the same number of values):
+        rows appended as one flat run can be stored as ``[2, E]``. Closing again does nothing."""
+        if self._file.closed:
+            return
+        count = self.rows * int(np.prod(self.row_shape, dtype=np.int64))
+        shape = (self.rows, *self.row_shape) if shape is None else tuple(shape)
+        if int(np.prod(shape, dtype=np.int64)) != count:
+            raise ValueError(f"{self.path}: {count} values written, cannot be stored as {shape}")
+        header = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
+        room = _NPY_HEADER - len(np.lib.format.magic(1, 0)) - 2  # the magic string, then a 2-byte length
+        if len(header) + 1 > room:
+            raise ValueError(f"{self.path}: an .npy header for shape {shape} does not fit {_NPY_HEADER} bytes")
+        self._file.seek(0)
+        self._file.write(np.lib.format.magic(1, 0) + room.to_bytes(2, "little") + f"{header:<{room - 1}}\n".encode())
+        super().close()
+
+
+def release_pages(arrays: list[np.ndarray]) -> None:
+    """Drop from this process the pages it touched of each memory-mapped array (``madvise(MADV_DONTNEED)`` on
+    the array's ``mmap``; arrays that are not mapped are left alone). The pages stay in the page cache, so the
+    next read of them costs a minor fault, not a disk read. Only for maps that are read, never written: a private
+    (``mmap_mode="c"``) map loses what was written into it."""
+    for array in arrays:
+        base = array
+        while base is not None and not isinstance(base, mmap.mmap):
+            base = getattr(base, "base", None)
+        if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+            base.madvise(mmap.MADV_DONTNEED)

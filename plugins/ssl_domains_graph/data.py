@@ -19,6 +19,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.utils import add_self_loops, degree, remove_self_loops
 
 from ssl_domains import DataError
+from ssl_domains.arrayfile import release_pages
 from ssl_domains.data import eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
 
@@ -98,9 +99,10 @@ class GraphDataModule(FittedDataModule):
     def read(self, stage: str | None) -> None:
         files = text_graph_files(self.data)
         csr: dict[str, torch.Tensor] | None = None
+        self._mapped: list[np.ndarray] = []  # the store's maps, whose touched pages each batch drops again
         if files is not None:  # a graph kept as text: parsed once, then memory-mapped from the cache (store.py)
             try:
-                source, csr = cached_graph(self.data, files)
+                source, csr, self._mapped = cached_graph(self.data, files)
             except OSError as exc:  # a cache that cannot be written (read-only, full): the graph in memory
                 log.warning("%s: the graph store cannot be written (%s); reading the graph into memory", self.data, exc)
         if csr is None:
@@ -217,6 +219,7 @@ class GraphDataModule(FittedDataModule):
                 shift = x.mean(0) if shift is None else shift
                 low = x.min() if low is None else torch.minimum(low, x.min())
                 total, squares = total + (x - shift).sum(0), squares + ((x - shift) ** 2).sum(0)
+                release_pages(self._mapped)  # a pass over the matrix must not leave all of it in the RSS
         if norm == "row":
             self._low = low.float()
             return
@@ -272,6 +275,9 @@ class GraphDataModule(FittedDataModule):
             out["label"] = g.y[nodes[: len(seeds)]]
         if getattr(g, "split", None) is not None:
             out["split"] = g.split[nodes[: len(seeds)]]
+        # the pages of the store this batch touched leave the process (they stay in the page cache): without it
+        # a worker's RSS grows with every row it ever gathered toward the size of the graph's files
+        release_pages(self._mapped)
         return out
 
     def _loader(self, train: bool) -> DataLoader:

@@ -75,6 +75,11 @@ def is_text_graph(path: Path) -> bool:
     return not binary and (path / "edges.csv").is_file()
 
 
+def is_ogb_dataset(path: Path) -> bool:
+    """Whether ``path`` is an extracted OGB node dataset (``raw/edge.csv.gz``)."""
+    return _ogb_edges(path) is not None
+
+
 def _ogb_edges(path: Path) -> Path | None:
     """``raw/edge.csv.gz`` (or ``.csv``) of an extracted OGB node-property dataset (``ogbn_arxiv/``)."""
     return next((p for p in (path / "raw" / "edge.csv.gz", path / "raw" / "edge.csv") if p.is_file()), None)

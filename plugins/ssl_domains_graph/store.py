@@ -22,10 +22,11 @@ from torch_geometric.utils import degree, remove_self_loops
 
 from ssl_domains.indexcache import cached_array_folder
 
-from .formats import GraphSource, is_text_graph, read_graph_source, validate_graph
+from .formats import GraphSource, is_ogb_dataset, is_text_graph, read_graph_source, validate_graph
+from .ogbstore import write_ogb_store
 from .sampling import NeighborSampler
 
-STORE_VERSION = 1  # bump when formats.py reads a text graph differently: the key covers only the files
+STORE_VERSION = 2  # bump when a text graph is read differently: the key covers only the files
 
 
 def text_graph_files(path: Path) -> list[Path] | None:
@@ -36,11 +37,19 @@ def text_graph_files(path: Path) -> list[Path] | None:
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
-def cached_graph(path: Path, files: list[Path]) -> tuple[GraphSource, dict[str, torch.Tensor]]:
-    """The graph at ``path`` (validated when it was parsed) with memory-mapped tensors, and its CSR
-    (``rowptr``, ``col``) and ``degree`` (as :func:`torch_geometric.utils.degree` of ``edge_index[0]``)."""
+def cached_graph(
+    path: Path, files: list[Path]
+) -> tuple[GraphSource, dict[str, torch.Tensor], list[np.ndarray]]:
+    """The graph at ``path`` (validated when it was parsed) with memory-mapped tensors, its CSR (``rowptr``,
+    ``col``) and ``degree`` (as :func:`torch_geometric.utils.degree` of ``edge_index[0]``), and the mapped arrays
+    under them (for :func:`ssl_domains.arrayfile.release_pages`). An extracted OGB dataset is built in bounded
+    memory (:mod:`.ogbstore`); an edge table is parsed whole."""
 
     def write(folder: Path) -> None:
+        if is_ogb_dataset(path):
+            write_ogb_store(path, folder)
+            np.save(folder / "kind.npy", np.array("ogb"))
+            return
         source = read_graph_source(path)
         g = source.graphs[0]
         validate_graph(g, source.origin)  # before anything is written: a bad file leaves no cache entry
@@ -65,4 +74,5 @@ def cached_graph(path: Path, files: list[Path]) -> tuple[GraphSource, dict[str, 
         if name in tensors:
             setattr(g, name, tensors[name])
     source = GraphSource([g], path, str(arrays["kind"]), arrays.get("node_ids"))
-    return source, {k: tensors[k] for k in ("rowptr", "col", "degree")}
+    mapped = [v for k, v in arrays.items() if k != "kind"]
+    return source, {k: tensors[k] for k in ("rowptr", "col", "degree")}, mapped
