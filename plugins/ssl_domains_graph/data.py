@@ -19,13 +19,12 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.utils import add_self_loops, degree, remove_self_loops
 
 from ssl_domains import DataError
-from ssl_domains.arrayfile import release_pages
 from ssl_domains.data import eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
 
 from .formats import GraphSource, read_graph_source, validate_graph
 from .sampling import NeighborSampler
-from .store import cached_graph, text_graph_files
+from .store import StoreReads, cached_graph, text_graph_files
 
 _FIT_BLOCK = 65_536  # rows read at a time when the statistics of a stored graph are fitted
 log = logging.getLogger(__name__)
@@ -99,10 +98,10 @@ class GraphDataModule(FittedDataModule):
     def read(self, stage: str | None) -> None:
         files = text_graph_files(self.data)
         csr: dict[str, torch.Tensor] | None = None
-        self._mapped: list[np.ndarray] = []  # the store's maps, whose touched pages each batch drops again
+        self._reads: StoreReads | None = None  # how batches read the store (pread, and maps released)
         if files is not None:  # a graph kept as text: parsed once, then memory-mapped from the cache (store.py)
             try:
-                source, csr, self._mapped = cached_graph(self.data, files)
+                source, csr, self._reads = cached_graph(self.data, files)
             except OSError as exc:  # a cache that cannot be written (read-only, full): the graph in memory
                 log.warning("%s: the graph store cannot be written (%s); reading the graph into memory", self.data, exc)
         if csr is None:
@@ -133,7 +132,8 @@ class GraphDataModule(FittedDataModule):
             if self.node_batching == "full":
                 self.full_batch = self._node_batch(g)
             elif csr is not None:
-                self.sampler = NeighborSampler.from_csr(csr["rowptr"], csr["col"], self.cfg.num_neighbors)
+                col_rows = self._reads.col if self._reads is not None else None
+                self.sampler = NeighborSampler.from_csr(csr["rowptr"], csr["col"], self.cfg.num_neighbors, col_rows)
             else:
                 edges = remove_self_loops(g.edge_index)[0]
                 self.sampler = NeighborSampler(edges, g.num_nodes, self.cfg.num_neighbors)
@@ -197,7 +197,13 @@ class GraphDataModule(FittedDataModule):
     def _raw_features(self, g: Data, nodes: torch.Tensor) -> torch.Tensor:
         if getattr(g, "node_degree", None) is not None:
             return self._one_hot_degree(g.node_degree[nodes])
-        return g.x[nodes].float()
+        return self._feature_rows(g, nodes).float()
+
+    def _feature_rows(self, g: Data, nodes: torch.Tensor) -> torch.Tensor:
+        """``g.x[nodes]``; from a store, read (one read per run of consecutive nodes), not gathered from its map."""
+        if self._reads is not None and self._reads.x is not None:
+            return torch.from_numpy(self._reads.x.take(nodes.numpy()))
+        return g.x[nodes]
 
     def _fit_streaming(self, g: Data) -> None:
         """What ``feature_norm`` needs of the whole graph, in one pass over blocks of rows: this graph's minimum
@@ -215,11 +221,10 @@ class GraphDataModule(FittedDataModule):
         else:
             low, shift, total, squares = None, None, 0.0, 0.0
             for start in range(0, n, _FIT_BLOCK):
-                x = g.x[start : start + _FIT_BLOCK].double()
+                x = self._feature_rows(g, torch.arange(start, min(start + _FIT_BLOCK, n))).double()
                 shift = x.mean(0) if shift is None else shift
                 low = x.min() if low is None else torch.minimum(low, x.min())
                 total, squares = total + (x - shift).sum(0), squares + ((x - shift) ** 2).sum(0)
-                release_pages(self._mapped)  # a pass over the matrix must not leave all of it in the RSS
         if norm == "row":
             self._low = low.float()
             return
@@ -275,9 +280,8 @@ class GraphDataModule(FittedDataModule):
             out["label"] = g.y[nodes[: len(seeds)]]
         if getattr(g, "split", None) is not None:
             out["split"] = g.split[nodes[: len(seeds)]]
-        # the pages of the store this batch touched leave the process (they stay in the page cache): without it
-        # a worker's RSS grows with every row it ever gathered toward the size of the graph's files
-        release_pages(self._mapped)
+        if self._reads is not None:  # the pages of the store's maps (offsets, labels) this batch touched leave the
+            self._reads.release()  # process (they stay in the page cache): a worker does not grow toward the files
         return out
 
     def _loader(self, train: bool) -> DataLoader:

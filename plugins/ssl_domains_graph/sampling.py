@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ssl_domains.arrayfile import NpyRows
+
 __all__ = ["NeighborSampler"]
 
 
@@ -22,14 +24,20 @@ class NeighborSampler:
         self._use(*self.csr(edge_index, num_nodes), fanouts)
 
     @classmethod
-    def from_csr(cls, rowptr: torch.Tensor, col: torch.Tensor, fanouts: list[int]) -> NeighborSampler:
-        """A sampler over a CSR built before (:meth:`csr`; memory-mapped from the graph store, read per hop)."""
+    def from_csr(
+        cls, rowptr: torch.Tensor, col: torch.Tensor, fanouts: list[int], col_rows: NpyRows | None = None
+    ) -> NeighborSampler:
+        """A sampler over a CSR built before (:meth:`csr`; memory-mapped from the graph store). With ``col_rows``
+        (the same ``col`` in a file) each hop reads its frontier's neighbour lists, one read a node, instead of
+        gathering from the map: the map's pages would stay in the process (see :class:`NpyRows`)."""
         sampler = cls.__new__(cls)
-        sampler._use(rowptr, col, fanouts)
+        sampler._use(rowptr, col, fanouts, col_rows)
         return sampler
 
-    def _use(self, rowptr: torch.Tensor, col: torch.Tensor, fanouts: list[int]) -> None:
-        self.rowptr, self.col, self.fanouts = rowptr, col, list(fanouts)
+    def _use(
+        self, rowptr: torch.Tensor, col: torch.Tensor, fanouts: list[int], col_rows: NpyRows | None = None
+    ) -> None:
+        self.rowptr, self.col, self.fanouts, self.col_rows = rowptr, col, list(fanouts), col_rows
         self.num_nodes = len(rowptr) - 1
         self._local = torch.full((self.num_nodes,), -1, dtype=torch.long)  # global -> local id, reset after use
 
@@ -57,7 +65,11 @@ class NeighborSampler:
             rank[order] = offset  # offsets enumerate 0..deg-1 within each node, in sorted-key order
             keep = rank < fanout
             owner, offset = owner[keep], offset[keep]
-        neighbors = self.col[start[owner] + offset]
+        if self.col_rows is not None:  # the frontier's lists, read whole; then the same picks within them
+            lists = torch.from_numpy(self.col_rows.runs(start.numpy(), deg.numpy()))
+            neighbors = lists[(deg.cumsum(0) - deg)[owner] + offset]
+        else:
+            neighbors = self.col[start[owner] + offset]
         return neighbors, frontier[owner]
 
     def sample(

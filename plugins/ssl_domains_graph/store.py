@@ -13,6 +13,7 @@ the rows and neighbour lists of each batch's subgraph, and the features are prep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.utils import degree, remove_self_loops
 
+from ssl_domains.arrayfile import NpyRows, release_pages
 from ssl_domains.indexcache import cached_array_folder
 
 from .formats import GraphSource, is_ogb_dataset, is_text_graph, read_graph_source, validate_graph
@@ -37,13 +39,23 @@ def text_graph_files(path: Path) -> list[Path] | None:
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
-def cached_graph(
-    path: Path, files: list[Path]
-) -> tuple[GraphSource, dict[str, torch.Tensor], list[np.ndarray]]:
+@dataclass
+class StoreReads:
+    """How a batch reads the store: the large arrays it gathers from by ``pread`` (:class:`NpyRows`: nothing
+    mapped), and the mapped arrays whose touched pages it drops after each batch (:func:`release_pages`)."""
+
+    x: NpyRows | None  # the feature matrix
+    col: NpyRows  # the CSR's neighbour lists
+    mapped: list[np.ndarray]
+
+    def release(self) -> None:
+        release_pages(self.mapped)
+
+
+def cached_graph(path: Path, files: list[Path]) -> tuple[GraphSource, dict[str, torch.Tensor], StoreReads]:
     """The graph at ``path`` (validated when it was parsed) with memory-mapped tensors, its CSR (``rowptr``,
-    ``col``) and ``degree`` (as :func:`torch_geometric.utils.degree` of ``edge_index[0]``), and the mapped arrays
-    under them (for :func:`ssl_domains.arrayfile.release_pages`). An extracted OGB dataset is built in bounded
-    memory (:mod:`.ogbstore`); an edge table is parsed whole."""
+    ``col``) and ``degree`` (as :func:`torch_geometric.utils.degree` of ``edge_index[0]``), and how batches read
+    it. An extracted OGB dataset is built in bounded memory (:mod:`.ogbstore`); an edge table is parsed whole."""
 
     def write(folder: Path) -> None:
         if is_ogb_dataset(path):
@@ -60,7 +72,7 @@ def cached_graph(
                   "y": getattr(g, "y", None), "split": getattr(g, "split", None)}  # fmt: skip
         for name, value in arrays.items():
             if value is not None:
-                np.save(folder / f"{name}.npy", value.numpy())
+                np.save(folder / f"{name}.npy", np.ascontiguousarray(value.numpy()))  # C order: rows are read
         if source.node_ids is not None:  # strings as fixed-width unicode, which maps (missing ids read "nan")
             ids = source.node_ids
             np.save(folder / "node_ids.npy", ids if ids.dtype != object else ids.astype(str))
@@ -74,5 +86,7 @@ def cached_graph(
         if name in tensors:
             setattr(g, name, tensors[name])
     source = GraphSource([g], path, str(arrays["kind"]), arrays.get("node_ids"))
-    mapped = [v for k, v in arrays.items() if k != "kind"]
-    return source, {k: tensors[k] for k in ("rowptr", "col", "degree")}, mapped
+    folder = Path(arrays["rowptr"].filename).parent
+    reads = StoreReads(NpyRows(folder / "x.npy") if "x" in arrays else None, NpyRows(folder / "col.npy"),
+                       [v for k, v in arrays.items() if k != "kind"])  # fmt: skip
+    return source, {k: tensors[k] for k in ("rowptr", "col", "degree")}, reads

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_domains.arrayfile import ArrayFile, ArrayFileWriter, will_need
+from ssl_domains.arrayfile import ArrayFile, ArrayFileWriter, NpyRows, NpyWriter, release_pages, will_need
 
 
 def _arrays() -> list[np.ndarray]:
@@ -205,3 +205,42 @@ def test_will_need_window_reads_a_windows_rows_ahead(tmp_path):
         time.sleep(0.01)
     assert all(all(_resident(*span)) for span in spans), "every plane's rows of the window were read ahead"
     assert np.array_equal(cache.read_window(ref, top, 30, rows, 200), scene[:, top : top + rows, 30:230])
+
+
+def test_npy_writer_streams_rows_and_release_pages_drops_them_from_the_rss(tmp_path: Path):
+    with NpyWriter(tmp_path / "a.npy", np.float32, (3,)) as writer:
+        for start in range(0, 1 << 22, 1 << 20):
+            writer.append(np.arange(start, start + (1 << 20), dtype=np.float32)[:, None].repeat(3, 1))
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="c")
+    assert mapped.shape == (1 << 22, 3) and mapped[-1, 2] == (1 << 22) - 1
+
+    def file_rss() -> int:
+        lines = Path("/proc/self/status").read_text().splitlines()
+        line = next(line for line in lines if line.startswith("RssFile"))
+        return int(line.split()[1]) * 1024
+
+    before = file_rss()
+    assert float(torch.from_numpy(mapped)[:, 0].sum()) > 0  # touches all 48 MB
+    touched = file_rss()
+    release_pages([mapped, np.zeros(3)])  # arrays that are not mapped are left alone
+    assert touched - before > 40e6 and file_rss() < before + 8e6
+    assert mapped[7, 1] == 7  # read again from the page cache
+
+
+def test_npy_rows_reads_runs_of_rows_without_mapping_them(tmp_path: Path):
+    array = np.arange(200 * 5, dtype=np.float32).reshape(200, 5)
+    np.save(tmp_path / "a.npy", array)
+    rows = NpyRows(tmp_path / "a.npy")
+    picks = np.array([7, 8, 9, 3, 3, 199, 0])  # a run, a repeat, the last and the first row
+    np.testing.assert_array_equal(rows.take(picks), array[picks])
+    np.testing.assert_array_equal(rows.runs(np.array([10, 50]), np.array([3, 0])), array[10:13])
+    assert rows.take(np.array([], np.int64)).shape == (0, 5) and len(rows) == 200
+    scattered = np.random.default_rng(0).integers(0, 200, 300)  # repeats, unsorted, spans merged across gaps
+    for gap in (1, 100, 10_000):
+        np.testing.assert_array_equal(rows.take(scattered, gap_bytes=gap), array[scattered])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(rows)).take(np.array([5])), array[[5]])  # a worker
+    with pytest.raises(IndexError, match=r"rows outside 0\.\.199"):
+        rows.take(np.array([200]))
+    np.save(tmp_path / "f.npy", np.asfortranarray(array))
+    with pytest.raises(ValueError, match="Fortran-ordered"):
+        NpyRows(tmp_path / "f.npy")

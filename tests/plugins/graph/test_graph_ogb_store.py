@@ -7,11 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from torch_geometric.utils import degree, remove_self_loops
 
 from ssl_domains import DataError
-from ssl_domains.arrayfile import NpyWriter, release_pages
 from ssl_domains_graph import ogbstore
 from ssl_domains_graph.formats import read_graph_source
 from ssl_domains_graph.sampling import NeighborSampler
@@ -102,23 +100,3 @@ def test_a_bad_file_is_named_and_leaves_no_store(
     with pytest.raises(DataError, match=message):
         cached_graph(root, text_graph_files(root))
     assert not list((tmp_path / "cache").rglob("*.npy"))  # nothing stored, not even in part
-
-
-def test_npy_writer_streams_rows_and_release_pages_drops_them_from_the_rss(tmp_path: Path):
-    with NpyWriter(tmp_path / "a.npy", np.float32, (3,)) as writer:
-        for start in range(0, 1 << 22, 1 << 20):
-            writer.append(np.arange(start, start + (1 << 20), dtype=np.float32)[:, None].repeat(3, 1))
-    mapped = np.load(tmp_path / "a.npy", mmap_mode="c")
-    assert mapped.shape == (1 << 22, 3) and mapped[-1, 2] == (1 << 22) - 1
-
-    def file_rss() -> int:
-        lines = Path("/proc/self/status").read_text().splitlines()
-        line = next(line for line in lines if line.startswith("RssFile"))
-        return int(line.split()[1]) * 1024
-
-    before = file_rss()
-    assert float(torch.from_numpy(mapped)[:, 0].sum()) > 0  # touches all 48 MB
-    touched = file_rss()
-    release_pages([mapped, np.zeros(3)])  # arrays that are not mapped are left alone
-    assert touched - before > 40e6 and file_rss() < before + 8e6
-    assert mapped[7, 1] == 7  # read again from the page cache
