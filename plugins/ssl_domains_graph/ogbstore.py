@@ -65,10 +65,10 @@ def _add_counts(counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return counts
 
 
-def write_ogb_store(root: Path, folder: Path) -> dict[str, object]:
-    """Write the store of the OGB dataset at ``root`` into ``folder`` (``<name>.npy`` files); returns what the
-    caller stores besides (``kind``). A bad file raises a :class:`DataError` naming it before the caller keeps
-    anything (the store is written beside its place and renamed into it whole)."""
+def write_ogb_store(root: Path, folder: Path) -> None:
+    """Write the store of the OGB dataset at ``root`` into ``folder`` (``<name>.npy`` files). A bad file raises a
+    :class:`DataError` naming it, and the caller keeps nothing (the store is written beside its place and renamed
+    into it whole)."""
     raw = root / "raw"
     if (raw / "edge_reltype.csv.gz").is_file() or (raw / "relations").is_dir():
         raise DataError(f"{root}: a heterogeneous OGB graph (ogbn-mag); GraphMAE reads homogeneous graphs only")
@@ -88,7 +88,6 @@ def write_ogb_store(root: Path, folder: Path) -> dict[str, object]:
     _write_split(root, folder / "split.npy", n)
     _write_node_ids(root, folder / "node_ids.npy", n)
     shutil.rmtree(work)
-    return {"num_nodes": n}
 
 
 def _write_features(path: Path | None, out: Path, n: int | None) -> int | None:
