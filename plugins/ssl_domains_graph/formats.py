@@ -82,14 +82,38 @@ def is_ogb_dataset(path: Path) -> bool:
 
 def _ogb_edges(path: Path) -> Path | None:
     """``raw/edge.csv.gz`` (or ``.csv``) of an extracted OGB node-property dataset (``ogbn_arxiv/``)."""
-    return next((p for p in (path / "raw" / "edge.csv.gz", path / "raw" / "edge.csv") if p.is_file()), None)
+    return ogb_file(path / "raw", "edge")
+
+
+def ogb_file(folder: Path, name: str) -> Path | None:
+    """``folder/<name>.csv.gz`` (or ``.csv``) of an extracted OGB dataset, or None when it has no such file."""
+    return next((p for p in (folder / f"{name}.csv.gz", folder / f"{name}.csv") if p.is_file()), None)
+
+
+def ogb_split_scheme(root: Path) -> Path | None:
+    """The dataset's one ``split/<scheme>/`` folder (train / valid / test node lists), if any."""
+    schemes = sorted(p for p in (root / "split").glob("*") if p.is_dir()) if (root / "split").is_dir() else []
+    return schemes[0] if schemes else None
+
+
+def ogb_mapping(root: Path) -> Path | None:
+    """``mapping/nodeidx2*.csv.gz``: each node's id in the source database (the ``node_id`` that ``embed`` writes)."""
+    mapping = sorted((root / "mapping").glob("nodeidx2*.csv*")) if (root / "mapping").is_dir() else []
+    return mapping[0] if mapping else None
+
+
+def refuse_heterogeneous_ogb(root: Path) -> None:
+    """A heterogeneous OGB graph (ogbn-mag) is a DataError: GraphMAE reads homogeneous graphs."""
+    raw = root / "raw"
+    if (raw / "edge_reltype.csv.gz").is_file() or (raw / "relations").is_dir():
+        raise DataError(f"{root}: a heterogeneous OGB graph (ogbn-mag); GraphMAE reads homogeneous graphs only")
 
 
 def _ogb_table(raw: Path, name: str, dtype: Any = None) -> Any:
     """``raw/<name>.csv.gz`` (headerless, as OGB ships them), or None when the dataset has no such file."""
     import pandas as pd
 
-    path = next((p for p in (raw / f"{name}.csv.gz", raw / f"{name}.csv") if p.is_file()), None)
+    path = ogb_file(raw, name)
     if path is None:
         return None
     try:
@@ -107,8 +131,7 @@ def _read_ogb(root: Path, edges_path: Path) -> tuple[Data, np.ndarray | None]:
     from torch_geometric.utils import to_undirected
 
     raw = root / "raw"
-    if (raw / "edge_reltype.csv.gz").is_file() or (raw / "relations").is_dir():
-        raise DataError(f"{root}: a heterogeneous OGB graph (ogbn-mag); GraphMAE reads homogeneous graphs only")
+    refuse_heterogeneous_ogb(root)
     edges = _ogb_table(raw, "edge", np.int64)
     if edges is None or edges.ndim != 2 or edges.shape[1] != 2 or len(edges) == 0:
         raise DataError(f"{edges_path}: needs one 'source,target' pair of node indices per line")
@@ -130,16 +153,16 @@ def _read_ogb(root: Path, edges_path: Path) -> tuple[Data, np.ndarray | None]:
                 "the node probe needs one class per node"
             )
         data.y = torch.from_numpy(np.nan_to_num(labels[:, 0].astype(np.float64), nan=-1).astype(np.int64))
-    schemes = sorted(p for p in (root / "split").glob("*") if p.is_dir()) if (root / "split").is_dir() else []
-    if schemes:
+    scheme = ogb_split_scheme(root)
+    if scheme is not None:
         split = np.full(n, -1, np.int64)
         for name, code in (("train", 0), ("valid", 1), ("test", 2)):
-            nodes = _ogb_table(schemes[0], name, np.int64)
+            nodes = _ogb_table(scheme, name, np.int64)
             if nodes is not None:
                 split[nodes[:, 0]] = code
         data.split = torch.from_numpy(split)
-    mapping = sorted((root / "mapping").glob("nodeidx2*.csv*")) if (root / "mapping").is_dir() else []
-    node_ids = pd.read_csv(mapping[0]).iloc[:, 1].to_numpy() if mapping else None
+    mapping = ogb_mapping(root)
+    node_ids = pd.read_csv(mapping).iloc[:, 1].to_numpy() if mapping is not None else None
     return data, node_ids if node_ids is not None and len(node_ids) == n else None
 
 

@@ -30,13 +30,11 @@ import numpy as np
 from ssl_domains import DataError
 from ssl_domains.arrayfile import NpyWriter
 
+from .formats import ogb_file, ogb_mapping, ogb_split_scheme, refuse_heterogeneous_ogb
+
 BUCKET_ENTRIES = 1 << 24  # directed entries sorted at a time: 128 MB of int64 keys
 READ_BLOCK = 1 << 24  # bytes of CSV text parsed at a time (64 MB blocks: peak 2.6 GB at 4.9M nodes, 16 MB: 0.8)
 _PAIRS = 1 << 22  # edge pairs moved from the flat file to the buckets at a time
-
-
-def _table(raw: Path, name: str) -> Path | None:
-    return next((p for p in (raw / f"{name}.csv.gz", raw / f"{name}.csv") if p.is_file()), None)
 
 
 def _blocks(path: Path, types: dict[int, str] | None = None, header: bool = False) -> Iterator[list]:
@@ -70,21 +68,20 @@ def write_ogb_store(root: Path, folder: Path) -> None:
     :class:`DataError` naming it, and the caller keeps nothing (the store is written beside its place and renamed
     into it whole)."""
     raw = root / "raw"
-    if (raw / "edge_reltype.csv.gz").is_file() or (raw / "relations").is_dir():
-        raise DataError(f"{root}: a heterogeneous OGB graph (ogbn-mag); GraphMAE reads homogeneous graphs only")
+    refuse_heterogeneous_ogb(root)
     work = folder / "build"
     work.mkdir()
-    counts_file = _table(raw, "num-node-list")
+    counts_file = ogb_file(raw, "num-node-list")
     n = int(next(_blocks(counts_file))[0][0]) if counts_file is not None else None
-    features = _write_features(_table(raw, "node-feat"), folder / "x.npy", n)
+    features = _write_features(ogb_file(raw, "node-feat"), folder / "x.npy", n)
     n = n if n is not None else features
-    edges_path = _table(raw, "edge")
+    edges_path = ogb_file(raw, "edge")
     n, counts = _read_edges(edges_path, work / "pairs.bin", n)
     bounds = _bucket_bounds(counts)
     _fill_buckets(work / "pairs.bin", work, bounds, n)
     degree, self_loop = _sort_buckets(work, bounds, n)
     _write_csr(folder, work, bounds, degree, self_loop)
-    _write_labels(_table(raw, "node-label"), folder / "y.npy", n)
+    _write_labels(ogb_file(raw, "node-label"), folder / "y.npy", n)
     _write_split(root, folder / "split.npy", n)
     _write_node_ids(root, folder / "node_ids.npy", n)
     shutil.rmtree(work)
@@ -240,12 +237,12 @@ def _write_labels(path: Path | None, out: Path, n: int) -> None:
 
 def _write_split(root: Path, out: Path, n: int) -> None:
     """``split.npy`` from the one ``split/<scheme>/`` folder: 0 train, 1 valid, 2 test, -1 none."""
-    schemes = sorted(p for p in (root / "split").glob("*") if p.is_dir()) if (root / "split").is_dir() else []
-    if not schemes:
+    scheme = ogb_split_scheme(root)
+    if scheme is None:
         return
     split = np.full(n, -1, np.int64)
     for name, code in (("train", 0), ("valid", 1), ("test", 2)):
-        path = _table(schemes[0], name)
+        path = ogb_file(scheme, name)
         for columns in _blocks(path, {0: "int64"}) if path is not None else ():
             nodes = columns[0]
             if len(nodes) and (int(nodes.min()) < 0 or int(nodes.max()) >= n):
@@ -259,11 +256,11 @@ def _write_node_ids(root: Path, out: Path, n: int) -> None:
     pandas reads MAG's paper ids), else fixed-width strings (missing ids read "nan"); none unless one per node."""
     import pyarrow.compute as pc
 
-    mapping = sorted((root / "mapping").glob("nodeidx2*.csv*")) if (root / "mapping").is_dir() else []
-    if not mapping:
+    mapping = ogb_mapping(root)
+    if mapping is None:
         return
     rows, width, integers = 0, 1, True
-    for columns in _blocks(mapping[0], {1: "string"}, header=True):
+    for columns in _blocks(mapping, {1: "string"}, header=True):
         ids = pc.fill_null(columns[1], "nan")
         rows += len(ids)
         if len(ids):
@@ -272,6 +269,6 @@ def _write_node_ids(root: Path, out: Path, n: int) -> None:
     if rows != n:
         return
     with NpyWriter(out, np.int64 if integers else f"<U{width}") as writer:
-        for columns in _blocks(mapping[0], {1: "string"}, header=True):
+        for columns in _blocks(mapping, {1: "string"}, header=True):
             ids = pc.fill_null(columns[1], "nan").to_numpy(zero_copy_only=False)
             writer.append(ids.astype(np.int64) if integers else ids.astype(str))
