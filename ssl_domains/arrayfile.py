@@ -10,8 +10,10 @@ an SSL4EO loader worker went from about 800 to about 1,100 items/s (docs/scaling
 (:meth:`ArrayFile.read`) are still read with ``preadv``. Writes go through a buffered file.
 
 :class:`NpyWriter` streams an ``.npy`` file whose length is known only at the end (a graph's neighbour lists
-parsed a block at a time), and :func:`release_pages` drops the pages a long-lived ``numpy.load(mmap_mode=...)``
-map has touched from the process, for readers that gather scattered rows of a mapped array batch after batch.
+parsed a block at a time). :class:`NpyRows` reads scattered rows of an ``.npy`` file with ``preadv``, for loaders
+that gather rows of large arrays batch after batch (a memory map's fault-around would map most of the file within
+one batch), and :func:`release_pages` drops from the process the pages it touched of the small arrays it keeps
+mapped (``numpy.load(mmap_mode=...)``).
 
 An array is stored C-contiguous at an offset. :meth:`ArrayFile.will_need_window` and :func:`will_need` (for
 loaders that map their files for longer, as MONAI's cached volumes come back) announce a batch's reads to the
