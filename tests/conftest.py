@@ -28,6 +28,19 @@ def run_cli(
     )
 
 
+QUIET = ("--set", "trainer.progress_bar=false")
+
+
+def train_cli(
+    plugin: str, data: Path, out: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``ssl-domains train --plugin PLUGIN --data DATA --output OUT ARGS`` without a progress bar; asserts it
+    succeeded (the end of stderr is the failure message)."""
+    result = run_cli("train", "--plugin", plugin, "--data", str(data), "--output", str(out), *QUIET, *args, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @pytest.fixture
 def vectors(tmp_path: Path) -> Path:
     """The template plugin's example data: 256 labelled feature vectors."""

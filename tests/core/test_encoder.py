@@ -10,15 +10,11 @@ import numpy as np
 import yaml
 
 import ssl_domains
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_cli
 
 
 def _trained(vectors: Path, out: Path) -> Path:
-    result = run_cli(
-        "train", "--plugin", "dae", "--data", str(vectors), "--output", str(out), "--max-epochs", "2",
-        "--set", "trainer.progress_bar=false",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    train_cli("dae", vectors, out, "--max-epochs", "2")
     return out
 
 

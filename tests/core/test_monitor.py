@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from ssl_domains.evaluation import rankme
 from ssl_domains.evaluation.spectrum import spectrum_metrics
-from tests.conftest import run_cli
+from tests.conftest import train_cli
 
 
 def test_isotropic_gaussian_has_full_rank_flat_spectrum():
@@ -56,11 +56,7 @@ def test_one_direction_has_effective_rank_one_despite_an_offset():
 
 
 def _train(vectors: Path, out: Path, *extra: str) -> None:
-    result = run_cli(
-        "train", "--plugin", "dae", "--data", str(vectors), "--output", str(out), "--max-epochs", "3",
-        "--set", "trainer.progress_bar=false", *extra,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    train_cli("dae", vectors, out, "--max-epochs", "3", *extra)
 
 
 def test_monitoring_every_step_leaves_training_bit_identical(vectors: Path, tmp_path: Path):

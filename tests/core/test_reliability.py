@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from ssl_domains import DataError, registry
 from ssl_domains.cli import main
 from ssl_domains.errors import PREEMPTED_EXIT_CODE
+from tests.conftest import QUIET
 
-QUIET = ["--set", "trainer.progress_bar=false"]
 BATCH, STEPS_PER_EPOCH = 16, 116  # the template's example data: 1,843 training rows of 2,048
 
 

@@ -13,9 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli
-
-QUIET = ["--set", "trainer.progress_bar=false"]
+from tests.conftest import QUIET, run_cli
 
 
 def dae_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -51,7 +49,7 @@ def test_resume_after_kill_9_mid_epoch_gives_bit_identical_weights(tmp_path: Pat
     resumed_from = torch.load(ckpt, weights_only=True)["finished_epochs"]
     assert 2 <= resumed_from < 6
 
-    result = run_cli("train", "--resume", str(out), *QUIET[:0])
+    result = run_cli("train", "--resume", str(out))
     assert result.returncode == 0, result.stderr
     straight, resumed = load_file(tmp_path / "straight" / "model.safetensors"), load_file(out / "model.safetensors")
     assert straight.keys() == resumed.keys()

@@ -14,7 +14,7 @@ from ssl_domains_graph.evaluation import graph_svm_cv, node_linear_probe
 from ssl_domains_graph.masking import drop_edges, mask_node_features
 from ssl_domains_graph.model import MLP, GATLayer, GINLayer
 from ssl_domains_graph.objective import sce_loss
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_cli
 
 
 def test_masking_shares_token_and_replacement():
@@ -143,26 +143,8 @@ def test_graph_svm_protocol_is_deterministic_and_informative():
 
 def test_cora_through_the_cli_writes_figure_embeddings_and_metrics(cora: Path, tmp_path: Path):
     run = tmp_path / "run"
-    result = run_cli(
-        "train",
-        "--plugin",
-        "graphmae",
-        "--data",
-        str(cora),
-        "--config",
-        "cora",
-        "--max-epochs",
-        "3",
-        "--output",
-        str(run),
-        "--set",
-        "trainer.progress_bar=false",
-        "--set",
-        "graphmae.num_hidden=64",
-        "--set",
-        "graphmae.max_epoch_f=50",
-    )
-    assert result.returncode == 0, result.stderr
+    sets = ["--set", "graphmae.num_hidden=64", "--set", "graphmae.max_epoch_f=50"]
+    train_cli("graphmae", cora, run, "--config", "cora", "--max-epochs", "3", *sets)
     assert (run / "figures" / "node_embeddings_tsne.png").stat().st_size > 10_000
     result = run_cli("embed", "--run", str(run), "--data", str(cora), "--out", str(tmp_path / "e.npy"))
     assert result.returncode == 0, result.stderr
@@ -176,51 +158,14 @@ def test_cora_through_the_cli_writes_figure_embeddings_and_metrics(cora: Path, t
 
 def test_mutag_through_the_cli_with_bf16(mutag: Path, tmp_path: Path):
     run = tmp_path / "run"
-    result = run_cli(
-        "train",
-        "--plugin",
-        "graphmae",
-        "--data",
-        str(mutag),
-        "--config",
-        "mutag",
-        "--max-epochs",
-        "2",
-        "--precision",
-        "bf16-mixed",
-        "--output",
-        str(run),
-        "--set",
-        "trainer.progress_bar=false",
-    )
-    assert result.returncode == 0, result.stderr
+    train_cli("graphmae", mutag, run, "--config", "mutag", "--max-epochs", "2", "--precision", "bf16-mixed")
     metrics = json.loads(run_cli("evaluate", "--run", str(run), "--json").stdout.strip().splitlines()[-1])
     assert 0.5 < metrics["svm_acc"] <= 1.0 and metrics["num_items"] == 188
 
 
 def test_neighbor_mode_trains_and_embeds_every_node(cora: Path, tmp_path: Path):
     run = tmp_path / "run"
-    result = run_cli(
-        "train",
-        "--plugin",
-        "graphmae",
-        "--data",
-        str(cora),
-        "--max-epochs",
-        "1",
-        "--output",
-        str(run),
-        "--set",
-        "trainer.progress_bar=false",
-        "--set",
-        "graphmae.node_batching=neighbor",
-        "--set",
-        "graphmae.batch_size=1024",
-        "--set",
-        "graphmae.num_hidden=32",
-        "--set",
-        "graphmae.num_neighbors=[5, 5, 5]",
-    )
-    assert result.returncode == 0, result.stderr
+    small = ["node_batching=neighbor", "batch_size=1024", "num_hidden=32", "num_neighbors=[5, 5, 5]"]
+    train_cli("graphmae", cora, run, "--max-epochs", "1", *[a for s in small for a in ("--set", f"graphmae.{s}")])
     assert run_cli("embed", "--run", str(run), "--data", str(cora), "--out", str(tmp_path / "e.npy")).returncode == 0
     assert np.array_equal(np.load(tmp_path / "e.ids.npy"), np.arange(2708))
