@@ -146,13 +146,11 @@ def _as_mask(indices: list[torch.Tensor], patches: int) -> torch.Tensor:
 
 def _objective(cfg: Any, masks: list[torch.Tensor]) -> Any:
     """Our objective with the given boolean masks, one per ``mask`` call, in order."""
-    from ssl_domains_audio.objective import SSASTObjective
+    from ssl_domains_audio.plugin import SSASTPlugin
 
-    class Injected(SSASTObjective):
-        def mask(self, model: Any, valid: torch.Tensor, frames: int) -> torch.Tensor:
-            return masks.pop(0)
-
-    return Injected(cfg)
+    objective = SSASTPlugin().objective(cfg)
+    objective.mask = lambda model, valid, frames: masks.pop(0)
+    return objective
 
 
 def _reference_loss(ast_models: Any, model: Any, x: torch.Tensor, passes: list[list[torch.Tensor]], count: int,

@@ -298,7 +298,7 @@ def _steps(ref: SimpleNamespace, ours: Any, objective: Any, table: torch.Tensor,
 def _training_check(reference: Path) -> dict[str, Any]:
     from src.mask import MaskCollator
 
-    from ssl_domains_tabular.objective import TJEPAObjective
+    from ssl_domains_tabular.plugin import TJEPAPlugin
 
     cfg = _config()
     cardinalities = [(NUM_NUMERIC + j, c) for j, c in enumerate(CATEGORIES)]
@@ -324,7 +324,7 @@ def _training_check(reference: Path) -> dict[str, Any]:
     used = torch.cat([torch.cat([e.flatten() for e in enc] + [p.flatten() for p in pred]) for _, enc, pred in masks])
 
     ours = _ours(cfg, state)
-    objective = TJEPAObjective(cfg)
+    objective = TJEPAPlugin().objective(cfg)
     first = _layer_outputs(ref, ours, objective, table, masks[0])
     ref_loss, our_loss = first["ref_loss"], first["our_loss"]
     ref_loss.backward()
@@ -345,7 +345,7 @@ def _training_check(reference: Path) -> dict[str, Any]:
     def off(**switches: Any) -> dict[str, float]:
         cfg_off = _config(**switches)
         model = _ours(cfg_off, state)
-        run = TJEPAObjective(cfg_off)
+        run = TJEPAPlugin().objective(cfg_off)
         rows, masks_enc, masks_pred = masks[0]
         with torch.no_grad():
             loss = run(model, _batch(table), sets=_sets(masks_enc, masks_pred))["loss"]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from .data import AudioDataModule
+    from .model import SSASTModel, TERAModel
+    from .objective import SSASTObjective, TERAObjective
 
-def _example_batch(datamodule: Any, device: torch.device | str) -> dict[str, torch.Tensor]:
+
+def _example_batch(datamodule: AudioDataModule, device: torch.device | str) -> dict[str, torch.Tensor]:
     loader = datamodule.predict_dataloader()  # ordered by length: the middle batch holds typical clips
     batch = next(b for i, b in enumerate(loader) if i >= len(loader) // 2)
     longest = int(batch["length"].argmax())
@@ -35,16 +40,16 @@ def _save(panels: list[tuple[str, torch.Tensor]], out: Path) -> Path:
 
 
 @torch.no_grad()
-def plot_tera(model: Any, datamodule: Any, cfg: Any, out: Path, device: torch.device | str) -> Path:
+def plot_tera(
+    model: TERAModel, datamodule: AudioDataModule, objective: TERAObjective, out: Path, device: torch.device | str
+) -> Path:
     """Input log-mel, TERA's altered version, and the reconstruction, for the longest clip of the first batch."""
-    from .objective import TERAObjective
-
     was_training = model.training
     model.eval()
     batch = _example_batch(datamodule, device)
     torch.manual_seed(0)
     x, lengths = batch["features"], batch["length"]
-    altered, _ = TERAObjective(cfg).alter(x, lengths)
+    altered, _ = objective.alter(x, lengths)
     reconstruction = model(altered, lengths)
     model.train(was_training)
     n = int(lengths[0])
@@ -52,16 +57,15 @@ def plot_tera(model: Any, datamodule: Any, cfg: Any, out: Path, device: torch.de
 
 
 @torch.no_grad()
-def plot_ssast(model: Any, datamodule: Any, cfg: Any, out: Path, device: torch.device | str) -> Path:
+def plot_ssast(
+    model: SSASTModel, datamodule: AudioDataModule, objective: SSASTObjective, out: Path, device: torch.device | str
+) -> Path:
     """Input fbank, its masked patches (blanked), and the generative head's patches in their place."""
-    from .objective import SSASTObjective
-
     was_training = model.training
     model.eval()
     batch = _example_batch(datamodule, device)
     torch.manual_seed(0)
     x, lengths = batch["features"], batch["length"]
-    objective = SSASTObjective(cfg)
     valid = model.patch_validity(lengths, x.shape[1])
     mask = objective.mask(model, valid, x.shape[1])
     layers, _ = model.encode(x, lengths, mask)
@@ -79,7 +83,7 @@ def plot_ssast(model: Any, datamodule: Any, cfg: Any, out: Path, device: torch.d
     return _save([(title, image[0, :n]) for title, image in panels], out)
 
 
-def unpatchify(model: Any, patches: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def unpatchify(model: SSASTModel, patches: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The inverse of ``model.patchify``: ``[B, P, patch]`` back to ``[B, T, F]``."""
     b, t, f = shape
     pf, pt = model.patch

@@ -27,7 +27,7 @@ Choices, stated as the issue asks:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Literal
 
 import torch
 
@@ -38,17 +38,23 @@ from .model import SSASTModel, TERAModel
 
 
 class TERAObjective:
-    """``(model, batch) -> {"loss", "altered_share"}``."""
+    """``(model, batch) -> {"loss", "altered_share"}``.
 
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
+    The alterations of §III-B: ``time_mask_ratio`` of the frames in blocks of ``time_mask_block``, one frequency
+    block of at most ``freq_mask_max`` of the bins, and magnitude noise with probability ``noise_prob``.
+    """
+
+    def __init__(
+        self, *, time_mask_ratio: float, time_mask_block: int, freq_mask_max: float, noise_prob: float
+    ) -> None:
+        self.time_mask_ratio, self.time_mask_block = time_mask_ratio, time_mask_block
+        self.freq_mask_max, self.noise_prob = freq_mask_max, noise_prob
 
     def alter(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The altered features and the positions to predict."""
-        cfg = self.cfg
         return tera_alter(
-            x, lengths, time_ratio=cfg.time_mask_ratio, block=cfg.time_mask_block, freq_max=cfg.freq_mask_max,
-            noise_prob=cfg.noise_prob,
+            x, lengths, time_ratio=self.time_mask_ratio, block=self.time_mask_block, freq_max=self.freq_mask_max,
+            noise_prob=self.noise_prob,
         )  # fmt: skip
 
     def __call__(self, model: TERAModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -79,15 +85,27 @@ def gather_masked(mask: torch.Tensor, max_count: int) -> tuple[torch.Tensor, tor
 
 
 class SSASTObjective:
-    """``(model, batch) -> {"loss", "nce", "mse", "masked_acc"}``."""
+    """``(model, batch) -> {"loss", "nce", "mse", "masked_acc"}``.
 
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
+    ``cluster``: cluster masking (patch mode, §2.3) rather than random; ``mask_ratio`` of a clip's patches are
+    masked; ``mse_weight`` is λ; ``nce_softmax`` and ``forward_passes`` are the choices in the module docstring.
+    """
+
+    def __init__(
+        self,
+        *,
+        mask_ratio: float,
+        cluster: bool,
+        mse_weight: float,
+        nce_softmax: Literal["paper", "reference"] = "paper",
+        forward_passes: Literal[1, 2] = 1,
+    ) -> None:
+        self.mask_ratio, self.cluster, self.mse_weight = mask_ratio, cluster, mse_weight
+        self.nce_softmax, self.forward_passes = nce_softmax, forward_passes
 
     def mask(self, model: SSASTModel, valid: torch.Tensor, frames: int) -> torch.Tensor:
         """A fresh patch mask for the batch."""
-        cluster = self.cfg.mode == "patch"
-        return patch_mask(valid, model.grid(frames), self.cfg.mask_ratio, cluster=cluster)
+        return patch_mask(valid, model.grid(frames), self.mask_ratio, cluster=self.cluster)
 
     def heads(
         self, model: SSASTModel, batch: dict[str, torch.Tensor]
@@ -97,7 +115,7 @@ class SSASTObjective:
         patches = model.patchify(x)
         valid = model.patch_validity(lengths, x.shape[1])
         mask = self.mask(model, valid, x.shape[1])
-        max_count = max(1, math.floor(valid.shape[1] * self.cfg.mask_ratio + 0.5))
+        max_count = max(1, math.floor(valid.shape[1] * self.mask_ratio + 0.5))
         index, slot_valid = gather_masked(mask, max_count)
         layers, _ = model.encode(x, lengths, mask)
         states = layers[-1].gather(1, index[:, :, None].expand(-1, -1, layers[-1].shape[-1]))
@@ -110,7 +128,7 @@ class SSASTObjective:
         """InfoNCE over each clip's masked patches (Eq. 1), and the share of predictions matched correctly."""
         # [B, N, N]: prediction i, target j
         logits = at_least_float32(predictions) @ at_least_float32(targets).transpose(1, 2)
-        if self.cfg.nce_softmax == "reference":
+        if self.nce_softmax == "reference":
             logits = logits.transpose(1, 2)
         pair_valid = slot_valid[:, None, :] & slot_valid[:, :, None]
         logits = logits.masked_fill(~pair_valid, float("-inf"))
@@ -125,10 +143,10 @@ class SSASTObjective:
     def __call__(self, model: SSASTModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         _, targets, discriminative, generative, slot_valid = self.heads(model, batch)
         nce, accuracy = self.nce(discriminative, targets, slot_valid)
-        if self.cfg.forward_passes == 2:  # the reference: a second pass with an independent mask for the MSE
+        if self.forward_passes == 2:  # the reference: a second pass with an independent mask for the MSE
             _, targets, _, generative, slot_valid = self.heads(model, batch)
         generative, targets = at_least_float32(generative), at_least_float32(targets)
         weights = slot_valid.to(targets.dtype)[:, :, None]
         mse = global_mean(((generative - targets).pow(2) * weights).sum(), weights.sum() * targets.shape[-1])
-        loss = nce + self.cfg.mse_weight * mse
+        loss = nce + self.mse_weight * mse
         return {"loss": loss, "nce": nce.detach(), "mse": mse.detach(), "masked_acc": accuracy.detach()}

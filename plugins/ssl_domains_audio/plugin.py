@@ -214,7 +214,7 @@ class _AudioPlugin(ModalityPlugin):
         return write_example_clips(Path(root))
 
     def evaluate(
-        self, model: SSLModel, datamodule: SSLDataModule, cfg: Any, device: torch.device
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: AudioDataConfig, device: torch.device
     ) -> dict[str, float] | None:
         from .evaluation import evaluate_clips
 
@@ -269,14 +269,17 @@ class TERAPlugin(_AudioPlugin):
     def objective(self, cfg: TERAConfig) -> Objective:
         from .objective import TERAObjective
 
-        return TERAObjective(cfg)
+        return TERAObjective(
+            time_mask_ratio=cfg.time_mask_ratio, time_mask_block=cfg.time_mask_block, freq_mask_max=cfg.freq_mask_max,
+            noise_prob=cfg.noise_prob,
+        )  # fmt: skip
 
     def visualize(
         self, model: SSLModel, datamodule: SSLDataModule, cfg: TERAConfig, out_dir: Path, device: torch.device
     ) -> list[Path]:
         from .figures import plot_tera
 
-        return [plot_tera(model, datamodule, cfg, out_dir / "tera_reconstruction.png", device)]
+        return [plot_tera(model, datamodule, self.objective(cfg), out_dir / "tera_reconstruction.png", device)]
 
 
 class SSASTPlugin(_AudioPlugin):
@@ -333,11 +336,14 @@ class SSASTPlugin(_AudioPlugin):
     def objective(self, cfg: SSASTConfig) -> Objective:
         from .objective import SSASTObjective
 
-        return SSASTObjective(cfg)
+        return SSASTObjective(
+            mask_ratio=cfg.mask_ratio, cluster=cfg.mode == "patch", mse_weight=cfg.mse_weight,
+            nce_softmax=cfg.nce_softmax, forward_passes=cfg.forward_passes,
+        )  # fmt: skip
 
     def visualize(
         self, model: SSLModel, datamodule: SSLDataModule, cfg: SSASTConfig, out_dir: Path, device: torch.device
     ) -> list[Path]:
         from .figures import plot_ssast
 
-        return [plot_ssast(model, datamodule, cfg, out_dir / "ssast_reconstruction.png", device)]
+        return [plot_ssast(model, datamodule, self.objective(cfg), out_dir / "ssast_reconstruction.png", device)]

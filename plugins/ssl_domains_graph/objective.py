@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,21 +32,27 @@ class GraphMAEObjective:
     """Mask -> encode -> re-mask -> decode -> loss on the masked nodes (Hou et al. 2022, Fig. 2).
 
     In neighbour-sampled batches (seed nodes first) only masked *seed* nodes count: their sampled receptive
-    field is complete, the outer nodes' is not.
+    field is complete, the outer nodes' is not. ``mask_rate`` of the nodes are masked, ``replace_rate`` of those
+    get another node's features instead of [MASK] (§3.2); ``alpha_l`` is the SCE exponent γ (Eq. 2).
     """
 
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
+    def __init__(
+        self, *, mask_rate: float, replace_rate: float, alpha_l: float, loss_fn: Literal["sce", "mse"] = "sce",
+        drop_edge_rate: float = 0.0,
+    ) -> None:  # fmt: skip
+        self.mask_rate, self.replace_rate, self.alpha_l = mask_rate, replace_rate, alpha_l
+        self.loss_fn, self.drop_edge_rate = loss_fn, drop_edge_rate
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
         x, edge_index = batch["x"], batch["edge_index"]
-        masked_x, mask_nodes, keep_nodes = mask_node_features(x, model.enc_mask_token, cfg.mask_rate, cfg.replace_rate)
-        edge_weight = drop_edges(edge_index, cfg.drop_edge_rate) if cfg.drop_edge_rate > 0 else None
+        masked_x, mask_nodes, keep_nodes = mask_node_features(
+            x, model.enc_mask_token, self.mask_rate, self.replace_rate
+        )
+        edge_weight = drop_edges(edge_index, self.drop_edge_rate) if self.drop_edge_rate > 0 else None
         x_hat = model(masked_x, edge_index, mask_nodes, keep_nodes, edge_weight)
         target = x.index_select(0, mask_nodes)
-        if cfg.loss_fn == "sce":
-            per_node = scaled_cosine_error(x_hat, target, cfg.alpha_l)
+        if self.loss_fn == "sce":
+            per_node = scaled_cosine_error(x_hat, target, self.alpha_l)
         else:
             per_node = (x_hat.float() - target.float()).pow(2).mean(dim=-1)
         num_seeds = batch["id"].shape[0]

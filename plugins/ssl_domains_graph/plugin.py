@@ -122,7 +122,10 @@ class GraphMAEPlugin(ModalityPlugin[GraphMAEConfig]):
     def objective(self, cfg: GraphMAEConfig) -> Objective:
         from .objective import GraphMAEObjective
 
-        return GraphMAEObjective(cfg)
+        return GraphMAEObjective(
+            mask_rate=cfg.mask_rate, replace_rate=cfg.replace_rate, alpha_l=cfg.alpha_l, loss_fn=cfg.loss_fn,
+            drop_edge_rate=cfg.drop_edge_rate,
+        )  # fmt: skip
 
     def make_example_data(self, root: Path) -> Path:
         from .data import write_example_graph

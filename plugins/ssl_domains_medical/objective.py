@@ -6,7 +6,7 @@ no host sync.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from ssl_domains.nn import at_least_float32, nt_xent
 
 from .masking import column_mask, rotate90
+
+if TYPE_CHECKING:
+    from .model import AliceModel, Contrastive3DModel
+    from .plugin import AliceConfig
 
 
 class Contrastive3DObjective:
@@ -52,7 +56,7 @@ class Contrastive3DObjective:
         self.temperature, self.rotation, self.loss_form = temperature, rotation, loss_form
         self.recon_weight, self.contrast_weight, self.rotation_weight = recon_weight, contrast_weight, rotation_weight
 
-    def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(self, model: Contrastive3DModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         crop, b = batch["image"], batch["image"].shape[0]
         views, target = torch.cat([batch["view1"], batch["view2"]]), torch.cat([crop, batch.get("image2", crop)])
         if self.rotation:
@@ -158,7 +162,7 @@ class AliceObjective:
     buffer, a device tensor).
     """
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: AliceConfig) -> None:
         self.cfg = cfg
 
     def teacher_temperature(self, progress: torch.Tensor) -> torch.Tensor:
@@ -174,7 +178,7 @@ class AliceObjective:
             ramp = (progress / max(c.teacher_temp_warmup, 1e-8)).clamp(0.0, 1.0)
         return c.teacher_temp_start + (c.teacher_temp - c.teacher_temp_start) * ramp
 
-    def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __call__(self, model: AliceModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.cfg
         crops = torch.cat([batch["query"], batch["anchor"]])
         views = torch.cat([batch["query_view"], batch["anchor_view"]])

@@ -6,18 +6,25 @@ A feature whose error stays high is one the other columns say little about; one 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
-
-def feature_prediction_errors(
-    model: Any, datamodule: Any, cfg: Any, device: torch.device | str, rounds: int = 8, max_rows: int = 4096
-) -> torch.Tensor:
-    """Mean squared prediction error per feature ``[D]``, over ``rounds`` random maskings of up to ``max_rows``."""
+if TYPE_CHECKING:
+    from .data import TableDataModule
+    from .model import TJEPAModel
     from .objective import TJEPAObjective
 
-    objective = TJEPAObjective(cfg)
+
+def feature_prediction_errors(
+    model: TJEPAModel,
+    datamodule: TableDataModule,
+    objective: TJEPAObjective,
+    device: torch.device | str,
+    rounds: int = 8,
+    max_rows: int = 4096,
+) -> torch.Tensor:
+    """Mean squared prediction error per feature ``[D]``, over ``rounds`` random maskings of up to ``max_rows``."""
     rows = torch.as_tensor(datamodule.train_rows[:max_rows])
     batch = {k: v.to(device) for k, v in datamodule.collate(rows.tolist()).items()}
     total = torch.zeros(model.num_features, device=device)
@@ -35,14 +42,16 @@ def feature_prediction_errors(
     return total / count.clamp(min=1)
 
 
-def plot_feature_errors(model: Any, datamodule: Any, cfg: Any, path: Path, device: torch.device | str) -> Path:
+def plot_feature_errors(
+    model: TJEPAModel, datamodule: TableDataModule, objective: TJEPAObjective, path: Path, device: torch.device | str
+) -> Path:
     """Bar chart of :func:`feature_prediction_errors`, sorted, saved at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    errors = feature_prediction_errors(model, datamodule, cfg, device).cpu().tolist()
+    errors = feature_prediction_errors(model, datamodule, objective, device).cpu().tolist()
     names = datamodule.feature_names
     order = sorted(range(len(names)), key=lambda j: errors[j])
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2))

@@ -13,7 +13,7 @@ predictor's positions are those indices. The loss is then the reference's ``MSEL
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +23,22 @@ from .model import TJEPAModel
 
 
 class TJEPAObjective:
-    """``(model, batch) -> {"loss", "target_std"}``, batched on the device."""
+    """``(model, batch) -> {"loss", "target_std"}``, batched on the device.
 
-    def __init__(self, cfg: Any) -> None:
-        self.context_share = tuple(cfg.context_share)
-        self.target_share = tuple(cfg.target_share)
-        self.num_targets = cfg.num_targets
-        self.mask_indexing = getattr(cfg, "mask_indexing", "paper")
+    Each sample draws a context of ``context_share`` (a range) of its features and ``num_targets`` target sets of
+    ``target_share`` each; ``mask_indexing`` is ``"paper"`` or the reference's token indexing (module docstring).
+    """
+
+    def __init__(
+        self,
+        *,
+        context_share: tuple[float, float],
+        target_share: tuple[float, float],
+        num_targets: int,
+        mask_indexing: Literal["paper", "reference"] = "paper",
+    ) -> None:
+        self.context_share, self.target_share = tuple(context_share), tuple(target_share)
+        self.num_targets, self.mask_indexing = num_targets, mask_indexing
 
     def predict(
         self,

@@ -206,7 +206,10 @@ class TJEPAPlugin(ModalityPlugin[TJEPAConfig]):
     def objective(self, cfg: TJEPAConfig) -> Objective:
         from .objective import TJEPAObjective
 
-        return TJEPAObjective(cfg)
+        return TJEPAObjective(
+            context_share=cfg.context_share, target_share=cfg.target_share, num_targets=cfg.num_targets,
+            mask_indexing=cfg.mask_indexing,
+        )  # fmt: skip
 
     def make_example_data(self, root: Path) -> Path:
         from .evaluation import write_example_table
@@ -225,4 +228,5 @@ class TJEPAPlugin(ModalityPlugin[TJEPAConfig]):
     ) -> list[Path]:
         from .figures import plot_feature_errors
 
-        return [plot_feature_errors(model, datamodule, cfg, out_dir / "feature_prediction_error.png", device)]
+        out = out_dir / "feature_prediction_error.png"
+        return [plot_feature_errors(model, datamodule, self.objective(cfg), out, device)]

@@ -57,20 +57,28 @@ def _recording(plugin: Any, losses: list[torch.Tensor]) -> Any:
     """The plugin, with an objective that records each training loss (and exposes the batch ids to the masks)."""
     inner_factory = plugin.objective
 
-    def objective(cfg: Any) -> Any:
-        inner = inner_factory(cfg)
+    class Recording:
+        """The plugin's objective, recording each training loss; its other members (a figure's ``predict``) pass
+        through."""
 
-        def call(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def __call__(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
             _CURRENT_IDS["id"] = batch["id"]
             try:
-                out = inner(model, batch)
+                out = self.inner(model, batch)
             finally:
                 _CURRENT_IDS.clear()
             if model.training:
                 losses.append(out["loss"].detach().double())
             return out
 
-        return call
+    def objective(cfg: Any) -> Any:
+        return Recording(inner_factory(cfg))
 
     plugin.objective = objective
     return plugin

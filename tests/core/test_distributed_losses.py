@@ -133,8 +133,7 @@ def _audio(rank: int, world: int, method: str) -> list[torch.Tensor]:
     from ssl_domains.config import from_mapping
     from ssl_domains_audio.masking import patch_mask, tera_alter
     from ssl_domains_audio.model import SSASTModel, TERAModel
-    from ssl_domains_audio.objective import SSASTObjective, TERAObjective
-    from ssl_domains_audio.plugin import SSASTConfig, TERAConfig
+    from ssl_domains_audio.plugin import SSASTConfig, SSASTPlugin, TERAConfig, TERAPlugin
 
     torch.manual_seed(0)
     lengths = torch.tensor([64, 96, 224, 256])
@@ -144,13 +143,13 @@ def _audio(rank: int, world: int, method: str) -> list[torch.Tensor]:
     share = slice(None) if world == 1 else slice(2 * rank, 2 * rank + 2)
     if method == "tera":
         model = TERAModel(80, dim=32, depth=2, heads=2, ff_dim=64, dropout=0.0, max_frames=256)
-        objective = TERAObjective(from_mapping(TERAConfig, size, "tera"))
+        objective = TERAPlugin().objective(from_mapping(TERAConfig, size, "tera"))
         altered, predict = tera_alter(features, lengths)
         objective.alter = lambda x, lens: (altered[share], predict[share])
     else:
         cfg = from_mapping(SSASTConfig, size, "ssast")
         model = SSASTModel(128, patch=cfg.patch(), dim=32, depth=2, heads=2, ff_dim=64, dropout=0.0, max_frames=256)
-        objective = SSASTObjective(cfg)
+        objective = SSASTPlugin().objective(cfg)
         valid = model.patch_validity(lengths, 256)
         mask = patch_mask(valid, model.grid(256), cfg.mask_ratio, cluster=True)
         objective.mask = lambda m, v, frames: mask[share]

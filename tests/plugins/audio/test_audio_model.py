@@ -13,9 +13,9 @@ import torch
 from ssl_domains.config import from_mapping
 from ssl_domains_audio.masking import patch_mask, tera_alter, tera_time_blocks, valid_mask
 from ssl_domains_audio.model import SSASTModel, TERAModel
-from ssl_domains_audio.objective import SSASTObjective, TERAObjective
-from ssl_domains_audio.plugin import SSASTConfig, TERAConfig
-from tests.conftest import run_cli
+from ssl_domains_audio.objective import SSASTObjective
+from ssl_domains_audio.plugin import SSASTConfig, SSASTPlugin, TERAConfig, TERAPlugin
+from tests.conftest import run_cli, train_cli
 
 
 def test_tera_time_blocks_cover_15_percent_in_7_frame_blocks():
@@ -91,7 +91,7 @@ def test_patch_mask_counts_validity_and_clusters():
 def _ssast(**overrides) -> tuple[SSASTModel, SSASTObjective]:
     cfg = from_mapping(SSASTConfig, {"dim": 32, "depth": 2, "heads": 2, "ff_dim": 64, **overrides}, "ssast")
     model = SSASTModel(128, patch=cfg.patch(), dim=32, depth=2, heads=2, ff_dim=64, dropout=0.0, max_frames=256)
-    return model, SSASTObjective(cfg)
+    return model, SSASTPlugin().objective(cfg)
 
 
 def test_ssast_infonce_on_known_inputs():
@@ -147,7 +147,7 @@ def test_tera_padding_does_not_change_a_clip_and_loss_is_l1_on_altered_positions
 
     cfg = from_mapping(TERAConfig, {}, "tera")
     batch = {"features": torch.zeros(3, 50, 80), "length": torch.tensor([50, 30, 20])}
-    out = TERAObjective(cfg)(Constant(), batch)
+    out = TERAPlugin().objective(cfg)(Constant(), batch)
     assert float(out["loss"]) == pytest.approx(1.0)  # |1 - 0| averaged over the predicted positions only
 
 
@@ -160,9 +160,7 @@ def test_speaker_probe_and_per_position_embeddings_through_the_cli(tmp_path: Pat
     run = tmp_path / "run"
     small = [f"{plugin}.dim=32", f"{plugin}.depth=1", f"{plugin}.heads=2", f"{plugin}.ff_dim=64"]
     args = ["--set", f"{plugin}.test_speakers=[cyd]", *[a for s in small for a in ("--set", s)]]
-    done = run_cli("train", "--plugin", plugin, "--data", str(data), "--output", str(run), "--max-epochs", "2",
-                   "--set", "trainer.progress_bar=false", *args)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    train_cli(plugin, data, run, "--max-epochs", "2", *args)
     assert (run / "figures" / f"{plugin}_reconstruction.png").is_file()
     done = run_cli("evaluate", "--run", str(run), "--json")
     assert done.returncode == 0, done.stderr[-2000:]

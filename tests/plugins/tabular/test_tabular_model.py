@@ -15,8 +15,7 @@ from ssl_domains.config import from_mapping
 from ssl_domains_tabular.evaluation import fit_head, write_example_table
 from ssl_domains_tabular.masking import context_and_targets, sample_set_sizes
 from ssl_domains_tabular.model import TJEPAModel
-from ssl_domains_tabular.objective import TJEPAObjective
-from ssl_domains_tabular.plugin import TJEPAConfig
+from ssl_domains_tabular.plugin import TJEPAConfig, TJEPAPlugin
 from tests.conftest import run_cli
 
 
@@ -65,7 +64,7 @@ def test_targets_are_disjoint_from_the_context_and_every_feature_is_drawn():
 def test_loss_is_the_mse_to_the_target_encoder_tokens_and_falls_when_overfitting():
     torch.manual_seed(0)
     model, batch = _model(), _batch()
-    objective = TJEPAObjective(from_mapping(TJEPAConfig, {}, "tjepa"))
+    objective = TJEPAPlugin().objective(from_mapping(TJEPAConfig, {}, "tjepa"))
     torch.manual_seed(1)
     predictions, targets, features = objective.predict(model, batch)
     torch.manual_seed(1)
@@ -194,7 +193,7 @@ def test_reference_mask_indexing_uses_the_reg_token_and_never_the_last_features(
     torch.manual_seed(0)
     model, batch = _model(), _batch(64)
     cfg = from_mapping(TJEPAConfig, {"mask_indexing": "reference", "num_reg_tokens": 2}, "tjepa")
-    objective = TJEPAObjective(cfg)
+    objective = TJEPAPlugin().objective(cfg)
     seen: list[torch.Tensor] = []
     model.context_encoder.register_forward_pre_hook(
         lambda _m, _args, kwargs: seen.append(kwargs["tokens"]), with_kwargs=True
