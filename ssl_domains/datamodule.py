@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -24,17 +24,19 @@ import numpy as np
 __all__ = ["FittedDataModule"]
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
-class FittedDataModule(pl.LightningDataModule, ABC):
-    """A LightningDataModule reading ``data`` under ``cfg``, whose fitted state the core saves and restores.
+class FittedDataModule(pl.LightningDataModule, ABC, Generic[C]):
+    """A LightningDataModule reading ``data`` under ``cfg`` (of the plugin's config class ``C``), whose fitted
+    state the core saves and restores.
 
     Subclasses implement :meth:`read` (find, check and index the data: called once, by the first ``setup``),
     ``train_dataloader`` and ``predict_dataloader`` (the clean view ``embed`` and ``evaluate`` use), and may
     implement ``val_dataloader``. A value fitted on the training data is obtained with :meth:`fit`.
     """
 
-    def __init__(self, data: Path | str, cfg: Any) -> None:
+    def __init__(self, data: Path | str, cfg: C) -> None:
         super().__init__()
         self.data, self.cfg = Path(data), cfg
         self.fitted: dict[str, Any] = {}

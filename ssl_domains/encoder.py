@@ -20,11 +20,15 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # annotations only
+    from .plugin import SSLDataModule, SSLModel
+    from .run import ResolvedConfig
 
 __all__ = ["Encoder", "load_encoder", "write_model_card"]
 
@@ -39,9 +43,9 @@ class Encoder:
 
     Unpacks as ``model, datamodule = load_encoder(run)``."""
 
-    model: Any
-    datamodule: Any
-    config: Any
+    model: SSLModel
+    datamodule: SSLDataModule
+    config: ResolvedConfig
     run_dir: Path
 
     def __iter__(self) -> Iterator[Any]:

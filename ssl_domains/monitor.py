@@ -30,7 +30,7 @@ import random
 import time
 import warnings
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -41,6 +41,9 @@ from .config import MonitorConfig
 from .evaluation.knn import knn_predict
 from .evaluation.spectrum import spectrum_metrics
 from .tracking import log_metrics
+
+if TYPE_CHECKING:  # annotations only
+    from .plugin import SSLDataModule
 
 __all__ = ["CollapseWarning", "RepresentationMonitor"]
 
@@ -58,7 +61,7 @@ def _nbytes(batch: dict[str, Any]) -> int:
 class RepresentationMonitor(pl.Callback):
     """Monitors the embeddings of a fixed sample of ``datamodule``'s predict view (see the module docstring)."""
 
-    def __init__(self, cfg: MonitorConfig, datamodule: Any) -> None:
+    def __init__(self, cfg: MonitorConfig, datamodule: SSLDataModule) -> None:
         self.cfg, self.datamodule = cfg, datamodule
         self.spent = 0.0  # seconds inside the monitor
         self._batches: int | None = None  # how many predict batches form the sample (fixed by the first call)

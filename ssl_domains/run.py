@@ -36,7 +36,7 @@ import yaml
 from . import registry
 from .config import MonitorConfig, OptimConfig, TrainerConfig, from_mapping, merge, parse_overrides, to_mapping
 from .errors import ConfigError, UserError
-from .plugin import ModalityPlugin
+from .plugin import ModalityPlugin, SSLDataModule, SSLModel
 from .rundir import LAST_CKPT
 
 __all__ = ["LoadedRun", "ResolvedConfig", "load_run", "read_yaml", "resolve_config", "train"]
@@ -367,8 +367,8 @@ class LoadedRun:
     """A finished run, rebuilt for embedding or evaluation."""
 
     config: ResolvedConfig
-    datamodule: Any
-    model: Any
+    datamodule: SSLDataModule
+    model: SSLModel
     run_dir: Path
 
 
@@ -392,7 +392,7 @@ def load_run(run_dir: Path, data: str | Path | None = None) -> LoadedRun:
     return LoadedRun(cfg, datamodule, model, run_dir)
 
 
-def predict_datamodule(cfg: ResolvedConfig, run_dir: Path) -> Any:
+def predict_datamodule(cfg: ResolvedConfig, run_dir: Path) -> SSLDataModule:
     """The datamodule of ``cfg`` on ``cfg.data``, with the fitted state of ``run_dir``, set up for prediction."""
     from .checkpoint import load_data_state
 

@@ -26,13 +26,16 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from . import registry
 from .config import from_mapping, merge, to_mapping
-from .plugin import ModalityPlugin
+from .plugin import ModalityPlugin, SSLDataModule, SSLModel
+
+if TYPE_CHECKING:  # annotations only
+    from .run import ResolvedConfig
 
 __all__ = ["CHECKS", "PluginCheckError", "check_plugin", "parametrize_with_checks"]
 
@@ -68,13 +71,13 @@ def _overrides(plugin: ModalityPlugin, extra: Mapping[str, Any] | None = None) -
     return list(flatten("", plugin.example_overrides())) + list(flatten("", extra or {}))
 
 
-def _config(plugin: ModalityPlugin, data: Path) -> Any:
+def _config(plugin: ModalityPlugin, data: Path) -> ResolvedConfig:
     from .run import resolve_config
 
     return resolve_config(plugin, data, [], _overrides(plugin))
 
 
-def _built(plugin: ModalityPlugin, tmp_path: Path) -> tuple[Any, Any, Any]:
+def _built(plugin: ModalityPlugin, tmp_path: Path) -> tuple[ResolvedConfig, SSLDataModule, SSLModel]:
     """(resolved config, set-up datamodule, fresh model) on the plugin's example data."""
     import lightning.pytorch as pl
 
@@ -86,7 +89,7 @@ def _built(plugin: ModalityPlugin, tmp_path: Path) -> tuple[Any, Any, Any]:
     return cfg, dm, plugin.model(cfg.method, dm)
 
 
-def _first_batch(dm: Any, stage: str = "train") -> dict[str, Any]:
+def _first_batch(dm: SSLDataModule, stage: str = "train") -> dict[str, Any]:
     """The first batch of ``dm``'s ``stage`` loader as the objective sees it: after the datamodule's
     ``on_after_batch_transfer`` (Lightning calls it once the batch is on the device; a plugin may finish its
     batches there, as the audio plugin computes its features)."""

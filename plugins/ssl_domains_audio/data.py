@@ -42,6 +42,7 @@ from ssl_domains.memory import fits_in_memory
 
 from . import features
 from .formats import Clip, find_clips, probe, read_audio
+from .plugin import AudioDataConfig
 
 log = logging.getLogger("ssl_domains")
 INDEX_VERSION = 2  # bump when the cached (clips, lengths) change meaning
@@ -102,7 +103,7 @@ def _crop_start(frames: int, limit: int) -> int:
     return int(torch.randint(0, frames - limit + 1, ())) if frames > limit else 0
 
 
-class AudioDataModule(FittedDataModule):
+class AudioDataModule(FittedDataModule[AudioDataConfig]):
     """Reads a folder or manifest of clips, computes ``kind`` features, serves batches.
 
     ``kind``: "logmel" (per-utterance CMVN), "logmel_global" (log-mel normalised per band with training-set
@@ -111,7 +112,7 @@ class AudioDataModule(FittedDataModule):
     ``pad_multiple``: padded lengths are rounded up to a multiple of it (SSAST's patch width).
     """
 
-    def __init__(self, path: Path, cfg: Any, kind: str, pad_multiple: int = 1) -> None:
+    def __init__(self, path: Path, cfg: AudioDataConfig, kind: str, pad_multiple: int = 1) -> None:
         super().__init__(path, cfg)
         self.kind, self.pad_multiple = kind, pad_multiple
         self.std_factor = 2.0 if kind == "fbank" else 1.0  # SSAST divides by 2 std

@@ -10,13 +10,18 @@ so they would select C for the wrong problem.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN
 from ssl_domains.evaluation import group_disjoint_probe, predict_embeddings, rankme
+
+if TYPE_CHECKING:
+    from .data import AudioDataModule
+    from .model import SSASTModel, TERAModel
+    from .plugin import AudioDataConfig
 
 
 def speaker_probe(
@@ -37,7 +42,7 @@ def speaker_probe(
 
 @torch.no_grad()
 def clip_embeddings(
-    model: Any, datamodule: Any, device: torch.device | str
+    model: TERAModel | SSASTModel, datamodule: AudioDataModule, device: torch.device | str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(vectors, labels, speakers, splits)`` of every clip, ordered by clip id."""
     emb = predict_embeddings(model, datamodule, device)
@@ -47,7 +52,9 @@ def clip_embeddings(
     return emb.vectors[order], emb.labels[order], datamodule.speakers[ids], emb.splits[order]
 
 
-def evaluate_clips(model: Any, datamodule: Any, cfg: Any, device: torch.device | str) -> dict[str, float]:
+def evaluate_clips(
+    model: TERAModel | SSASTModel, datamodule: AudioDataModule, cfg: AudioDataConfig, device: torch.device | str
+) -> dict[str, float]:
     """RankMe of all clip embeddings, and the speaker-disjoint probe when the clips carry labels and speakers."""
     datamodule.setup("predict")
     vectors, labels, speakers, splits = clip_embeddings(model, datamodule, device)
@@ -56,7 +63,7 @@ def evaluate_clips(model: Any, datamodule: Any, cfg: Any, device: torch.device |
     return metrics
 
 
-def pooled_logmel(datamodule: Any, n_mels: int = 80) -> np.ndarray:
+def pooled_logmel(datamodule: AudioDataModule, n_mels: int = 80) -> np.ndarray:
     """The baseline: mean and std over time of each clip's log-mel bands (no CMVN), ``[clips, 2 · n_mels]``."""
     from .features import SAMPLE_RATE, log_mel
     from .formats import read_audio

@@ -38,11 +38,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ssl_domains import UserError
+
+if TYPE_CHECKING:
+    from .plugin import SSASTConfig
 
 __all__ = ["REFERENCE_NORM", "from_reference", "read", "to_reference", "write"]
 
@@ -201,7 +204,7 @@ def read(path: Path) -> Any:
     return from_reference(read_checkpoint(Path(path)), str(path))
 
 
-def to_reference(model: torch.nn.Module, cfg: Any) -> dict[str, torch.Tensor]:
+def to_reference(model: torch.nn.Module, cfg: SSASTConfig) -> dict[str, torch.Tensor]:
     """Our model's weights in the reference's key layout, with the ``module.`` prefix (see the key map)."""
     ours = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     dim = ours["patch_embed.weight"].shape[0]
@@ -229,7 +232,7 @@ def to_reference(model: torch.nn.Module, cfg: Any) -> dict[str, torch.Tensor]:
     return {_PREFIX + k: v.contiguous() for k, v in sd.items()}
 
 
-def write(model: torch.nn.Module, cfg: Any, path: Path, *, any_size: bool = False) -> None:
+def write(model: torch.nn.Module, cfg: SSASTConfig, path: Path, *, any_size: bool = False) -> None:
     """``ssl-domains export --format ssast``: a file that the reference's ``ASTModel(pretrain_stage=False,
     load_pretrained_mdl_path=path, model_size=...)`` loads (and ``nn.DataParallel(ASTModel(pretrain_stage=True))
     .load_state_dict`` strictly).

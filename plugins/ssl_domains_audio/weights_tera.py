@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ssl_domains import UserError
 from ssl_domains.transfer import ImportedWeights, read_checkpoint
+
+if TYPE_CHECKING:
+    from .plugin import TERAConfig
 
 _BLOCK = {
     "attention.output.dense": "proj",
@@ -171,7 +174,7 @@ def read(path: Path) -> ImportedWeights:
     return ImportedWeights({"tera": layer}, ours, fresh=() if head else ("head.",), notes=tuple(notes))
 
 
-def write(model: torch.nn.Module, cfg: Any, path: Path) -> None:
+def write(model: torch.nn.Module, cfg: TERAConfig, path: Path) -> None:
     """Save ``model`` as s3prl's runner does, loadable by s3prl's upstream ``TransformerBuilder`` and
     ``UpstreamPretrainExpert.load_model``."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -23,6 +23,7 @@ from ssl_domains.data import eval_loader, train_loader
 from ssl_domains.datamodule import FittedDataModule
 
 from .formats import GraphSource, read_graph_source, validate_graph
+from .plugin import GraphMAEConfig
 from .sampling import NeighborSampler
 from .store import StoreReads, cached_graph, text_graph_files
 
@@ -66,7 +67,7 @@ class _Indices(Dataset):
         return i
 
 
-class GraphDataModule(FittedDataModule):
+class GraphDataModule(FittedDataModule[GraphMAEConfig]):
     """Reads any accepted graph format; serves full graphs, neighbour-sampled subgraphs or graph mini-batches."""
 
     def input_spec(self) -> dict[str, Any]:

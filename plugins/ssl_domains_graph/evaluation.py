@@ -7,7 +7,7 @@ SVM with C chosen by inner cross-validation, under stratified 10-fold cross-vali
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +15,11 @@ import torch.nn.functional as F
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
 from ssl_domains.evaluation import predict_embeddings, single_threaded_blas
+
+if TYPE_CHECKING:
+    from .data import GraphDataModule
+    from .model import GraphMAE
+    from .plugin import GraphMAEConfig
 
 
 def node_linear_probe(
@@ -71,7 +76,9 @@ def graph_svm_cv(emb: np.ndarray, labels: np.ndarray, seed: int = 0, folds: int 
     return {"svm_acc": float(np.mean(scores)), "svm_acc_std": float(np.std(scores))}
 
 
-def evaluate_graphmae(model: Any, datamodule: Any, cfg: Any, device: torch.device | str) -> dict[str, float] | None:
+def evaluate_graphmae(
+    model: GraphMAE, datamodule: GraphDataModule, cfg: GraphMAEConfig, device: torch.device | str
+) -> dict[str, float] | None:
     """The paper's protocol for the data at hand, or None (the core's generic probe) when it does not apply."""
     emb = predict_embeddings(model, datamodule, device)
     if emb.labels is None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ssl_domains.evaluation import collect_embeddings
 
+if TYPE_CHECKING:
+    from .data import GraphDataModule
+    from .model import GraphMAE
+
 MAX_POINTS = 3000
 
 
-def plot_embedding_projection(model: Any, datamodule: Any, out_dir: Path, device: Any) -> list[Path]:
+def plot_embedding_projection(model: GraphMAE, datamodule: GraphDataModule, out_dir: Path, device: Any) -> list[Path]:
     """t-SNE (after PCA to 50 dims) of up to 3,000 node or graph embeddings; colour = label when known."""
     import matplotlib
 

@@ -7,13 +7,16 @@ scale -> ``index_add_``, with PyG's segment softmax for attention.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 from torch_geometric.utils import softmax
+
+if TYPE_CHECKING:  # annotations only
+    from .plugin import GraphMAEConfig
 
 
 class _FeatureDropout(torch.autograd.Function):
@@ -150,7 +153,7 @@ class GAT(nn.Module):
         num_layers: int,
         heads: int,
         out_heads: int,
-        cfg: Any,
+        cfg: GraphMAEConfig,
         encoding: bool,
         concat_out: bool = True,
     ) -> None:
@@ -223,7 +226,9 @@ class GIN(nn.Module):
     """A stack of :class:`GINLayer` as in the reference ``gin.py``: the last encoder layer keeps norm+act
     only when a norm is configured; the single decoder layer is a bare MLP."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int, cfg: Any, encoding: bool) -> None:
+    def __init__(
+        self, in_dim: int, hidden: int, out_dim: int, num_layers: int, cfg: GraphMAEConfig, encoding: bool
+    ) -> None:
         super().__init__()
         self.feat_drop = cfg.in_drop
         act, norm = cfg.activation, (None if cfg.norm == "none" else cfg.norm)
@@ -257,7 +262,7 @@ POOLS = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_poo
 class GraphMAE(nn.Module):
     """Encoder, [MASK] token, bias-free encoder-to-decoder map, single-layer decoder (Hou et al. 2022, §3)."""
 
-    def __init__(self, cfg: Any, in_dim: int, level: str) -> None:
+    def __init__(self, cfg: GraphMAEConfig, in_dim: int, level: str) -> None:
         super().__init__()
         self.level, self.pooling = level, cfg.pooling
         self.decoder_type = cfg.decoder

@@ -60,6 +60,7 @@ from ssl_domains.memory import fits_in_memory
 from .correspondence import ForegroundPoints, Geometries, foreground_box
 from .crops import CorrespondingViews, PairCrops, ViewCrops, Volumes, flatten_collate
 from .formats import VolumeRecord, find_volumes, preprocessed_bytes
+from .plugin import MedicalConfig
 from .transforms import corrupt_batch, jitter_batch, preprocessing
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,14 @@ class _MappedPersistentDataset(PersistentDataset):
         return super()._cachecheck(item_transformed)
 
 
-class MedicalDataModule(FittedDataModule):
+class MedicalDataModule(FittedDataModule[MedicalConfig]):
     """Reads ``data`` (folder, glob, file or manifest; NIfTI or DICOM series) through MONAI and serves crops.
 
     ``predict_dataloader`` yields whole preprocessed volumes, one per batch (sizes differ); ``embed`` pools them
     with a sliding window.
     """
 
-    def __init__(self, data: Path, cfg: Any, mode: str) -> None:
+    def __init__(self, data: Path, cfg: MedicalConfig, mode: str) -> None:
         super().__init__(data, cfg)
         if mode not in ("views", "pairs", "corresponding_views"):
             raise ValueError(f"mode must be 'views', 'pairs' or 'corresponding_views', got {mode!r}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,11 @@ from ssl_domains.evaluation import predict_embeddings, rankme
 
 from .model import VolumeNet
 from .transforms import crop_around
+
+if TYPE_CHECKING:
+    from .data import MedicalDataModule
+    from .model import AliceModel, Contrastive3DModel
+    from .plugin import MedicalConfig
 
 WARP = {
     "sigma_range": (5.0, 7.0), "magnitude_range": (100.0, 200.0), "rotate_range": (0.12, 0.12, 0.12),
@@ -226,7 +231,8 @@ def landmark_error(
 
 @torch.no_grad()
 def evaluate_landmarks(
-    model: Any, datamodule: Any, cfg: Any, device: torch.device | str, random_twin: Callable[[], Any],
+    model: AliceModel | Contrastive3DModel, datamodule: MedicalDataModule, cfg: MedicalConfig,
+    device: torch.device | str, random_twin: Callable[[], AliceModel | Contrastive3DModel],
     pairs: int = 4, points: int = 50, stride: int = 8,
 ) -> dict[str, float]:  # fmt: skip
     """The plugin's label-free ``evaluate``: each of up to ``pairs`` volumes against a warped copy of itself
@@ -276,7 +282,7 @@ def dice_scores(net: VolumeNet, volumes: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def finetune_segmentation(
-    cfg: Any,
+    cfg: MedicalConfig,
     init: dict[str, torch.Tensor] | None,
     train: list[tuple[torch.Tensor, torch.Tensor]],
     val: list[tuple[torch.Tensor, torch.Tensor]],

@@ -4,12 +4,17 @@ corrupted input the network saw, and its reconstruction."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .masking import column_mask
+
+if TYPE_CHECKING:
+    from .data import MedicalDataModule
+    from .model import AliceModel, Contrastive3DModel
+    from .plugin import AliceConfig, Contrastive3DConfig
 
 
 def _slices(volume: torch.Tensor) -> list[np.ndarray]:
@@ -21,7 +26,11 @@ def _slices(volume: torch.Tensor) -> list[np.ndarray]:
 
 @torch.no_grad()
 def crop_panels(
-    model: Any, datamodule: Any, cfg: Any, mode: str, device: torch.device | str
+    model: AliceModel | Contrastive3DModel,
+    datamodule: MedicalDataModule,
+    cfg: AliceConfig | Contrastive3DConfig,
+    mode: str,
+    device: torch.device | str,
 ) -> tuple[list[str], list[torch.Tensor]]:
     """Column titles and ``[X, Y, Z]`` volumes (on the host): the clean crop, the network's input and its output."""
     torch.manual_seed(0)
@@ -42,7 +51,12 @@ def crop_panels(
 
 
 def plot_reconstruction(
-    model: Any, datamodule: Any, cfg: Any, mode: str, out_dir: Path, device: torch.device | str
+    model: AliceModel | Contrastive3DModel,
+    datamodule: MedicalDataModule,
+    cfg: AliceConfig | Contrastive3DConfig,
+    mode: str,
+    out_dir: Path,
+    device: torch.device | str,
 ) -> list[Path]:
     """Save ``reconstruction.png``: rows = axial / coronal / sagittal, columns = crop / input / reconstruction."""
     import matplotlib

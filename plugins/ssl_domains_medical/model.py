@@ -13,7 +13,7 @@ and two transposed convolutions from the final tokens to the voxels, with no ski
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from ssl_domains.nn import EMATeacher
+
+if TYPE_CHECKING:  # annotations only
+    from .plugin import MedicalConfig
 
 
 class VolumeNet(nn.Module):
@@ -105,7 +108,7 @@ class VolumeNet(nn.Module):
             block.norm_cross_attn.requires_grad_(False)
 
     @classmethod
-    def from_config(cls, cfg: Any, out_channels: int = 1, drop_path: float = 0.0) -> VolumeNet:
+    def from_config(cls, cfg: MedicalConfig, out_channels: int = 1, drop_path: float = 0.0) -> VolumeNet:
         """From a plugin config's backbone fields; ``drop_path``: SwinUNETR's ``dropout_path_rate`` (stochastic
         depth, rising linearly over the Swin blocks to this rate; ``swin`` only)."""
         decoder = getattr(cfg, "decoder", "unetr")

@@ -257,7 +257,7 @@ class _MedicalPlugin(ModalityPlugin):
 
     mode: ClassVar[str]  # the data module's crops: "views" (contrastive3d) or "pairs" (Alice)
 
-    def datamodule(self, cfg: Any, data: Path) -> SSLDataModule:
+    def datamodule(self, cfg: MedicalConfig, data: Path) -> SSLDataModule:
         from .data import MedicalDataModule
 
         mode = "corresponding_views" if getattr(cfg, "positives", "views") == "corresponding" else self.mode
@@ -269,14 +269,14 @@ class _MedicalPlugin(ModalityPlugin):
         return write_example_volumes(Path(root))
 
     def visualize(
-        self, model: SSLModel, datamodule: SSLDataModule, cfg: Any, out_dir: Path, device: torch.device
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: MedicalConfig, out_dir: Path, device: torch.device
     ) -> list[Path]:
         from .figures import plot_reconstruction
 
         return plot_reconstruction(model, datamodule, cfg, self.mode, out_dir, device)
 
     def evaluate(
-        self, model: SSLModel, datamodule: SSLDataModule, cfg: Any, device: torch.device
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: MedicalConfig, device: torch.device
     ) -> dict[str, float] | None:
         from .evaluation import evaluate_landmarks
 

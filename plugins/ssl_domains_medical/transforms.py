@@ -5,7 +5,7 @@ intensity jitter and the centred crop (:mod:`.data` documents the whole pipeline
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from monai.data.utils import is_supported_format
 
 from ssl_domains import DataError
 from ssl_domains.arrayfile import will_need
+
+if TYPE_CHECKING:  # annotations only
+    from .plugin import Contrastive3DConfig, MedicalConfig
 
 
 class FreeSurferReader(NibabelReader):
@@ -126,7 +129,7 @@ def _source(image: Any) -> str:
     return str(name[0] if isinstance(name, (list, tuple)) and name else name)
 
 
-def preprocessing(cfg: Any, keys: tuple[str, ...]) -> mt.Compose:
+def preprocessing(cfg: MedicalConfig, keys: tuple[str, ...]) -> mt.Compose:
     """The deterministic MONAI chain (see the module docstring); ``keys`` is ``("image",)`` or with ``"label"``."""
     modes = tuple("nearest" if k == "label" else "bilinear" for k in keys)
     if cfg.intensity == "ct":
@@ -162,7 +165,7 @@ def preprocessing(cfg: Any, keys: tuple[str, ...]) -> mt.Compose:
     return mt.Compose(chain)
 
 
-def view_transforms(cfg: Any, corrupt: bool = True) -> mt.Compose:
+def view_transforms(cfg: Contrastive3DConfig, corrupt: bool = True) -> mt.Compose:
     """contrastive3d's random crop and two independently corrupted views (MONAI ViT SSL recipe); with
     ``corrupt=False`` the crop alone (the views are made on the device, :func:`corrupt_batch`)."""
     roi = [cfg.roi] * 3
@@ -179,7 +182,7 @@ def view_transforms(cfg: Any, corrupt: bool = True) -> mt.Compose:
     return mt.Compose(steps + corruptions(cfg, ("view1", "view2")))
 
 
-def corruptions(cfg: Any, views: tuple[str, ...]) -> list[Any]:
+def corruptions(cfg: Contrastive3DConfig, views: tuple[str, ...]) -> list[Any]:
     """The recipe's corruption of each key in ``views``, drawn independently: ``OneOf[RandCoarseDropoutd``
     in-painting | out-painting``]`` then ``RandCoarseShuffled``, hole sizes scaled from 96^3 crops to ``roi``."""
 
@@ -278,7 +281,9 @@ def coarse_shuffle(views: torch.Tensor, holes: int, size: int, prob: float, gene
     return flat.reshape(views.shape)
 
 
-def corrupt_batch(views: torch.Tensor, cfg: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+def corrupt_batch(
+    views: torch.Tensor, cfg: Contrastive3DConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """:func:`corruptions` of each crop in ``[N, C, D, H, W]``, batched on its device, with MONAI's semantics:
     ``OneOf`` (each crop in-painted or out-painted, even odds) ``RandCoarseDropout`` with ``fill_value=None``,
     whose values are uniform over the crop's own [min, max] (in-painting fills the union of the holes,

@@ -50,6 +50,7 @@ from .bands import S1_GRD, bands_for
 from .formats import Acquisition, chip_footprints, iter_acquisitions, read_bands
 from .locations import ChipIndex, Scene, group_locations, window_starts
 from .normalisation import dequantise, load_stats, normalise, normalise_batch, quantise
+from .plugin import RSDataConfig
 
 # a cached view's dtype -> its batch tensor's: uint16 DN travel as int16 bits (pinned memory and the CUDA copy
 # take every dtype but uint16 fully), uint8 (quantize) as is
@@ -77,7 +78,7 @@ class _Chips(Dataset):
         return [self[i] for i in indices]
 
 
-class RSDataModule(FittedDataModule):
+class RSDataModule(FittedDataModule[RSDataConfig]):
     """Sentinel-1/2 chips for CROMA (``mode="s1s2"``) or SSL4EO (``mode="temporal"``); batches are dicts.
 
     Batches: ``radar`` ``[B, 2, h, w]`` and ``optical`` ``[B, 12, h, w]`` (s1s2), or ``view1``/``view2`` (temporal),
@@ -85,7 +86,7 @@ class RSDataModule(FittedDataModule):
     evaluation chip's evaluation pair (closest dates for s1s2, the first two dates for temporal).
     """
 
-    def __init__(self, path: Path, cfg: Any, mode: str) -> None:
+    def __init__(self, path: Path, cfg: RSDataConfig, mode: str) -> None:
         super().__init__(path, cfg)
         self.mode = mode
         self.s2_bands = tuple(cfg.s2_bands) if cfg.s2_bands else bands_for(cfg.s2_level)

@@ -6,7 +6,7 @@ recall@1 is ``1 / N`` for a gallery of ``N`` chips. Similarity is the cosine of 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,10 +16,20 @@ from ssl_domains.evaluation.rankme import rankme
 
 from .model import resize_to
 
+if TYPE_CHECKING:
+    from ssl_domains import SSLModel
+
+    from .data import RSDataModule
+    from .model import CROMA, SSL4EOModel
+    from .resnet import SSL4EOResNetModel
+
 
 @torch.no_grad()
 def retrieval_embeddings(
-    model: Any, datamodule: Any, device: torch.device | str, size: int | None = None
+    model: CROMA | SSL4EOModel | SSL4EOResNetModel,
+    datamodule: RSDataModule,
+    device: torch.device | str,
+    size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Query and gallery embeddings ``[N, D]`` of the held-out chips (every chip when nothing is held out).
 
@@ -59,7 +69,9 @@ def recall_at_k(queries: torch.Tensor, gallery: torch.Tensor, ks: tuple[int, ...
 
 
 @torch.no_grad()
-def knn_by_location(model: Any, datamodule: Any, device: torch.device | str, k: int = 5) -> dict[str, float]:
+def knn_by_location(
+    model: SSLModel, datamodule: RSDataModule, device: torch.device | str, k: int = 5
+) -> dict[str, float]:
     """kNN (cosine, ``k`` neighbours) accuracy of ``embed`` on chips whose location carries a class (EuroSAT
     folder names, single-label BigEarthNet patches), leave-one-location-out so that no chip is classified by
     chips of its own scene. Empty when fewer than two locations per class are labelled."""
@@ -91,7 +103,10 @@ def knn_by_location(model: Any, datamodule: Any, device: torch.device | str, k: 
 
 
 def evaluate_retrieval(
-    model: Any, datamodule: Any, device: torch.device | str, size: int | None = None
+    model: CROMA | SSL4EOModel | SSL4EOResNetModel,
+    datamodule: RSDataModule,
+    device: torch.device | str,
+    size: int | None = None,
 ) -> dict[str, float]:
     """Recall@1/5 in both directions, chance, gallery size, RankMe, and a kNN probe where locations are labelled.
     Chips with one view (:attr:`RSDataModule.single_view`: S2-only chips for CROMA, single dates for SSL4EO) have

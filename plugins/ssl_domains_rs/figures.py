@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -12,6 +12,11 @@ from .bands import RGB
 from .masking import croma_masks, random_keep
 from .model import patchify, unpatchify
 from .objective import augment
+
+if TYPE_CHECKING:
+    from .data import RSDataModule
+    from .model import CROMA, SSL4EOModel
+    from .resnet import SSL4EOResNetModel
 
 
 def _rgb(image: torch.Tensor, bands: tuple[str, ...]) -> np.ndarray:
@@ -29,7 +34,9 @@ def _paste(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def _panels(model: Any, datamodule: Any, rows: int, device: Any) -> tuple[list[str], list[list[np.ndarray]]]:
+def _panels(
+    model: CROMA | SSL4EOModel | SSL4EOResNetModel, datamodule: RSDataModule, rows: int, device: Any
+) -> tuple[list[str], list[list[np.ndarray]]]:
     batch = {k: v.to(device) for k, v in next(iter(datamodule.predict_dataloader())).items() if torch.is_tensor(v)}
     bands = datamodule.s2_bands
     torch.manual_seed(0)
@@ -66,7 +73,9 @@ def _panels(model: Any, datamodule: Any, rows: int, device: Any) -> tuple[list[s
     return titles, [[_rgb(v[i], bands) for v in (x1, shown, recon)] for i in range(b)]
 
 
-def plot_reconstruction(model: Any, datamodule: Any, out_dir: Path, device: Any, rows: int = 3) -> list[Path]:
+def plot_reconstruction(
+    model: CROMA | SSL4EOModel | SSL4EOResNetModel, datamodule: RSDataModule, out_dir: Path, device: Any, rows: int = 3
+) -> list[Path]:
     """Save ``reconstruction.png`` (RGB composites) under ``out_dir`` and return its path."""
     import matplotlib
 

@@ -244,7 +244,7 @@ class _RSPlugin(ModalityPlugin):
 
     mode: ClassVar[str]  # the data module's view pairing: "s1s2" (CROMA) or "temporal" (SSL4EO)
 
-    def datamodule(self, cfg: Any, data: Path) -> SSLDataModule:
+    def datamodule(self, cfg: RSDataConfig, data: Path) -> SSLDataModule:
         from .data import RSDataModule
 
         return RSDataModule(Path(data), cfg, mode=self.mode)
@@ -255,14 +255,14 @@ class _RSPlugin(ModalityPlugin):
         return write_example_pairs(Path(root))
 
     def visualize(
-        self, model: SSLModel, datamodule: SSLDataModule, cfg: Any, out_dir: Path, device: torch.device
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: RSDataConfig, out_dir: Path, device: torch.device
     ) -> list[Path]:
         from .figures import plot_reconstruction
 
         return plot_reconstruction(model, datamodule, out_dir, device)
 
     def evaluate(
-        self, model: SSLModel, datamodule: SSLDataModule, cfg: Any, device: torch.device
+        self, model: SSLModel, datamodule: SSLDataModule, cfg: RSDataConfig, device: torch.device
     ) -> dict[str, float] | None:
         from .evaluation import evaluate_retrieval
 

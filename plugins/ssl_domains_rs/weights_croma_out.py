@@ -23,11 +23,15 @@ fresh): the contrastive projections, the logit scale and the MAE decoder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ssl_domains import UserError
+
+if TYPE_CHECKING:
+    from .model import CROMA
+    from .plugin import CROMAConfig
 
 __all__ = ["to_released", "to_torchgeo", "write_released", "write_torchgeo"]
 
@@ -41,7 +45,7 @@ _NO_BIAS = ("qkv", "q_cross", "kv_cross")
 _SWITCHES = "train with the reference switches (--set croma.qkv_bias=false --set croma.shared_cross_norm=true)"
 
 
-def _refuse_sizes(model: Any, fmt: str) -> None:
+def _refuse_sizes(model: CROMA, fmt: str) -> None:
     """The sizes ``use_croma.py``'s and torchgeo's classes can build (both fix 16 heads, patch 8, 2 + 12 bands)."""
     from .weights_croma import HEADS
 
@@ -63,7 +67,7 @@ def _refuse_sizes(model: Any, fmt: str) -> None:
         raise UserError(f"cannot export --format {fmt}: this run's CROMA has {'; '.join(problems)}")
 
 
-def _refuse_biases(model: Any, fmt: str) -> None:
+def _refuse_biases(model: CROMA, fmt: str) -> None:
     """q/k/v biases may only be left out when they are all zero (a run trained with ``qkv_bias: false`` has none)."""
     nonzero = []
     for part, blocks in (("optical.blocks", model.optical.blocks), ("radar.blocks", model.radar.blocks),
@@ -79,7 +83,7 @@ def _refuse_biases(model: Any, fmt: str) -> None:
                         f"{', '.join(nonzero[:4])}); dropping them would change the network: {_SWITCHES}")  # fmt: skip
 
 
-def _refuse_cross_norms(model: Any, fmt: str) -> None:
+def _refuse_cross_norms(model: CROMA, fmt: str) -> None:
     """One cross-attention ``input_norm`` for queries and context: ours may be two modules, if they are equal."""
     differ = []
     for i, block in enumerate(model.joint):
@@ -94,7 +98,7 @@ def _refuse_cross_norms(model: Any, fmt: str) -> None:
                         f"{', '.join(differ)}; {_SWITCHES}")  # fmt: skip
 
 
-def _check(model: Any, fmt: str) -> None:
+def _check(model: CROMA, fmt: str) -> None:
     _refuse_sizes(model, fmt)
     _refuse_biases(model, fmt)
     _refuse_cross_norms(model, fmt)
@@ -105,7 +109,7 @@ def _leaf(module: str, leaf: str) -> bool:
     return not (leaf == "bias" and module in _NO_BIAS) and module != "norm_context"
 
 
-def to_released(model: Any, fmt: str = "croma") -> dict[str, dict[str, torch.Tensor]]:
+def to_released(model: CROMA, fmt: str = "croma") -> dict[str, dict[str, torch.Tensor]]:
     """Our :class:`ssl_domains_rs.model.CROMA` as ``use_croma.py``'s five entries (refused where unfaithful)."""
     from .weights_croma import ENTRIES, FRESH
 
@@ -142,16 +146,16 @@ def to_released(model: Any, fmt: str = "croma") -> dict[str, dict[str, torch.Ten
     return out
 
 
-def to_torchgeo(model: Any) -> dict[str, torch.Tensor]:
+def to_torchgeo(model: CROMA) -> dict[str, torch.Tensor]:
     """Our CROMA as ``torchgeo.models.croma.CROMA``'s state dict (7ea0616: no ``attn_bias``)."""
     return {f"{entry}.{k}": v for entry, part in to_released(model, "torchgeo").items() for k, v in part.items()}
 
 
-def write_released(model: Any, cfg: Any, path: Path) -> None:
+def write_released(model: CROMA, cfg: CROMAConfig | None, path: Path) -> None:
     """``--format croma``: a ``CROMA_base.pt``-style file, ``PretrainedCROMA(pretrained_path=...)`` reads it."""
     torch.save(to_released(model), path)
 
 
-def write_torchgeo(model: Any, cfg: Any, path: Path) -> None:
+def write_torchgeo(model: CROMA, cfg: CROMAConfig | None, path: Path) -> None:
     """``--format torchgeo``: ``torchgeo.models.croma.CROMA(...).load_state_dict(torch.load(path))``."""
     torch.save(to_torchgeo(model), path)

@@ -32,7 +32,7 @@ import argparse
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +40,11 @@ from ssl_domains import UserError
 
 from . import weights_ssl4eo_resnet as resnet_weights
 from .weights_ssl4eo_resnet import is_resnet
+
+if TYPE_CHECKING:
+    from .model import SinCosViT, SSL4EOModel
+    from .plugin import SSL4EOConfig
+    from .resnet import SSL4EOResNetModel
 
 __all__ = [
     "from_mae",
@@ -290,7 +295,7 @@ def read_timm(path: Path) -> Any:
 _TO_TIMM = {v: k for k, v in _BLOCK.items()}
 
 
-def _timm_state(backbone: Any, prefix: str, channels: int, patch: int, grid: int) -> dict[str, torch.Tensor]:
+def _timm_state(backbone: SinCosViT, prefix: str, channels: int, patch: int, grid: int) -> dict[str, torch.Tensor]:
     """Our ``SinCosViT`` in timm's names, with the fixed table it uses as ``pos_embed`` (class row zero)."""
     from .model import POSITION_TABLES
 
@@ -313,13 +318,13 @@ def _timm_state(backbone: Any, prefix: str, channels: int, patch: int, grid: int
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
-def _sizes(model: Any, cfg: Any) -> tuple[int, int, int]:
+def _sizes(model: SSL4EOModel, cfg: SSL4EOConfig) -> tuple[int, int, int]:
     if cfg.chip % cfg.patch:
         raise UserError(f"chip {cfg.chip} is not a multiple of patch {cfg.patch}")
     return model.in_channels, model.patch, cfg.chip // cfg.patch
 
 
-def write_timm(model: Any, cfg: Any, path: Path) -> None:
+def write_timm(model: SSL4EOModel | SSL4EOResNetModel, cfg: SSL4EOConfig, path: Path) -> None:
     """``--format timm``: the encoder as a timm ``VisionTransformer`` state dict (``num_classes=0``), loadable with
     ``timm.create_model("vit_small_patch16_224", in_chans=13, num_classes=0).load_state_dict(...)`` at ViT-S sizes
     and by torchgeo's ViT; ``pos_embed`` holds our fixed table (a timm ViT learns it from there)."""
@@ -330,7 +335,7 @@ def write_timm(model: Any, cfg: Any, path: Path) -> None:
     torch.save(_timm_state(model.backbone, "", channels, patch, grid), path)
 
 
-def write_moco(model: Any, cfg: Any, path: Path) -> None:
+def write_moco(model: SSL4EOModel | SSL4EOResNetModel, cfg: SSL4EOConfig, path: Path) -> None:
     """``--format ssl4eo-moco``: MoCo v3's checkpoint layout, which SSL4EO-S12's ``main_lincls``-style loaders and
     ``MoCo_ViT.load_state_dict`` (after removing ``module.``) read."""
     if model.key_encoder is None:
@@ -350,7 +355,7 @@ def write_moco(model: Any, cfg: Any, path: Path) -> None:
     torch.save({"epoch": 0, "arch": "vit_small", "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
 
 
-def write_mae(model: Any, cfg: Any, path: Path) -> None:
+def write_mae(model: SSL4EOModel, cfg: SSL4EOConfig, path: Path) -> None:
     """``--format ssl4eo-mae``: MAE's checkpoint layout (``{"model": MaskedAutoencoderViT state dict}``)."""
     from .model import POSITION_TABLES
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ssl_domains import UserError
+
+if TYPE_CHECKING:
+    from .resnet import SSL4EOResNetModel
 
 _KEY = re.compile(r"(conv1|bn1|layer[1-4]\.\d+\.(conv[1-3]|bn[1-3]|downsample\.[01]))\.(weight|bias|running_mean|"
                   r"running_var|num_batches_tracked)")  # fmt: skip
@@ -113,12 +116,12 @@ def from_timm(sd: Mapping[str, torch.Tensor], source: str) -> Any:
     return ImportedWeights({"ssl4eo": _layer(channels)}, ours, fresh=fresh, notes=notes)
 
 
-def timm_state(model: Any) -> dict[str, torch.Tensor]:
+def timm_state(model: SSL4EOResNetModel) -> dict[str, torch.Tensor]:
     """Our ResNet-50 in torchvision / timm names (no ``fc``: ``resnet50(num_classes=0)`` loads it strictly)."""
     return {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
 
 
-def moco_state(model: Any) -> dict[str, torch.Tensor]:
+def moco_state(model: SSL4EOResNetModel) -> dict[str, torch.Tensor]:
     """MoCo v3's ``MoCo_ResNet`` layout: ``base_encoder.*`` with ``fc`` = projector, ``momentum_encoder.*``,
     ``predictor.*``."""
     key_backbone, key_projector = model.key_encoder.module

@@ -23,6 +23,7 @@ from ssl_domains.datamodule import FittedDataModule
 
 from .formats import find_slc_files, open_slc, write_complex_geotiff
 from .model import DOWNSAMPLING, LOG_OFFSET
+from .plugin import MerlinConfig
 from .simulate import reflectivity_from_image, simulate_slc
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,10 @@ class Tiles(Dataset):
         return _collate([np.ascontiguousarray(crop) for crop, _ in items], [k for _, k in items])
 
 
-class SLCDataModule(FittedDataModule):
+class SLCDataModule(FittedDataModule[MerlinConfig]):
     """Reads the SLC files under ``data``; fits the sensor constants on them unless the config gives them."""
 
-    def __init__(self, data: Path, cfg: Any) -> None:
+    def __init__(self, data: Path, cfg: MerlinConfig) -> None:
         super().__init__(data, cfg)
         self.images: list[np.ndarray] = []
         self.files: list[Path] = []

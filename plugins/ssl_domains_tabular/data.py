@@ -33,6 +33,7 @@ from ssl_domains.indexcache import cached_array_folder, cached_index
 from ssl_domains.memory import fits_in_memory
 
 from .formats import TableFiles, find_tables, iter_frames, read_table, table_dataset, table_rows
+from .plugin import TJEPAConfig
 from .schema import check_missing, encode_table, fit_schema
 from .stream import BATCH_ROWS, SchemaPass, encode_to, encoded_key, hashed_split
 
@@ -53,7 +54,7 @@ class _Rows(Dataset):
         return self.gather(self.rows[np.asarray(indices, dtype=np.int64)])
 
 
-class TableDataModule(FittedDataModule):
+class TableDataModule(FittedDataModule[TJEPAConfig]):
     """Reads a table (or train/val/test tables), fits the encoders on the training split, serves row batches."""
 
     def input_spec(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,11 @@ from torch import nn
 
 from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
 from ssl_domains.evaluation import predict_embeddings
+
+if TYPE_CHECKING:
+    from .data import TableDataModule
+    from .model import TJEPAModel
+    from .plugin import TJEPAConfig
 
 HEAD_WIDTH, HEAD_LR, HEAD_BATCH = 256, 1e-3, 256
 MLP_DROPOUTS = (0.1, 0.3)
@@ -145,7 +150,7 @@ def fit_selected_head(
     return max(results, key=lambda r: -r[0] if task == "regression" else r[0])
 
 
-def table_embeddings(model: Any, datamodule: Any, device: torch.device | str) -> np.ndarray:
+def table_embeddings(model: TJEPAModel, datamodule: TableDataModule, device: torch.device | str) -> np.ndarray:
     """``model.embed`` of every row, in the order of the datamodule's tensors."""
     emb = predict_embeddings(model, datamodule, device)
     vectors = np.empty_like(emb.vectors)
@@ -182,7 +187,9 @@ def compare_heads(embeddings: np.ndarray, datamodule: Any, seeds: int, epochs: i
     return metrics
 
 
-def evaluate_tjepa(model: Any, datamodule: Any, cfg: Any, device: torch.device | str) -> dict[str, Any] | None:
+def evaluate_tjepa(
+    model: TJEPAModel, datamodule: TableDataModule, cfg: TJEPAConfig, device: torch.device | str
+) -> dict[str, Any] | None:
     """The comparison above, or None (the core's generic probe) without a target or a val/test split."""
     if datamodule.target is None:
         return None

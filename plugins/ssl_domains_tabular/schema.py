@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ssl_domains import DataError
+
+if TYPE_CHECKING:  # annotations only
+    from .plugin import TJEPAConfig
 
 log = logging.getLogger("ssl_domains_tabular")
 
@@ -91,7 +94,7 @@ def _as_strings(series: pd.Series) -> pd.Series:
     return series.astype("string").fillna(MISSING_CATEGORY).astype(str)
 
 
-def fit_schema(frame: pd.DataFrame, path: Path, cfg: Any) -> dict[str, Any]:
+def fit_schema(frame: pd.DataFrame, path: Path, cfg: TJEPAConfig) -> dict[str, Any]:
     """Fit the scaler, vocabularies and target encoding on the training rows ``frame``."""
     numeric, cats = infer_columns(frame, path, cfg.target, list(cfg.categorical), list(cfg.numerical), list(cfg.drop))
     values = frame[numeric].to_numpy(dtype=np.float64) if numeric else np.zeros((len(frame), 0))

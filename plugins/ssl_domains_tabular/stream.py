@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ from ssl_domains import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, DataError
 
 from .formats import iter_frames
 from .schema import MISSING_CATEGORY, QUANTILE_LEVELS, _as_strings, _fit_target, encode_table, infer_columns
+
+if TYPE_CHECKING:  # annotations only
+    from .plugin import TJEPAConfig
 
 log = logging.getLogger("ssl_domains_tabular")
 
@@ -52,7 +55,7 @@ def uniform_hash(rows: np.ndarray, salt: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
-def hashed_split(rows: np.ndarray, cfg: Any, hold_test: bool, hold_val: bool) -> np.ndarray:
+def hashed_split(rows: np.ndarray, cfg: TJEPAConfig, hold_test: bool, hold_val: bool) -> np.ndarray:
     """The split of each training-file row: test with probability ``test_fraction`` (when no test file is given),
     else validation with probability ``val_fraction`` (when no validation file is given), else training."""
     split = np.full(len(rows), SPLIT_TRAIN, np.int8)
@@ -84,7 +87,7 @@ class _Moments:
 class SchemaPass:
     """What one pass over the tables gathers: the training split's statistics and every file's row count."""
 
-    cfg: Any
+    cfg: TJEPAConfig
     numeric: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)  # file -> rows
@@ -197,7 +200,7 @@ class SchemaPass:
         return state
 
 
-def encoded_key(files: list[Path], cfg: Any, state: dict[str, Any]) -> dict[str, Any]:
+def encoded_key(files: list[Path], cfg: TJEPAConfig, state: dict[str, Any]) -> dict[str, Any]:
     """What the encoded arrays depend on besides the files: the split settings and the fitted state."""
     digest = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"tabular": "encoded", "version": VERSION, "files": [str(p) for p in files], "state": digest,
@@ -209,7 +212,7 @@ def encode_to(
     tables: list[tuple[Path, Callable[[np.ndarray], np.ndarray]]],
     rows: int,
     state: dict[str, Any],
-    cfg: Any,
+    cfg: TJEPAConfig,
 ) -> None:
     """Encode ``tables`` (a file and the split of its row numbers) a batch at a time into ``folder``:
     ``numeric`` float32, ``categorical`` int64, ``split`` int8, and ``target`` when every table has it. Written

@@ -45,7 +45,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -53,6 +53,10 @@ from ssl_domains import DataError, UserError
 
 from .model import halves_positions, reference_positions
 from .plugin import REFERENCE_ARCHITECTURE
+
+if TYPE_CHECKING:
+    from .model import TJEPAModel
+    from .plugin import TJEPAConfig
 
 CHECKPOINT_KEYS = ("epoch", "context_encoder", "target_encoder", "predictor", "optimizer", "scaler", "scheduler",
                    "weightdecay", "train_loss")  # fmt: skip
@@ -323,7 +327,7 @@ def read(path: Path) -> Any:
 # ---- the table must match -----------------------------------------------------------------------------------------
 
 
-def check_table(cfg: Any, datamodule: Any) -> None:
+def check_table(cfg: TJEPAConfig, datamodule: Any) -> None:
     """With ``expect_numeric`` / ``expect_categories`` set (imported weights), refuse a table that does not match."""
     if cfg.expect_numeric is None and cfg.expect_categories is None:
         return
@@ -411,7 +415,7 @@ def predictor_to_reference(sd: Mapping[str, torch.Tensor], num_features: int) ->
     return out
 
 
-def write(model: Any, cfg: Any, path: Path) -> None:
+def write(model: TJEPAModel, cfg: TJEPAConfig, path: Path) -> None:
     """Save ``model`` as a reference checkpoint: ``{"epoch", "context_encoder", "target_encoder", "predictor"}``
     (the keys ``cache_model`` writes that hold weights); load each with the reference's ``load_state_dict``."""
     wrong = {k: getattr(cfg, k) for k, v in REFERENCE_ARCHITECTURE.items() if getattr(cfg, k) != v}

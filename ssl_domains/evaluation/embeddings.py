@@ -14,7 +14,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from ..data import random_split_indices
 from ..errors import UserError
-from ..plugin import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
+from ..plugin import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, SSLDataModule, SSLModel
 from .knn import knn_probe
 from .probe import linear_probe
 from .rankme import rankme
@@ -78,14 +78,14 @@ def _collect(
     )
 
 
-def _item_rows(model: Any, batch: dict[str, Any]) -> Rows:
+def _item_rows(model: SSLModel, batch: dict[str, Any]) -> Rows:
     z = model.embed(batch)
     if z.ndim != 2 or z.shape[0] != len(batch["id"]):
         raise RuntimeError(f"embed returned shape {tuple(z.shape)} for {len(batch['id'])} ids")
     return z.detach().float().cpu().numpy(), None, None
 
 
-def _position_rows(model: Any, batch: dict[str, Any]) -> Rows:
+def _position_rows(model: SSLModel, batch: dict[str, Any]) -> Rows:
     states, lengths = model.embed_positions(batch)
     if states.ndim != 3 or states.shape[0] != len(batch["id"]) or lengths.shape != (states.shape[0],):
         raise RuntimeError(
@@ -117,7 +117,7 @@ def embeddings_once() -> Iterator[None]:
         _ONCE = outer
 
 
-def predict_embeddings(model: torch.nn.Module, datamodule: Any, device: str | torch.device) -> Embeddings:
+def predict_embeddings(model: torch.nn.Module, datamodule: SSLDataModule, device: str | torch.device) -> Embeddings:
     """``model.embed`` over ``datamodule.predict_dataloader()`` (the clean view), computed once per
     :func:`embeddings_once` block; the model and data must not change inside it."""
     key = (id(model), id(datamodule), str(device))

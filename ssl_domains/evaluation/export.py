@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,6 +21,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from ..errors import UserError
 from .embeddings import Rows, _item_rows, _position_rows
 from .writer import EmbeddingWriter
+
+if TYPE_CHECKING:  # annotations only
+    from ..plugin import SSLDataModule
 
 __all__ = ["EmbeddingPredictionWriter", "ExportSummary", "export_embeddings"]
 
@@ -101,7 +104,7 @@ class ExportSummary:
 
 def export_embeddings(
     model: torch.nn.Module,
-    datamodule: Any,
+    datamodule: SSLDataModule,
     out: Path,
     *,
     per_position: bool = False,

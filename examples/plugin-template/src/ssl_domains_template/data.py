@@ -12,6 +12,8 @@ from torch.utils.data import Dataset
 from ssl_domains import DataError, FittedDataModule
 from ssl_domains.data import eval_loader, random_split_indices, train_loader
 
+from .plugin import DAEConfig
+
 
 def read_matrix(data: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Features ``[rows, features]`` (float32) and optional labels from a ``.npy`` file or a directory."""
@@ -63,7 +65,7 @@ class _Rows(Dataset):
         return batch
 
 
-class VectorDataModule(FittedDataModule):
+class VectorDataModule(FittedDataModule[DAEConfig]):
     """Standardises features with training-set statistics and yields ``{"x", "id", "label"?}`` batches."""
 
     def read(self, stage: str | None) -> None:
